@@ -1,0 +1,47 @@
+"""Which backends exist, which are usable here, and which one runs a call."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+NAMES = ("reference", "cpu")
+# backend="auto" tries these in order for the device type of the features.
+AUTO_ORDER = {"cpu": ("cpu", "reference")}
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    available: bool
+    reason: str
+
+
+def _module(name):
+    return importlib.import_module(f"ped_fast.{name}")
+
+
+def available_backends():
+    """{name: BackendStatus(available, reason)} for every backend: what was
+    built, and why a backend cannot run here."""
+    return {name: BackendStatus(*_module(name).status()) for name in NAMES}
+
+
+def resolve(backend, device):
+    """(name, launcher module) for `backend` and tensors on `device`."""
+    if backend == "auto":
+        backend = os.environ.get("PED_FAST_BACKEND", "auto")
+    if backend == "auto":
+        for name in AUTO_ORDER.get(device.type, ("reference",)):
+            if _module(name).status()[0]:
+                return name, _module(name)
+    if backend not in NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(repr(n) for n in NAMES)}, got {backend!r}")
+    module = _module(backend)
+    available, reason = module.status()
+    if not available:
+        raise RuntimeError(f"backend {backend!r} is not available: {reason}")
+    if module.DEVICES is not None and device.type not in module.DEVICES:
+        raise ValueError(
+            f"backend {backend!r} runs on {' or '.join(module.DEVICES)} tensors, but the features are on {device}"
+        )
+    return backend, module

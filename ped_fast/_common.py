@@ -1,0 +1,38 @@
+"""Types shared by the backends' launchers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Forces:
+    """One evaluation of pairwise_forces.
+
+    delta: C x D float64 displacement of every class mean (rescaled space).
+    position_change: P = sum |delta| (PED_SPEC.md section 1, step 3).
+    coincident: K x 2 int64 class indices (i < j) whose means coincide.
+    evaluated_pairs / active_pairs: pairs measured / pairs overlapping.
+    """
+
+    delta: torch.Tensor
+    position_change: float
+    coincident: torch.Tensor
+    evaluated_pairs: int
+    active_pairs: int
+
+
+class PairBounds:
+    """What a pruning backend keeps between steps: the C x C distances of its
+    last full evaluation and, per class, the summed L2 length of the steps
+    applied since (an upper bound on how far each mean has moved)."""
+
+    def __init__(self, num_classes, device):
+        self.dist = torch.empty(num_classes, num_classes, dtype=torch.float64, device=device)
+        self.drift = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.full = True
+
+    def advance(self, delta):
+        self.drift += torch.linalg.vector_norm(delta, dim=1)
+        self.full = False

@@ -1,0 +1,107 @@
+"""Input checks and numpy/torch conversion shared by every public function.
+
+Errors name the argument, what was expected and what came. Nothing here copies
+a float32/float64 array that is already laid out usably: numpy arrays become
+torch tensors over the same memory.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+_CHUNK_ROWS = 4096
+
+
+def to_tensor(value, name):
+    """(tensor, was_numpy): a torch view of `value` (numpy, torch or array-like)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach(), False
+    array = np.asarray(value)
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise TypeError(f"{name} must be a numeric array, got {type(value).__name__} of dtype {array.dtype}")
+    with warnings.catch_warnings():
+        # Read-only arrays are only ever read; writes go through inplace=True,
+        # which checks writability itself.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array), True
+
+
+def to_user(tensor, as_numpy):
+    """Return a result in the caller's array type."""
+    return tensor.cpu().numpy() if as_numpy else tensor
+
+
+def features_tensor(features, name="features"):
+    x, as_numpy = to_tensor(features, name)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N samples x D dimensions), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}; need at least one sample and one dimension")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {str(x.dtype).replace('torch.', '')}")
+    return x, as_numpy
+
+
+def labels_tensor(labels, n, device):
+    """(index int64 on `device`, classes, as_numpy): classes are the sorted
+    unique labels and index[i] is the position of labels[i] among them."""
+    y, as_numpy = to_tensor(labels, "labels")
+    if y.dim() != 1:
+        raise ValueError(f"labels must be 1-D with one label per sample, got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"labels has {y.shape[0]} entries but features has {n} rows")
+    if y.dtype.is_complex:
+        raise TypeError(f"labels must be integers, got {str(y.dtype).replace('torch.', '')}")
+    if y.dtype.is_floating_point:
+        # Whole-valued floats (labels loaded from a float column) are accepted.
+        whole = torch.isfinite(y) & (y == torch.round(y))
+        if not bool(whole.all()):
+            first = int(torch.nonzero(~whole)[0, 0])
+            raise TypeError(
+                f"labels must be integers, got {str(y.dtype).replace('torch.', '')} with value {y[first].item()} "
+                f"at position {first}"
+            )
+        y = y.to(torch.int64)
+    elif y.dtype == torch.bool:
+        y = y.to(torch.int64)
+    classes, index = torch.unique(y.to(device), sorted=True, return_inverse=True)
+    return index.to(torch.int64), classes, as_numpy
+
+
+def check_number(value, name, *, minimum=0.0, strict=False):
+    """A finite real >= minimum (> minimum when strict), returned as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    bound = ">" if strict else ">="
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be a finite number {bound} {minimum:g}, got {value!r}")
+    return value
+
+
+def check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def raise_non_finite(x, name):
+    """Locate the non-finite values of `x` (N x D) chunk by chunk, without an
+    N x D mask, and raise ValueError saying how many and the first row."""
+    count, first = 0, None
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        bad = ~torch.isfinite(x[start : start + _CHUNK_ROWS])
+        n_bad = int(bad.sum())
+        if n_bad and first is None:
+            first = start + int(torch.nonzero(bad.any(dim=1))[0, 0])
+        count += n_bad
+    if count:
+        raise ValueError(f"{name} has {count} non-finite values (NaN or inf); the first is in row {first}")
+    raise ValueError(f"{name} has values too large to square in float64: class variances overflow")

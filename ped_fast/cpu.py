@@ -1,0 +1,90 @@
+"""Launcher of the C++/OpenMP CPU kernels (csrc/cpu/, module ped_fast._C).
+
+Hands raw addresses of CPU tensors to the extension after fixing the layouts
+it accepts: X with contiguous rows (any row stride), everything else
+contiguous. Threads: OpenMP's, so OMP_NUM_THREADS applies.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import Forces, PairBounds
+
+DEVICES = ("cpu",)
+
+try:
+    from . import _C
+except ImportError as error:  # a missing build must not break `import ped_fast`
+    _C = None
+    _IMPORT_ERROR = str(error)
+
+
+def status():
+    if _C is None:
+        return False, f"not built ({_IMPORT_ERROR}); build it with `pip install -e .`"
+    return True, f"built; {_C.num_threads()} OpenMP threads"
+
+
+def _kernel_layout(x):
+    """x itself when the kernels can read it (contiguous rows, rows at least a
+    row apart), else a contiguous copy."""
+    rows_ok = x.shape[1] == 1 or x.stride(1) == 1
+    stride_ok = x.shape[0] == 1 or x.stride(0) >= x.shape[1]
+    return x if rows_ok and stride_ok else x.contiguous()
+
+
+def _row_stride(x):
+    return x.stride(0) if x.shape[0] > 1 else x.shape[1]
+
+
+def class_stats(x, index, num_classes):
+    """See reference.class_stats."""
+    x = _kernel_layout(x)
+    index = index.contiguous()
+    n, dim = x.shape
+    counts = torch.empty(num_classes, dtype=torch.int64)
+    mean = torch.empty(num_classes, dim, dtype=torch.float64)
+    var = torch.empty(num_classes, dim, dtype=torch.float64)
+    _C.class_stats(x.data_ptr(), x.dtype == torch.float64, n, dim, _row_stride(x), index.data_ptr(),
+                   num_classes, counts.data_ptr(), mean.data_ptr(), var.data_ptr())
+    return counts, mean, var
+
+
+def make_bounds(num_classes, device):
+    return PairBounds(num_classes, device)
+
+
+def pairwise_forces(mu, radius, *, nsigma, coef, bounds):
+    """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
+    steps skip the pairs that provably do not overlap."""
+    mu = mu.contiguous()
+    radius = radius.contiguous()
+    num_classes, dim = mu.shape
+    delta = torch.empty_like(mu)
+    position_change, evaluated, active, coincident = _C.pairwise_forces(
+        mu.data_ptr(), radius.data_ptr(), num_classes, dim, nsigma, coef, bounds.dist.data_ptr(),
+        bounds.drift.data_ptr(), bounds.full, delta.data_ptr())
+    return Forces(
+        delta=delta,
+        position_change=position_change,
+        coincident=torch.tensor(coincident, dtype=torch.int64).reshape(-1, 2),
+        evaluated_pairs=evaluated,
+        active_pairs=active,
+    )
+
+
+def integrate(x, index, shift, out):
+    """See reference.integrate. `out` may be `x` (in place); an `out` that the
+    kernel cannot write directly (e.g. a transposed view) is written through
+    a contiguous temporary."""
+    if _kernel_layout(out) is not out:
+        tmp = x.clone(memory_format=torch.contiguous_format)
+        integrate(tmp, index, shift, tmp)
+        return out.copy_(tmp)
+    source = out if x is out else _kernel_layout(x)
+    index = index.contiguous()
+    shift = shift.contiguous()
+    n, dim = x.shape
+    _C.integrate(source.data_ptr(), _row_stride(source), out.data_ptr(), _row_stride(out), x.dtype == torch.float64,
+                 index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0])
+    return out

@@ -1,0 +1,62 @@
+"""The reference path: the three operations in plain vectorised PyTorch, on
+any device. Every other backend is tested against these functions, and the
+benchmarks time them as the baseline that a fused backend must beat.
+
+They follow PED_SPEC.md directly: a two-pass mean and variance per class, all
+C x C distances by direct differences (torch.cdist without the Gram-matrix
+shortcut), a dense weight matrix, and delta = rowsum(W) * mu - W @ mu.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import Forces
+
+DEVICES = None  # any device torch supports
+
+
+def status():
+    return True, f"torch {torch.__version__}"
+
+
+def class_stats(x, index, num_classes):
+    """x: N x D float32/float64; index: N int64 in [0, C).
+    Returns counts (C int64), mean and population variance (C x D float64)."""
+    counts = torch.bincount(index, minlength=num_classes)
+    xd = x.to(torch.float64)
+    n = counts.to(torch.float64).clamp_min(1).unsqueeze(1)
+    mean = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, index, xd) / n
+    centered = xd - mean[index]
+    var = torch.zeros_like(mean).index_add_(0, index, centered * centered) / n
+    return counts, mean, var
+
+
+def make_bounds(num_classes, device):
+    """The reference path measures every pair at every step: no bounds."""
+    return None
+
+
+def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None):
+    """mu: C x D float64 means, radius: C float64, coef = 0.5 * dt^2 * k."""
+    num_classes = mu.shape[0]
+    dist = torch.cdist(mu, mu, compute_mode="donot_use_mm_for_euclid_dist")
+    threshold = nsigma * (radius.unsqueeze(1) + radius.unsqueeze(0))
+    overlap = (threshold - dist).clamp_min(0.0)
+    magnitude = torch.minimum(coef * overlap, overlap)
+    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=mu.device)
+    positive = (dist > 0) & off_diagonal
+    weight = torch.where(positive, magnitude / torch.where(positive, dist, 1.0), 0.0)
+    delta = weight.sum(dim=1, keepdim=True) * mu - weight @ mu
+    coincident = torch.nonzero(torch.triu((dist == 0) & off_diagonal))
+    return Forces(
+        delta=delta,
+        position_change=float(delta.abs().sum()),
+        coincident=coincident,
+        evaluated_pairs=num_classes * (num_classes - 1) // 2,
+        active_pairs=int(torch.triu(weight > 0).sum()),
+    )
+
+
+def integrate(x, index, shift, out):
+    """out[i] = x[i] + shift[index[i]]; `out` may be `x` (in place)."""
+    return torch.add(x, shift[index], out=out)

@@ -1,0 +1,55 @@
+"""Build ped_fast and its CPU extension ped_fast._C (pybind11 + OpenMP).
+
+Environment:
+  PED_FAST_CPU_FLAGS  extra compiler flags for the CPU extension. By default
+                      AVX2/FMA code is generated when the building machine has
+                      both (the extension is built where it runs, like
+                      `pip install -e .`); set PED_FAST_CPU_FLAGS=-mno-avx2 for
+                      a binary that must run on older x86 CPUs.
+"""
+import os
+import platform
+import shlex
+
+import pybind11
+from setuptools import Extension, setup
+
+
+def cpu_flags():
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-fvisibility=hidden"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        try:
+            cpuinfo = open("/proc/cpuinfo").read().split()
+        except OSError:
+            cpuinfo = []
+        if "avx2" in cpuinfo and "fma" in cpuinfo:
+            flags += ["-mavx2", "-mfma"]
+    return flags + shlex.split(os.environ.get("PED_FAST_CPU_FLAGS", ""))
+
+
+cpu_extension = Extension(
+    "ped_fast._C",
+    sources=[
+        "csrc/cpu/bindings.cpp",
+        "csrc/cpu/class_stats.cpp",
+        "csrc/cpu/pairwise_forces.cpp",
+        "csrc/cpu/integrate.cpp",
+    ],
+    include_dirs=[pybind11.get_include(), "csrc"],
+    depends=["csrc/ped_math.h", "csrc/cpu/ops.h"],
+    extra_compile_args=cpu_flags(),
+    extra_link_args=["-fopenmp"],
+    language="c++",
+)
+
+setup(
+    name="ped_fast",
+    version="0.1.0",
+    description="Model transferability ranking with PED (ICCV 2023): fused CPU/GPU kernels",
+    packages=["ped_fast"],
+    package_data={"ped_fast": ["data/*.json"]},
+    python_requires=">=3.10",
+    install_requires=["numpy", "torch"],
+    ext_modules=[cpu_extension],
+    zip_safe=False,
+)
