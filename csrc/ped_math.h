@@ -2,6 +2,8 @@
 // evaluate one pair of classes with the same expressions in the same order.
 #pragma once
 
+#include <cstdint>
+
 #if defined(__CUDACC__)
 #define PED_HD __host__ __device__ __forceinline__
 #else
@@ -36,6 +38,19 @@ PED_HD double pair_weight(double dist, double threshold, double coef) {
 // `threshold` now, by the triangle inequality.
 PED_HD bool pair_pruned(double dist0, double drift_i, double drift_j, double threshold) {
   return dist0 - drift_i - drift_j > threshold * (1.0 + kPruneSlack);
+}
+
+// Mean and population variance of n values from their shifted sums
+// s1 = sum(x - x0), s2 = sum((x - x0)^2) (a shifted-data variance: the
+// subtraction cancels only as badly as x0 is far from the mean).
+// max(., 0) keeps rounding from producing a negative variance; NaN
+// (non-finite input) passes through so the caller can detect it.
+PED_HD void shifted_moments(double x0, double s1, double s2, int64_t n, double* mean, double* var) {
+  const double inv_n = 1.0 / static_cast<double>(n);
+  const double m1 = s1 * inv_n;
+  *mean = x0 + m1;
+  const double v = s2 * inv_n - m1 * m1;
+  *var = v < 0.0 ? 0.0 : v;
 }
 
 }  // namespace ped

@@ -69,7 +69,16 @@ def labels_tensor(labels, n, device):
         y = y.to(torch.int64)
     elif y.dtype == torch.bool:
         y = y.to(torch.int64)
-    classes, index = torch.unique(y.to(device), sorted=True, return_inverse=True)
+    y = y.to(device)
+    low, high = int(y.min()), int(y.max())
+    if low >= 0 and high < max(4 * n, 1 << 16):
+        # Small non-negative labels (the usual 0..C-1): a bucket table,
+        # O(N + max label), instead of torch.unique's sort.
+        present = torch.bincount(y, minlength=high + 1) > 0
+        classes = torch.nonzero(present).flatten().to(y.dtype)
+        index = (torch.cumsum(present, 0) - 1)[y]
+    else:
+        classes, index = torch.unique(y, sorted=True, return_inverse=True)
     return index.to(torch.int64), classes, as_numpy
 
 
@@ -90,6 +99,14 @@ def check_count(value, name):
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return int(value)
+
+
+def all_finite(*tensors):
+    """True when every value is finite; one reduction per tensor, no mask.
+    (A sum can also overflow on finite values: only then are masks built.)"""
+    if all(bool(torch.isfinite(t.sum())) for t in tensors):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def raise_non_finite(x, name):

@@ -6,6 +6,8 @@ contiguous. Threads: OpenMP's, so OMP_NUM_THREADS applies.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._common import Forces, PairBounds
@@ -19,6 +21,7 @@ except ImportError as error:  # a missing build must not break `import ped_fast`
     _IMPORT_ERROR = str(error)
 
 
+@functools.cache
 def status():
     if _C is None:
         return False, f"not built ({_IMPORT_ERROR}); build it with `pip install -e .`"
@@ -54,13 +57,13 @@ def make_bounds(num_classes, device):
     return PairBounds(num_classes, device)
 
 
-def pairwise_forces(mu, radius, *, nsigma, coef, bounds):
+def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
     steps skip the pairs that provably do not overlap."""
     mu = mu.contiguous()
     radius = radius.contiguous()
     num_classes, dim = mu.shape
-    delta = torch.empty_like(mu)
+    delta = torch.empty_like(mu) if out is None else out
     position_change, evaluated, active, coincident = _C.pairwise_forces(
         mu.data_ptr(), radius.data_ptr(), num_classes, dim, nsigma, coef, bounds.dist.data_ptr(),
         bounds.drift.data_ptr(), bounds.full, delta.data_ptr())

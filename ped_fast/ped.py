@@ -14,6 +14,7 @@ import torch
 
 from . import _backends
 from ._validate import (
+    all_finite,
     check_count,
     check_number,
     features_tensor,
@@ -100,7 +101,9 @@ def ped(
     backend_name, launcher = _backends.resolve(backend, x.device)
 
     counts, mean, var = launcher.class_stats(x, index, num_classes)
-    if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+    # Non-finite input makes its class's statistics non-finite: checked on
+    # C x D numbers instead of another pass over X.
+    if not all_finite(mean, var):
         raise_non_finite(x, "features")
     center, scale = _rescaling(reference, rescale, eps, x, backend, counts, mean, var)
 
@@ -112,11 +115,12 @@ def ped(
     coef = 0.5 * time_step**2 * force_constant
     bounds = launcher.make_bounds(num_classes, x.device)
     total = torch.zeros_like(mu)
+    delta = torch.empty_like(mu)
     position_changes, evaluated, overlapping = [], [], []
     coincident = set()
     steps = 0
     for _ in range(max_steps):
-        forces = launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds)
+        forces = launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds, out=delta)
         position_changes.append(forces.position_change)
         evaluated.append(forces.evaluated_pairs)
         overlapping.append(forces.active_pairs)
@@ -131,7 +135,7 @@ def ped(
         steps += 1
         if bounds is not None:
             bounds.advance(forces.delta)
-    del mu
+    del mu, delta
 
     shift = total.mul_(scale).to(x.dtype)
     if inplace:
@@ -205,7 +209,7 @@ def _rescaling(reference, rescale, eps, x, backend, counts, mean, var):
     _, launcher = _backends.resolve(backend if g.device == x.device else "auto", g.device)
     zeros = torch.zeros(g.shape[0], dtype=torch.int64, device=g.device)
     _, g_mean, g_var = launcher.class_stats(g, zeros, 1)
-    if not (torch.isfinite(g_mean).all() and torch.isfinite(g_var).all()):
+    if not all_finite(g_mean, g_var):
         raise_non_finite(g, "reference")
     return g_mean[0].to(x.device), g_var[0].sqrt().clamp_min(eps).to(x.device)
 

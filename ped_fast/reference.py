@@ -36,8 +36,10 @@ def make_bounds(num_classes, device):
     return None
 
 
-def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None):
-    """mu: C x D float64 means, radius: C float64, coef = 0.5 * dt^2 * k."""
+def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None, out=None):
+    """mu: C x D float64 means, radius: C float64, coef = 0.5 * dt^2 * k.
+    `out` (C x D float64), when given, receives delta (a buffer reused
+    across steps)."""
     num_classes = mu.shape[0]
     dist = torch.cdist(mu, mu, compute_mode="donot_use_mm_for_euclid_dist")
     threshold = nsigma * (radius.unsqueeze(1) + radius.unsqueeze(0))
@@ -47,6 +49,8 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None):
     positive = (dist > 0) & off_diagonal
     weight = torch.where(positive, magnitude / torch.where(positive, dist, 1.0), 0.0)
     delta = weight.sum(dim=1, keepdim=True) * mu - weight @ mu
+    if out is not None:
+        delta = out.copy_(delta)
     coincident = torch.nonzero(torch.triu((dist == 0) & off_diagonal))
     return Forces(
         delta=delta,

@@ -12,14 +12,15 @@
 // variance): var = S2/n - (S1/n)^2 then cancels only as badly as that row is
 // far from the class mean, i.e. by about one standard deviation, instead of by
 // the mean's distance from zero.
-#include "ops.h"
-
 #include <omp.h>
 
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "../ped_math.h"
+#include "ops.h"
 
 namespace ped {
 namespace {
@@ -32,6 +33,14 @@ int64_t column_block(int64_t num_classes, int64_t dim) {
   int64_t block = (dim + want_blocks - 1) / want_blocks;
   block = std::max<int64_t>(block, 64);
   return std::min<int64_t>({block, 1024, dim});
+}
+
+// Rows of a class sit at unrelated addresses, which the hardware prefetcher
+// cannot guess: ask for a row segment before it is needed.
+template <typename T>
+inline void prefetch_row(const T* row, int64_t width) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t k = 0; k < width; k += kLine) __builtin_prefetch(row + k);
 }
 
 template <typename T>
@@ -83,7 +92,7 @@ void class_stats_impl(const T* x, int64_t n, int64_t dim, int64_t row_stride, co
       double* a2 = s2.data();
       for (int64_t r = first + 1; r < last; ++r) {
         const T* xr = x + order[r] * row_stride + col;
-        if (r + 1 < last) __builtin_prefetch(x + order[r + 1] * row_stride + col);
+        if (r + 2 < last) prefetch_row(x + order[r + 2] * row_stride + col, width);
 #pragma omp simd
         for (int64_t k = 0; k < width; ++k) {
           const double t = static_cast<double>(xr[k]) - static_cast<double>(x0[k]);
@@ -91,14 +100,8 @@ void class_stats_impl(const T* x, int64_t n, int64_t dim, int64_t row_stride, co
           a2[k] += t * t;
         }
       }
-      const double inv_n = 1.0 / static_cast<double>(last - first);
       for (int64_t k = 0; k < width; ++k) {
-        const double m1 = a1[k] * inv_n;
-        mean_out[k] = static_cast<double>(x0[k]) + m1;
-        // max(., 0) keeps rounding from producing a negative variance; NaN
-        // (non-finite input) passes through so the caller can detect it.
-        const double v = a2[k] * inv_n - m1 * m1;
-        var_out[k] = v < 0.0 ? 0.0 : v;
+        shifted_moments(static_cast<double>(x0[k]), a1[k], a2[k], last - first, mean_out + k, var_out + k);
       }
     }
   }

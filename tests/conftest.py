@@ -1,0 +1,53 @@
+"""Shared test data and the backend matrix.
+
+Tolerances (relative to the reference path, float64 statistics):
+- float64 inputs: 1e-10. The backends differ only in summation order
+  (shifted one-pass sums vs two-pass centred sums, pairwise differences vs
+  rowsum(W)*mu - W@mu), worth a few ulps per element, amplified by at most
+  6 steps of the dynamics.
+- float32 inputs: 1e-5. The statistics are still accumulated in float64;
+  what differs is float32 rounding of the moved features and of the shift
+  (2^-24 ~ 6e-8 relative per rounding) and of the inputs to the float64 sums.
+"""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+import ped_fast
+
+DATA = pathlib.Path(__file__).parent / "data"
+GOLDEN = json.loads((DATA / "expected.json").read_text())
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+DTYPES = [torch.float64, torch.float32]
+_CPU = ped_fast.available_backends()["cpu"]
+# Backends that run on CPU tensors besides the reference path. The GPU
+# backends have their own test modules (test_triton.py, test_cuda.py).
+FAST_BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not _CPU.available, reason=f"cpu: {_CPU.reason}"))]
+BACKENDS = [pytest.param("reference")] + FAST_BACKENDS
+
+
+def golden_case(name):
+    data = np.load(DATA / f"{name}.npz")
+    return {key: data[key] for key in data.files}, GOLDEN[name]
+
+
+def make_classes(n, d, c, *, dtype=torch.float64, seed=0, spread=1.0, separation=0.5):
+    """Features of c overlapping Gaussian classes (every class present)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = separation * torch.randn(c, d, generator=g, dtype=torch.float64)
+    labels = torch.cat([torch.arange(c), torch.randint(0, c, (n - c,), generator=g)]) if n >= c else torch.arange(n)
+    labels = labels[torch.randperm(labels.shape[0], generator=g)]
+    x = centers[labels] + spread * torch.randn(labels.shape[0], d, generator=g, dtype=torch.float64)
+    return x.to(dtype), labels
+
+
+def assert_close(actual, expected, rtol, what=""):
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    scale = max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-300)
+    err = float((actual - expected).abs().max()) if expected.numel() else 0.0
+    assert err <= rtol * scale, f"{what}: max abs error {err:.3e} > {rtol:.1e} x {scale:.3e}"
