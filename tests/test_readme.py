@@ -1,0 +1,30 @@
+"""The README's two commands are what CI runs, and the demo they start works."""
+import pathlib
+import re
+
+from ped_fast.__main__ import main
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", section, re.S)
+
+
+def test_ci_runs_the_readme_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    for command in commands:
+        assert command in ci_lines, f"README command {command!r} is not a line of .ci/run"
+
+
+def test_demo_runs_and_reports_every_model(capsys):
+    assert main(["demo", "--backend", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("PED on scikit-learn digits: 1797 images, 10 classes")
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["pixels-64", "pooled-16", "random-relu-256", "noisy-pixels-64"]
+    assert all(int(row[2]) > 0 for row in rows)  # PED moved every model's classes
