@@ -10,11 +10,17 @@ Tolerances (relative to the reference path, float64 statistics):
   (2^-24 ~ 6e-8 relative per rounding) and of the inputs to the float64 sums.
 """
 import json
+import os
 import pathlib
 
 import numpy as np
 import pytest
 import torch
+
+# Without a GPU the Triton kernels can only run through Triton's interpreter,
+# which must be chosen before triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ped_fast
 

@@ -1,0 +1,184 @@
+"""Launcher of the Triton kernels (kernels/, installed as ped_fast.kernels).
+
+Chooses block sizes and grids and prepares the small index tables the
+kernels read. Runs on CUDA tensors; with TRITON_INTERPRET=1 in the
+environment when the kernels are first used, the same functions run on CPU
+tensors through Triton's interpreter, which is how the tests run without a
+GPU (_backends.resolve, not this module, keeps the backend to CUDA tensors).
+
+X may have any row and column strides: the kernels take both, so no copy of
+X is ever made. Everything else is made contiguous.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+
+import torch
+
+from ._common import Forces, PairBounds
+
+DEVICES = ("cuda",)
+
+# Relative slack of the pruning test: csrc/ped_math.h, kPruneSlack.
+PRUNE_SLACK = 1e-12
+
+# class_stats: rows per chunk (enough chunks for the GPU even when one class
+# holds all of X, as for the reference set), rows per loop iteration.
+ROWS_PER_CHUNK = 256
+STATS_ROWS = 8
+# pairwise_forces: class tile of both kernels; columns per distance chunk;
+# columns per displacement program (16: its 16-way unrolled loop over
+# partners then needs about 128 registers on sm_90; 64 columns spill).
+PAIR_BLOCK = 16
+PAIR_COLS = 16
+DELTA_COLS = 16
+# integrate: elements per program.
+INTEGRATE_TILE = 2048
+
+
+def status():
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (`pip install triton`)"
+    version = f"triton {_triton_version()}"
+    if importlib.util.find_spec("ped_fast.kernels") is None:
+        return False, f"{version}; ped_fast.kernels is not installed: reinstall with `pip install -e .`"
+    if not torch.cuda.is_available():
+        return False, f"{version}; no CUDA device (tests use TRITON_INTERPRET=1)"
+    return True, f"{version} on {torch.cuda.get_device_name()}"
+
+
+def _triton_version():
+    for distribution in ("triton", "pytorch-triton"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "(version unknown)"
+
+
+def _kernels():
+    # Nothing imports triton before a kernel is first used: triton reads
+    # TRITON_INTERPRET when it is imported and when each kernel is defined,
+    # so available_backends() must not import it before a test has set it.
+    from . import kernels
+
+    return kernels
+
+
+def _on(device):
+    """Launch on `device`, not on whichever CUDA device is current."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _columns(dim, largest):
+    """Block of columns: a power of two from 16 to `largest`."""
+    return max(16, min(largest, 1 << (dim - 1).bit_length()))
+
+
+def class_stats(x, index, num_classes):
+    """See reference.class_stats."""
+    kernels = _kernels()
+    n, dim = x.shape
+    device = x.device
+    index = index.contiguous()
+    counts = torch.bincount(index, minlength=num_classes)
+    order = torch.argsort(index, stable=True)
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    # Shift of class c: its first row (any row for an empty class, whose sums are 0).
+    class_shift = order[starts.clamp_max(n - 1)]
+    class_chunks = torch.zeros(num_classes + 1, dtype=torch.int64, device=device)
+    torch.cumsum((counts + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK, 0, out=class_chunks[1:])
+    # sum_c ceil(n_c / R) <= N / R + C: launching that many programs needs no
+    # host sync. A surplus chunk maps to the last class with an index past its
+    # chunks, hence begin >= end, and sums nothing.
+    max_chunks = _cdiv(n, ROWS_PER_CHUNK) + num_classes
+    chunk = torch.arange(max_chunks, device=device)
+    chunk_class = torch.searchsorted(class_chunks[1:], chunk, right=True).clamp_max(num_classes - 1)
+    chunk_begin = starts[chunk_class] + (chunk - class_chunks[chunk_class]) * ROWS_PER_CHUNK
+    chunk_end = torch.minimum(chunk_begin + ROWS_PER_CHUNK, ends[chunk_class])
+    chunk_shift = class_shift[chunk_class]
+
+    block_d = _columns(dim, 128)
+    s1 = torch.empty(max_chunks, dim, dtype=torch.float64, device=device)
+    s2 = torch.empty_like(s1)
+    mean = torch.empty(num_classes, dim, dtype=torch.float64, device=device)
+    var = torch.empty_like(mean)
+    with _on(device):
+        kernels.partial_sums_kernel[(max_chunks, _cdiv(dim, block_d))](
+            x, x.stride(0), x.stride(1), order, chunk_begin, chunk_end, chunk_shift, s1, s2, dim,
+            BLOCK_R=STATS_ROWS, BLOCK_D=block_d)
+        kernels.finalize_kernel[(num_classes, _cdiv(dim, block_d))](
+            x, x.stride(0), x.stride(1), class_shift, counts, class_chunks, s1, s2, mean, var, dim,
+            BLOCK_D=block_d)
+    return counts, mean, var
+
+
+def make_bounds(num_classes, device):
+    return PairBounds(num_classes, device)
+
+
+def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
+    """See reference.pairwise_forces; `bounds` (from make_bounds, or None for
+    a full evaluation that keeps nothing) lets later steps skip the pairs
+    that provably do not overlap; `out` (C x D float64, contiguous) receives
+    delta."""
+    kernels = _kernels()
+    mu = mu.contiguous()
+    radius = radius.contiguous()
+    num_classes, dim = mu.shape
+    device = mu.device
+    full = bounds is None or bounds.full
+    weight = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    if bounds is not None and full:
+        dist_out = bounds.dist
+    else:
+        dist_out = torch.empty(num_classes, num_classes, dtype=torch.float64, device=device)
+    dist0, drift = (dist_out, radius) if bounds is None else (bounds.dist, bounds.drift)
+    params = torch.tensor([nsigma, coef, 1.0 + PRUNE_SLACK], dtype=torch.float64, device=device)
+    blocks = _cdiv(num_classes, PAIR_BLOCK)
+    tiles = torch.triu_indices(blocks, blocks, device=device)
+    tally = torch.empty(tiles.shape[1], 3, dtype=torch.int32, device=device)
+    delta = torch.empty_like(mu) if out is None else out
+    with _on(device):
+        kernels.pair_weights_kernel[(tiles.shape[1],)](
+            mu, radius, params, tiles[0], tiles[1], dist0, drift, dist_out, weight, tally, num_classes, dim,
+            FULL=full, BLOCK_C=PAIR_BLOCK, BLOCK_D=PAIR_COLS)
+        kernels.displacement_kernel[(blocks, _cdiv(dim, DELTA_COLS))](
+            mu, weight, delta, num_classes, dim, BLOCK_C=PAIR_BLOCK, BLOCK_J=PAIR_BLOCK, BLOCK_D=DELTA_COLS)
+    # One host sync for all four numbers (the pair counts are exact in float64).
+    position_change, evaluated, active, coincident = torch.cat(
+        [delta.abs().sum().reshape(1), tally.sum(dim=0, dtype=torch.float64)]).tolist()
+    if coincident:
+        pairs = torch.nonzero(torch.triu(dist_out == 0.0, diagonal=1))
+    else:
+        pairs = torch.empty(0, 2, dtype=torch.int64, device=device)
+    return Forces(
+        delta=delta,
+        position_change=position_change,
+        coincident=pairs,
+        evaluated_pairs=int(evaluated),
+        active_pairs=int(active),
+    )
+
+
+def integrate(x, index, shift, out):
+    """See reference.integrate. `out` may be `x` (in place); both may have
+    any strides."""
+    kernels = _kernels()
+    n, dim = x.shape
+    index = index.contiguous()
+    shift = shift.contiguous()
+    block_d = _columns(dim, 128)
+    block_r = INTEGRATE_TILE // block_d
+    with _on(x.device):
+        kernels.integrate_kernel[(_cdiv(n, block_r), _cdiv(dim, block_d))](
+            x, x.stride(0), x.stride(1), out, out.stride(0), out.stride(1), index, shift, n, dim,
+            BLOCK_R=block_r, BLOCK_D=block_d)
+    return out
