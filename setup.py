@@ -10,9 +10,14 @@ Environment:
 import os
 import platform
 import shlex
+import sys
 
 import pybind11
 from setuptools import Extension, setup
+
+# PEP 517 backends do not put the project directory on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_cuda import BuildExt, cuda_extensions  # noqa: E402
 
 
 def cpu_flags():
@@ -46,10 +51,13 @@ setup(
     name="ped_fast",
     version="0.1.0",
     description="Model transferability ranking with PED (ICCV 2023): fused CPU/GPU kernels",
-    packages=["ped_fast"],
+    packages=["ped_fast", "ped_fast.kernels"],
+    package_dir={"ped_fast.kernels": "kernels"},
     package_data={"ped_fast": ["data/*.json"]},
     python_requires=">=3.10",
-    install_requires=["numpy", "torch"],
-    ext_modules=[cpu_extension],
+    install_requires=["numpy", "torch", "scikit-learn"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "scipy"]},
+    ext_modules=[cpu_extension, *cuda_extensions()],
+    cmdclass={"build_ext": BuildExt},
     zip_safe=False,
 )

@@ -5,9 +5,9 @@ import importlib
 import os
 from dataclasses import dataclass
 
-NAMES = ("reference", "cpu")
+NAMES = ("reference", "cpu", "triton", "cuda")
 # backend="auto" tries these in order for the device type of the features.
-AUTO_ORDER = {"cpu": ("cpu", "reference")}
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,15 @@ class PairBounds:
     def advance(self, delta):
         self.drift += torch.linalg.vector_norm(delta, dim=1)
         self.full = False
+
+
+def kernel_layout(x):
+    """x itself when the C++/CUDA kernels can read it (contiguous rows, rows at least a
+    row apart), else a contiguous copy."""
+    rows_ok = x.shape[1] == 1 or x.stride(1) == 1
+    stride_ok = x.shape[0] == 1 or x.stride(0) >= x.shape[1]
+    return x if rows_ok and stride_ok else x.contiguous()
+
+
+def row_stride(x):
+    return x.stride(0) if x.shape[0] > 1 else x.shape[1]

@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ._common import Forces, PairBounds
+from ._common import Forces, PairBounds, kernel_layout, row_stride
 
 DEVICES = ("cpu",)
 
@@ -28,27 +28,15 @@ def status():
     return True, f"built; {_C.num_threads()} OpenMP threads"
 
 
-def _kernel_layout(x):
-    """x itself when the kernels can read it (contiguous rows, rows at least a
-    row apart), else a contiguous copy."""
-    rows_ok = x.shape[1] == 1 or x.stride(1) == 1
-    stride_ok = x.shape[0] == 1 or x.stride(0) >= x.shape[1]
-    return x if rows_ok and stride_ok else x.contiguous()
-
-
-def _row_stride(x):
-    return x.stride(0) if x.shape[0] > 1 else x.shape[1]
-
-
 def class_stats(x, index, num_classes):
     """See reference.class_stats."""
-    x = _kernel_layout(x)
+    x = kernel_layout(x)
     index = index.contiguous()
     n, dim = x.shape
     counts = torch.empty(num_classes, dtype=torch.int64)
     mean = torch.empty(num_classes, dim, dtype=torch.float64)
     var = torch.empty(num_classes, dim, dtype=torch.float64)
-    _C.class_stats(x.data_ptr(), x.dtype == torch.float64, n, dim, _row_stride(x), index.data_ptr(),
+    _C.class_stats(x.data_ptr(), x.dtype == torch.float64, n, dim, row_stride(x), index.data_ptr(),
                    num_classes, counts.data_ptr(), mean.data_ptr(), var.data_ptr())
     return counts, mean, var
 
@@ -80,14 +68,14 @@ def integrate(x, index, shift, out):
     """See reference.integrate. `out` may be `x` (in place); an `out` that the
     kernel cannot write directly (e.g. a transposed view) is written through
     a contiguous temporary."""
-    if _kernel_layout(out) is not out:
+    if kernel_layout(out) is not out:
         tmp = x.clone(memory_format=torch.contiguous_format)
         integrate(tmp, index, shift, tmp)
         return out.copy_(tmp)
-    source = out if x is out else _kernel_layout(x)
+    source = out if x is out else kernel_layout(x)
     index = index.contiguous()
     shift = shift.contiguous()
     n, dim = x.shape
-    _C.integrate(source.data_ptr(), _row_stride(source), out.data_ptr(), _row_stride(out), x.dtype == torch.float64,
+    _C.integrate(source.data_ptr(), row_stride(source), out.data_ptr(), row_stride(out), x.dtype == torch.float64,
                  index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0])
     return out

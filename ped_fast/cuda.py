@@ -1,0 +1,136 @@
+"""Launcher of the CUDA C++ kernels (csrc/cuda/, module ped_fast._cuda).
+
+Hands the extension raw device addresses, the device ordinal and torch's
+current stream on that device, after fixing the layouts it accepts (X with
+contiguous rows and any row stride; everything else contiguous). Scratch
+memory comes from torch's caching allocator on that same stream. The rows are
+bucketed by class here, with a stable argsort, so the kernels' summation
+order is fixed: class_stats and pairwise_forces are bit-identical run to run.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from ._common import Forces, PairBounds, kernel_layout, row_stride
+
+DEVICES = ("cuda",)
+
+try:
+    from . import _cuda
+except ImportError as error:  # a missing build must not break `import ped_fast`
+    _cuda = None
+    if importlib.util.find_spec(f"{__package__}._cuda") is None:
+        _IMPORT_ERROR = "not built: nvcc not found at build time; reinstall with nvcc on PATH"
+    else:
+        _IMPORT_ERROR = f"built but cannot be loaded ({error}); reinstall with `pip install -e .`"
+
+
+def status():
+    if _cuda is None:
+        return False, _IMPORT_ERROR
+    if not torch.cuda.is_available():
+        return False, "built; no CUDA device"
+    usable, reason = _probe()
+    if not usable:
+        return False, reason
+    return True, f"built; {torch.cuda.get_device_name()}"
+
+
+@functools.lru_cache(maxsize=None)
+def _probe():
+    """The extension links its own CUDA runtime: torch may see a GPU that this
+    runtime cannot use (a driver older than the toolkit that built it)."""
+    count, error = _cuda.probe()
+    if count == 0:
+        version = _cuda.runtime_version()
+        return False, f"built; its CUDA runtime {version // 1000}.{version % 1000 // 10} cannot use the GPU: {error}"
+    return True, ""
+
+
+def _launch(device):
+    """(device ordinal, stream handle) for kernels on `device`; call inside
+    `with torch.cuda.device(device)`."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(index).cuda_stream
+
+
+def _workspace(nbytes, device):
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+def class_stats(x, index, num_classes):
+    """See reference.class_stats."""
+    x = kernel_layout(x)
+    index = index.contiguous()
+    n, dim = x.shape
+    device = x.device
+    with torch.cuda.device(device):
+        low, high = torch.stack([index.min(), index.max()]).tolist()
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"class_stats: index holds class {bad}, outside [0, {num_classes})")
+        counts = torch.bincount(index, minlength=num_classes)
+        order = torch.argsort(index, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        max_count = int(counts.max())
+        mean = torch.empty(num_classes, dim, dtype=torch.float64, device=device)
+        var = torch.empty_like(mean)
+        workspace = _workspace(_cuda.class_stats_workspace_bytes(n, dim, num_classes, max_count), device)
+        _cuda.class_stats(x.data_ptr(), x.dtype == torch.float64, n, dim, row_stride(x), order.data_ptr(),
+                          counts.data_ptr(), starts.data_ptr(), num_classes, max_count, mean.data_ptr(),
+                          var.data_ptr(), workspace.data_ptr(), *_launch(device))
+    return counts, mean, var
+
+
+def make_bounds(num_classes, device):
+    return PairBounds(num_classes, device)
+
+
+def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
+    """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
+    steps skip the pairs that provably do not overlap. Waits for the GPU:
+    P and the pair counts come back to the host."""
+    mu = mu.contiguous()
+    radius = radius.contiguous()
+    num_classes, dim = mu.shape
+    device = mu.device
+    if bounds is None:
+        bounds = PairBounds(num_classes, device)
+    with torch.cuda.device(device):
+        delta = out if out is not None and out.is_contiguous() else torch.empty_like(mu)
+        workspace = _workspace(_cuda.pairwise_forces_workspace_bytes(num_classes, dim), device)
+        position_change, evaluated, active, coincident = _cuda.pairwise_forces(
+            mu.data_ptr(), radius.data_ptr(), num_classes, dim, float(nsigma), float(coef), bounds.dist.data_ptr(),
+            bounds.drift.data_ptr(), bounds.full, delta.data_ptr(), workspace.data_ptr(), *_launch(device))
+    if out is not None and delta is not out:
+        delta = out.copy_(delta)
+    return Forces(
+        delta=delta,
+        position_change=position_change,
+        coincident=torch.tensor(coincident, dtype=torch.int64).reshape(-1, 2).to(device),
+        evaluated_pairs=evaluated,
+        active_pairs=active,
+    )
+
+
+def integrate(x, index, shift, out):
+    """See reference.integrate. `out` may be `x` (in place); an `out` that the
+    kernel cannot write directly (e.g. a transposed view) is written through
+    a contiguous temporary. Waits for the GPU, to report a bad index."""
+    if kernel_layout(out) is not out:
+        tmp = x.clone(memory_format=torch.contiguous_format)
+        integrate(tmp, index, shift, tmp)
+        return out.copy_(tmp)
+    source = out if x is out else kernel_layout(x)
+    index = index.contiguous()
+    shift = shift.contiguous()
+    n, dim = x.shape
+    with torch.cuda.device(x.device):
+        workspace = _workspace(_cuda.integrate_workspace_bytes(), x.device)
+        _cuda.integrate(source.data_ptr(), row_stride(source), out.data_ptr(), row_stride(out),
+                        x.dtype == torch.float64, index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0],
+                        workspace.data_ptr(), *_launch(x.device))
+    return out

@@ -1,0 +1,359 @@
+"""The CUDA C++ backend (ped_fast.cuda, extension ped_fast._cuda) against the
+reference path on the same GPU.
+
+Every kernel test needs a CUDA device and a built extension and skips with
+the launcher's reason otherwise. test_extension_built_when_nvcc_exists runs
+everywhere: on a machine with nvcc (CI has one, no GPU) the extension must
+have been built, so a CUDA compile error cannot hide behind skipped tests.
+
+Tolerances: conftest.TOLERANCE (summation order only; float64 statistics).
+"""
+import importlib
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+import ped_fast
+from conftest import DTYPES, GOLDEN, TOLERANCE, assert_close, golden_case, make_classes
+from ped_fast import cuda, reference
+
+DEVICE = torch.device("cuda")
+_AVAILABLE, _REASON = cuda.status()
+gpu = pytest.mark.skipif(not _AVAILABLE, reason=f"cuda backend unavailable: {_REASON}")
+F64 = TOLERANCE[torch.float64]
+
+
+def test_extension_built_when_nvcc_exists():
+    path = pathlib.Path(__file__).resolve().parents[1] / "build_cuda.py"
+    if not path.is_file():
+        pytest.skip("build_cuda.py is not next to the tests (installed package)")
+    spec = importlib.util.spec_from_file_location("build_cuda", path)
+    build_cuda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_cuda)
+    if os.environ.get("PED_FAST_NO_CUDA", "") not in ("", "0"):
+        pytest.skip("PED_FAST_NO_CUDA is set: the CUDA extension is not built on purpose")
+    nvcc = build_cuda.find_nvcc()
+    if nvcc is None:
+        if cuda._cuda is None:
+            assert cuda.status() == (False, "not built: nvcc not found at build time; reinstall with nvcc on PATH")
+        pytest.skip("no nvcc here: the CUDA extension need not be built")
+    # nvcc is here, so `pip install -e .` must have built the extension.
+    module = importlib.import_module("ped_fast._cuda")
+    assert module.pairwise_forces_workspace_bytes(3, 5) > 0
+    assert cuda.status()[1].startswith("built")
+
+
+def on_gpu(*tensors):
+    return [t.to(DEVICE) for t in tensors]
+
+
+# class_stats ---------------------------------------------------------------
+
+STATS_SHAPES = [  # (N, D, C)
+    (1, 1, 1),
+    (2, 1, 2),
+    (7, 1, 3),  # D = 1
+    (5, 3, 5),  # N = C: every class a singleton
+    (37, 13, 2),
+    (301, 67, 11),
+    (1000, 129, 1),  # one class: split into row chunks
+    (5000, 3, 2),  # few classes, many rows: chunks of uneven classes
+    (300, 1024, 64),  # enough (class, column tile) items: no chunks
+]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,c", STATS_SHAPES)
+def test_class_stats_matches_reference(dtype, n, d, c):
+    x, labels = on_gpu(*make_classes(n, d, c, dtype=dtype, seed=n + d + c))
+    x = x + 50.0  # an offset the shifted sums must not lose precision to
+    counts, mean, var = cuda.class_stats(x, labels, c)
+    r_counts, r_mean, r_var = reference.class_stats(x, labels, c)
+    assert torch.equal(counts, r_counts)
+    assert mean.dtype == var.dtype == torch.float64 and mean.device == x.device
+    assert_close(mean, r_mean, F64, "mean")
+    # Variances ~1 next to means ~50: see test_class_stats.py.
+    assert_close(var, r_var, F64 * 50, "var")
+
+
+@gpu
+def test_class_stats_singleton_and_empty_classes():
+    x = torch.tensor([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64, device=DEVICE)
+    labels = torch.tensor([0, 2, 2], device=DEVICE)  # class 1 and 3 empty, class 0 a singleton
+    counts, mean, var = cuda.class_stats(x, labels, 4)
+    assert counts.tolist() == [1, 0, 2, 0]
+    assert mean.tolist() == [[1.0, -2.0], [0.0, 0.0], [4.0, 5.0], [0.0, 0.0]]
+    assert var.tolist() == [[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+
+
+@gpu
+def test_class_stats_strided_rows_and_columns():
+    x, labels = on_gpu(*make_classes(200, 40, 6, seed=3))
+    wide = torch.zeros(200, 90, dtype=torch.float64, device=DEVICE)
+    wide[:, 5:45] = x
+    want = reference.class_stats(x, labels, 6)
+    for view in (wide[:, 5:45], x.t().contiguous().t()):  # strided rows; non-contiguous rows (copied)
+        for a, b in zip(cuda.class_stats(view, labels, 6), want):
+            assert_close(a, b, F64)
+
+
+@gpu
+def test_class_stats_rejects_bad_index():
+    x = torch.ones(3, 2, device=DEVICE)
+    with pytest.raises(ValueError, match="outside"):
+        cuda.class_stats(x, torch.tensor([0, 1, 2], device=DEVICE), 2)
+    with pytest.raises(ValueError, match="outside"):
+        cuda.class_stats(x, torch.tensor([0, -1, 1], device=DEVICE), 2)
+
+
+@gpu
+@pytest.mark.parametrize("n,d,c", [(20000, 70, 1), (3000, 70, 9), (4000, 2048, 40)])
+def test_class_stats_deterministic(n, d, c):
+    x, labels = on_gpu(*make_classes(n, d, c, seed=5, dtype=torch.float32))
+    first = cuda.class_stats(x, labels, c)
+    second = cuda.class_stats(x, labels, c)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@gpu
+def test_public_class_stats_with_arbitrary_labels():
+    x, labels = make_classes(60, 5, 3, seed=1)
+    raw = torch.tensor([3, 17, 99])[labels]
+    classes, counts, mean, var = ped_fast.ops.class_stats(x.to(DEVICE), raw.to(DEVICE), backend="cuda")
+    assert classes.tolist() == [3, 17, 99]
+    for c in range(3):
+        rows = x[labels == c]
+        assert int(counts[c]) == rows.shape[0]
+        assert_close(mean[c].cpu(), rows.mean(0), 1e-12)
+        assert_close(var[c].cpu(), rows.var(0, correction=0), 1e-12)
+
+
+# pairwise_forces -----------------------------------------------------------
+
+
+def means_and_radii(c, d, seed, separation=1.0):
+    g = torch.Generator().manual_seed(seed)
+    mu = separation * torch.randn(c, d, generator=g, dtype=torch.float64)
+    # Radii around the typical distance sqrt(2d): some pairs overlap, some not.
+    radius = separation * d**0.5 * (0.3 + 2.2 * torch.rand(c, generator=g, dtype=torch.float64))
+    return on_gpu(mu, radius)
+
+
+def run_steps(launcher, mu, radius, steps, **params):
+    """Apply `steps` steps unconditionally, as the driver does when accepted."""
+    mu = mu.clone()
+    bounds = launcher.make_bounds(mu.shape[0], mu.device)
+    out = []
+    for _ in range(steps):
+        forces = launcher.pairwise_forces(mu, radius, bounds=bounds, **params)
+        out.append(forces)
+        mu += forces.delta
+        if bounds is not None:
+            bounds.advance(forces.delta)
+    return out
+
+
+def assert_forces_close(got, want):
+    for step, (a, b) in enumerate(zip(got, want)):
+        assert a.delta.device == b.delta.device
+        assert_close(a.delta, b.delta, F64, f"delta at step {step}")
+        assert a.position_change == pytest.approx(b.position_change, rel=F64, abs=1e-300)
+        assert a.active_pairs == b.active_pairs
+        assert torch.equal(a.coincident.cpu(), b.coincident.cpu())
+
+
+@gpu
+@pytest.mark.parametrize("c,d", [(1, 1), (2, 1), (2, 5), (3, 1), (7, 33), (13, 129), (33, 17), (61, 70), (100, 3)])
+@pytest.mark.parametrize("coef", [0.005, 4.5])  # paper's 0.5*dt^2*k, and a = o (coef > 1)
+def test_pairwise_forces_matches_reference_over_steps(c, d, coef):
+    mu, radius = means_and_radii(c, d, seed=c * 100 + d)
+    params = dict(nsigma=0.6, coef=coef)
+    got = run_steps(cuda, mu, radius, 6, **params)
+    want = run_steps(reference, mu, radius, 6, **params)
+    assert got[0].evaluated_pairs == c * (c - 1) // 2
+    assert_forces_close(got, want)
+
+
+@gpu
+@pytest.mark.parametrize("size", [5, 40])  # a few candidates per tile (one by one), many (whole tile)
+def test_pairwise_forces_pruning_keeps_results(size):
+    # Two tight groups far apart: after the first full evaluation, only the
+    # pairs inside a group stay candidates.
+    g = torch.Generator().manual_seed(0)
+    groups = torch.cat([torch.zeros(size, 8), torch.full((size, 8), 100.0)]).double()
+    mu = groups + 0.1 * torch.randn(2 * size, 8, generator=g, dtype=torch.float64)
+    radius = torch.full((2 * size,), 1.0, dtype=torch.float64)
+    mu, radius = on_gpu(mu, radius)
+    got = run_steps(cuda, mu, radius, 3, nsigma=0.6, coef=0.005)
+    want = run_steps(reference, mu, radius, 3, nsigma=0.6, coef=0.005)
+    total = size * (2 * size - 1)
+    assert got[0].evaluated_pairs == total
+    assert all(f.evaluated_pairs < total for f in got[1:])
+    assert_forces_close(got, want)
+
+
+@gpu
+def test_pairwise_forces_coincident_means():
+    mu, radius = means_and_radii(37, 6, seed=9)
+    mu[5] = mu[2]
+    mu[36] = mu[2]
+    mu[20] = mu[11]
+    forces = cuda.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005, bounds=cuda.make_bounds(37, DEVICE))
+    want = reference.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005)
+    assert forces.coincident.tolist() == [[2, 5], [2, 36], [5, 36], [11, 20]]
+    assert torch.isfinite(forces.delta).all()
+    assert_forces_close([forces], [want])
+
+
+@gpu
+def test_pairwise_forces_deterministic():
+    mu, radius = means_and_radii(150, 300, seed=4)
+    first = run_steps(cuda, mu, radius, 4, nsigma=0.6, coef=0.005)
+    second = run_steps(cuda, mu, radius, 4, nsigma=0.6, coef=0.005)
+    for a, b in zip(first, second):
+        assert torch.equal(a.delta, b.delta)
+        assert a.position_change == b.position_change
+        assert (a.evaluated_pairs, a.active_pairs) == (b.evaluated_pairs, b.active_pairs)
+
+
+# integrate -----------------------------------------------------------------
+
+
+def shifts(c, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(c, d, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,c", [(1, 1, 1), (5, 3, 5), (37, 1, 2), (301, 67, 11), (64, 8, 3), (1000, 2048, 7)])
+def test_integrate_out_of_place_equals_reference(dtype, n, d, c):
+    x, labels = on_gpu(*make_classes(n, d, c, dtype=dtype, seed=n))
+    shift = shifts(c, d, dtype)
+    before = x.clone()
+    out = torch.empty_like(x)
+    cuda.integrate(x, labels, shift, out)
+    # One addition per element in the same dtype on both sides: bitwise equal.
+    assert torch.equal(out, reference.integrate(x, labels, shift, torch.empty_like(x)))
+    assert torch.equal(x, before)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integrate_in_place(dtype):
+    x, labels = on_gpu(*make_classes(257, 32, 4, dtype=dtype, seed=2))
+    shift = shifts(4, 32, dtype)
+    expected = x + shift[labels]
+    address = x.data_ptr()
+    result = cuda.integrate(x, labels, shift, x)
+    assert result is x and x.data_ptr() == address
+    assert torch.equal(x, expected)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integrate_strided_and_misaligned(dtype):
+    x, labels = on_gpu(*make_classes(64, 12, 3, seed=4, dtype=dtype))
+    shift = shifts(3, 12, dtype)
+    expected = x + shift[labels]
+    for start in (0, 1, 4, 7):  # aligned for 16-byte vectors or not
+        wide = torch.zeros(64, 30, dtype=dtype, device=DEVICE)
+        wide[:, start:start + 12] = x
+        cuda.integrate(wide[:, start:start + 12], labels, shift, wide[:, start:start + 12])
+        assert torch.equal(wide[:, start:start + 12], expected)
+        assert torch.equal(wide[:, :start], torch.zeros(64, start, dtype=dtype, device=DEVICE))
+    transposed = x.t().contiguous().t()  # columns contiguous, rows not
+    cuda.integrate(transposed, labels, shift, transposed)
+    assert torch.equal(transposed, expected)
+    out = torch.empty(12, 64, dtype=dtype, device=DEVICE).t()
+    cuda.integrate(x, labels, shift, out)
+    assert torch.equal(out, expected)
+
+
+@gpu
+def test_integrate_rejects_bad_index():
+    x = torch.ones(4, 3, device=DEVICE)
+    shift = torch.ones(2, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="outside"):
+        cuda.integrate(x, torch.tensor([0, 1, 2, 0], device=DEVICE), shift, torch.empty_like(x))
+
+
+# the driver ----------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_golden_float64(case):
+    data, expected = golden_case(case)
+    x, g = (torch.from_numpy(data[k]).to(DEVICE) for k in ("X", "G"))
+    result = ped_fast.ped(x, data["y"], reference=g, backend="cuda", **expected["params"])
+    assert result.backend == "cuda" and result.features.device == x.device
+    # 1e-9: the golden README's agreement for float64 shifts and position changes.
+    np.testing.assert_allclose(result.shift.cpu().numpy(), data["shift"], rtol=0, atol=1e-9)
+    assert result.steps == expected["steps_taken"]
+    np.testing.assert_allclose(result.position_changes, expected["position_change"], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(result.features.cpu().numpy(), data["X"] + data["shift"][data["y"]], rtol=0, atol=1e-9)
+
+
+@gpu
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_golden_float32_matches_float64(case):
+    data, expected = golden_case(case)
+    args = dict(backend="cuda", **expected["params"])
+    x, g = (torch.from_numpy(data[k]).to(DEVICE) for k in ("X", "G"))
+    exact = ped_fast.ped(x, data["y"], reference=g, **args)
+    single = ped_fast.ped(x.float(), data["y"], reference=g.float(), **args)
+    assert single.shift.dtype == torch.float32 and single.features.dtype == torch.float32
+    assert single.steps == exact.steps
+    # 1e-4 relative in the Frobenius norm: the issue's float32 contract.
+    err = torch.linalg.vector_norm(single.shift.double() - exact.shift)
+    assert err <= 1e-4 * torch.linalg.vector_norm(exact.shift)
+
+
+@gpu
+def test_ped_arbitrary_labels_inplace_and_deterministic():
+    x, labels = make_classes(500, 48, 3, seed=7, spread=1.0, separation=0.3)
+    raw = torch.tensor([3, 17, 99])[labels].to(DEVICE)
+    x = x.to(DEVICE)
+    want = ped_fast.ped(x, raw, rescale="self", backend="reference")
+    first = ped_fast.ped(x, raw, rescale="self", backend="cuda")
+    second = ped_fast.ped(x, raw, rescale="self", backend="cuda")
+    assert first.classes.tolist() == [3, 17, 99] and first.steps == want.steps
+    assert_close(first.shift, want.shift, F64, "shift")
+    assert torch.equal(first.features, second.features) and first.position_changes == second.position_changes
+    moved = x.clone()
+    result = ped_fast.ped(moved, raw, rescale="self", backend="cuda", inplace=True)
+    assert result.features is moved and torch.equal(moved, first.features)
+
+
+@gpu
+def test_runs_on_the_current_stream():
+    x, labels = on_gpu(*make_classes(3000, 70, 9, seed=8))
+    want = reference.class_stats(x, labels, 9)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = cuda.class_stats(x, labels, 9)
+        moved = torch.empty_like(x)
+        cuda.integrate(x, labels, got[1].to(x.dtype), moved)
+    torch.cuda.current_stream().wait_stream(stream)
+    for a, b in zip(got, want):
+        assert_close(a, b, F64)
+    assert torch.equal(moved, x + got[1][labels])
+
+
+@pytest.mark.skipif(not _AVAILABLE or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_device():
+    device = torch.device("cuda", 1)
+    x, labels = (t.to(device) for t in make_classes(300, 20, 4, seed=6))
+    got = cuda.class_stats(x, labels, 4)
+    assert got[1].device == device
+    assert torch.cuda.current_device() == 0
+    for a, b in zip(got, reference.class_stats(x, labels, 4)):
+        assert_close(a, b, F64)
