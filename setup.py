@@ -51,7 +51,7 @@ setup(
     name="ped_fast",
     version="0.1.0",
     description="Model transferability ranking with PED (ICCV 2023): fused CPU/GPU kernels",
-    packages=["ped_fast", "ped_fast.kernels"],
+    packages=["ped_fast", "ped_fast.kernels", "ped_fast.scorers"],
     package_dir={"ped_fast.kernels": "kernels"},
     package_data={"ped_fast": ["data/*.json"]},
     python_requires=">=3.10",

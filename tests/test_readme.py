@@ -28,3 +28,10 @@ def test_demo_runs_and_reports_every_model(capsys):
     rows = [line.split() for line in lines[2:]]
     assert [row[0] for row in rows] == ["pixels-64", "pooled-16", "random-relu-256", "noisy-pixels-64"]
     assert all(int(row[2]) > 0 for row in rows)  # PED moved every model's classes
+
+
+def test_ranking_example_prints_what_the_readme_shows(capsys):
+    text = (ROOT / "README.md").read_text()
+    code, output = re.search(r"```python\n(from ped_fast.evaluate import.*?)\n```\n```\n(.*?)\n```", text, re.S).groups()
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == output.strip()

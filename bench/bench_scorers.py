@@ -1,0 +1,168 @@
+"""Scorers at SUN397 shape (N=19850, D=2048, C=397), float64, against the
+published formulations in numpy (baselines_scorers.py, paper.py).
+
+Targets (issue 4, on the 2-core CPU machine):
+- sfda >= 10x faster than the published SFDA (per-class covariance loop,
+  generalized eigendecomposition, twice);
+- PED+SFDA end to end (ped_score) >= 15x faster than the paper's PED (C x C
+  x D arrays) followed by the published SFDA;
+- logme: reported likewise.
+- On a GPU: PED+SFDA at ImageNet shape under 0.2 s.
+
+SFDA's cost is its two D x D scatter products (syrk: N D^2 flops each, one
+triangle) and its two N x D x C logit products (2 N D C each); test_gram
+times one scatter product alone and test_matmul_reference a square float64
+matmul, the machine's measured rate that the report compares them with.
+
+Run: python -m pytest bench/bench_scorers.py --benchmark-only --benchmark-json=bench/results/scorers.json
+then: python bench/bench_scorers.py bench/results/scorers.json   (markdown table)
+"""
+import json
+import sys
+
+import pytest
+import torch
+
+from baselines_scorers import logme_published, sfda_published
+from conftest import DEVICES, dataset, record, synchronized
+from paper import ped_paper
+
+from ped_fast.score import ped_score
+from ped_fast.scorers import gbc, logme, sfda
+from ped_fast.scorers._input import gram
+
+ROUNDS = 5
+
+
+def sfda_flops(n, d, c):
+    """Two syrk scatter products, two logit products, two Cholesky
+    factorisations and two solves with C right-hand sides."""
+    return 2 * n * d * d + 2 * (2 * n * d * c) + 2 * (d**3 / 3) + 2 * (2 * d * d * c)
+
+
+def shape_info(x, labels):
+    n, d = x.shape
+    return dict(n=n, d=d, c=int(labels.max()) + 1, dtype=str(x.dtype).replace("torch.", ""))
+
+
+def cases():
+    for device in DEVICES:
+        yield pytest.param(device, "sun397", torch.float64, id=f"sun397-float64-{device}")
+        if device == "cuda":
+            yield pytest.param(device, "imagenet", torch.float64, id=f"imagenet-float64-{device}")
+            yield pytest.param(device, "imagenet", torch.float32, id=f"imagenet-float32-{device}")
+
+
+@pytest.mark.parametrize("device,shape,dtype", list(cases()))
+@pytest.mark.parametrize("impl", ["ped_fast", "published"])
+def test_sfda(benchmark, impl, device, shape, dtype):
+    x, labels, _ = dataset(shape, dtype, device)
+    info = shape_info(x, labels)
+    record(benchmark, scorer="sfda", impl=impl, device=device, shape=shape, **info,
+           flops=sfda_flops(info["n"], info["d"], info["c"]), scatter_flops=2 * info["n"] * info["d"] ** 2)
+    if impl == "published":
+        if device != "cpu":
+            pytest.skip("the published code is numpy: CPU only")
+        score = benchmark.pedantic(sfda_published, args=(x.numpy(), labels.numpy()), rounds=1, iterations=1)
+    else:
+        score = benchmark.pedantic(synchronized(device, sfda), args=(x, labels), kwargs=dict(dtype=dtype),
+                                   rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    record(benchmark, score=score)
+
+
+@pytest.mark.parametrize("device,shape,dtype", list(cases()))
+@pytest.mark.parametrize("impl", ["ped_fast", "published"])
+def test_ped_sfda(benchmark, impl, device, shape, dtype):
+    x, labels, reference = dataset(shape, dtype, device)
+    record(benchmark, scorer="ped+sfda", impl=impl, device=device, shape=shape, **shape_info(x, labels))
+    if impl == "published":
+        if device != "cpu":
+            pytest.skip("the published code is numpy: CPU only")
+
+        def published():
+            moved, _, _ = ped_paper(x.numpy(), labels.numpy(), reference.numpy())
+            return sfda_published(moved, labels.numpy())
+
+        score = benchmark.pedantic(published, rounds=1, iterations=1)
+    else:
+        score = benchmark.pedantic(synchronized(device, ped_score), args=(x, labels, "sfda"),
+                                   kwargs=dict(reference=reference, scorer_options={"dtype": dtype}),
+                                   rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    record(benchmark, score=score)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["ped_fast", "published"])
+def test_logme(benchmark, impl, device):
+    x, labels, _ = dataset("sun397", torch.float64, device)
+    record(benchmark, scorer="logme", impl=impl, device=device, shape="sun397", **shape_info(x, labels))
+    if impl == "published":
+        if device != "cpu":
+            pytest.skip("the published code is numpy: CPU only")
+        score = benchmark.pedantic(logme_published, args=(x.numpy(), labels.numpy()), rounds=1, iterations=1)
+    else:
+        score = benchmark.pedantic(synchronized(device, logme), args=(x, labels), rounds=ROUNDS, iterations=1,
+                                   warmup_rounds=1)
+    record(benchmark, score=score)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gaussian", ["spherical", "diagonal"])
+def test_gbc(benchmark, device, gaussian):
+    x, labels, _ = dataset("sun397", torch.float64, device)
+    record(benchmark, scorer=f"gbc-{gaussian}", impl="ped_fast", device=device, shape="sun397",
+           **shape_info(x, labels))
+    score = benchmark.pedantic(synchronized(device, gbc), args=(x, labels), kwargs=dict(gaussian=gaussian),
+                               rounds=3, iterations=1, warmup_rounds=1)
+    record(benchmark, score=score)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gram(benchmark, device):
+    """One of SFDA's D x D scatter products, alone (R^T R, N x D float64)."""
+    x, _, _ = dataset("sun397", torch.float64, device)
+    n, d = x.shape
+    benchmark.pedantic(synchronized(device, gram), args=(x,), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    record(benchmark, scorer="gram", impl="ped_fast", device=device, shape="sun397", n=n, d=d, flops=n * d * d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matmul_reference(benchmark, device):
+    """The machine's float64 matmul rate: a square product, 2 n^3 flops."""
+    n = 4096
+    a = torch.randn(n, n, dtype=torch.float64, device=device)
+    benchmark.pedantic(synchronized(device, torch.matmul), args=(a, a), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    record(benchmark, scorer="matmul", impl="torch", device=device, shape=f"{n}x{n}", flops=2 * n**3)
+
+
+def report(path):
+    """Markdown table of a JSON file written by this module's benchmarks."""
+    rows = [b for b in json.load(open(path))["benchmarks"] if "scorer" in b["extra_info"]]
+    med = {(b["extra_info"]["scorer"], b["extra_info"]["impl"], b["extra_info"]["device"],
+            b["extra_info"]["shape"], b["extra_info"].get("dtype")): b["stats"]["median"] for b in rows}
+    matmul = {b["extra_info"]["device"]: b["extra_info"]["flops"] / b["stats"]["median"] / 1e9
+              for b in rows if b["extra_info"]["scorer"] == "matmul"}
+    lines = ["| scorer | shape | dtype | device | ped_fast median (s) | spread (IQR, s) | published (s) | speedup | "
+             "GFLOP/s (% of matmul) |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in rows:
+        e = b["extra_info"]
+        if e["impl"] != "ped_fast":
+            continue
+        base = med.get((e["scorer"], "published", e["device"], e["shape"], e.get("dtype")))
+        speedup = f"{base / b['stats']['median']:.1f}x" if base else ""
+        rate = ""
+        if "flops" in e:
+            gflops = e["flops"] / b["stats"]["median"] / 1e9
+            share = f" ({100 * gflops / matmul[e['device']]:.0f}%)" if e["device"] in matmul else ""
+            rate = f"{gflops:.0f}{share}"
+        lines.append(f"| {e['scorer']} | {e['shape']} | {e.get('dtype', 'float64')} | {e['device']} | "
+                     f"{b['stats']['median']:.3f} | {b['stats']['iqr']:.3f} | {f'{base:.1f}' if base else ''} | "
+                     f"{speedup} | {rate} |")
+    for device, rate in matmul.items():
+        lines.append(f"| matmul 4096^2 (ceiling) | | float64 | {device} | | | | | {rate:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(sys.argv[1]))

@@ -1,0 +1,14 @@
+"""Transferability scorers that PED plugs into (PED_SPEC.md section 2).
+
+Each is f(features, labels, ...) -> float: features N x D (numpy or torch,
+any device, float32 or float64; never modified), labels N integers. Scores
+are computed in float64 unless dtype=torch.float32 is passed.
+"""
+from .gbc import gbc
+from .logme import logme
+from .nleep import nleep
+from .sfda import sfda
+
+SCORERS = {"sfda": sfda, "logme": logme, "nleep": nleep, "gbc": gbc}
+
+__all__ = ["sfda", "logme", "nleep", "gbc", "SCORERS"]

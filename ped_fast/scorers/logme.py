@@ -1,0 +1,145 @@
+"""LogME (You et al., ICML 2021) with the fixed-point solver of their 2021
+follow-up, as the published PED/SFDA code calls it (PED_SPEC.md section 2).
+
+With N > D everything comes from the D x D Gram matrix X^T X: its
+eigendecomposition gives the singular values s and right vectors V, and the
+projections of a target t on the left vectors are z = V^T (X^T t) / s. For
+class targets X^T t is a column of per-class sums, so no N x C one-hot matrix
+is formed and X is read twice (Gram matrix, class sums). The fixed-point
+iteration then runs for all targets at once on k x K numbers, each target
+stopping at its own iteration exactly as the published per-class loop does.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _backends
+from .._validate import all_finite, features_tensor, raise_non_finite, to_tensor
+from ._input import compute_dtype, gram, prepare
+
+MAX_ITERATIONS = 11
+TOLERANCE = 1e-3
+EPSILON = 1e-5
+SINGULAR_FLOOR = 1e-10
+
+
+def logme(features, labels, *, regression=False, dtype=torch.float64):
+    """LogME evidence of `features` (N x D) for `labels`.
+
+    Classification (default): labels are N integers (any values; classes are
+    the sorted unique labels; at least two classes), one one-vs-rest target
+    per class. regression=True: labels are real targets, N or N x K.
+    Returns the mean over targets of the maximised log evidence per sample (a
+    float, higher is better). dtype: torch.float64 (default, the published
+    precision) or torch.float32.
+    """
+    if not isinstance(regression, bool):
+        raise TypeError(f"regression must be True or False, got {regression!r}")
+    if regression:
+        return _regression(features, labels, compute_dtype(dtype))
+    prep = prepare(features, labels, dtype, "logme")
+    x = prep.x
+    _, launcher = _backends.resolve("auto", x.device)
+    _, mean, var = launcher.class_stats(x, prep.index, prep.num_classes)
+    if not all_finite(mean, var):
+        raise_non_finite(x, "features")
+    counts = prep.counts.to(prep.dtype)
+    sums = mean.to(prep.dtype).T * counts  # D x C = X^T T
+    n, dim = x.shape
+    if n > dim:
+        return evidence_from_gram(gram(_as(x, prep.dtype)), sums, counts, n)
+    onehot = torch.zeros(n, prep.num_classes, dtype=prep.dtype, device=x.device)
+    onehot.scatter_(1, prep.index.unsqueeze(1), 1.0)
+    return _evidence_from_svd(_as(x, prep.dtype), onehot)
+
+
+def evidence_from_gram(gram_matrix, xt_targets, target_sq, n):
+    """Mean LogME evidence for N > D from X^T X (D x D), X^T T (D x K) and
+    the squared norms of the K targets (K)."""
+    dim = gram_matrix.shape[0]
+    values, vectors = torch.linalg.eigh(gram_matrix)
+    # Singular values of the symmetric X^T X are |eigenvalues|, as the
+    # published code's SVD of X^T X gives them.
+    s = values.abs().sqrt()
+    keep = s > SINGULAR_FLOOR
+    s, vectors = s[keep], vectors[:, keep]
+    z = (vectors.T @ xt_targets) / s.unsqueeze(1)
+    return _fixed_point(s * s, z, target_sq, n, dim)
+
+
+def _evidence_from_svd(x, targets):
+    """N <= D: the thin SVD of X itself, keeping all min(N, D) values."""
+    n, dim = x.shape
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    z = u.T @ targets
+    return _fixed_point(s * s, z, (targets * targets).sum(0), n, dim)
+
+
+def _fixed_point(sigma, z, target_sq, n, dim):
+    """sigma: k squared singular values; z: k x K projections of the K
+    targets; target_sq: ||t||^2 per target. Returns the mean evidence / N."""
+    sigma = sigma.unsqueeze(1)
+    z2 = z * z
+    residual_sq = target_sq - z2.sum(0)
+    num_targets = z.shape[1]
+    alpha = torch.ones(num_targets, dtype=z.dtype, device=z.device)
+    beta = torch.ones_like(alpha)
+    m2 = torch.zeros_like(alpha)
+    res2 = torch.zeros_like(alpha)
+    active = torch.ones(num_targets, dtype=torch.bool, device=z.device)
+    for _ in range(MAX_ITERATIONS):
+        t = alpha / beta
+        gamma = (sigma / (sigma + t)).sum(0)
+        new_m2 = (sigma * z2 / (t + sigma) ** 2).sum(0)
+        new_res2 = (z2 / (1 + sigma / t) ** 2).sum(0) + residual_sq
+        new_alpha = gamma / (new_m2 + EPSILON)
+        new_beta = (n - gamma) / (new_res2 + EPSILON)
+        # A target that has converged keeps the values of its last iteration.
+        m2 = torch.where(active, new_m2, m2)
+        res2 = torch.where(active, new_res2, res2)
+        alpha = torch.where(active, new_alpha, alpha)
+        beta = torch.where(active, new_beta, beta)
+        active &= (new_alpha / new_beta - t).abs() / t > TOLERANCE
+        if not bool(active.any()):
+            break
+    evidence = (
+        dim / 2.0 * torch.log(alpha)
+        + n / 2.0 * torch.log(beta)
+        - 0.5 * torch.log(alpha + beta * sigma).sum(0)
+        - beta / 2.0 * res2
+        - alpha / 2.0 * m2
+        - n / 2.0 * math.log(2 * math.pi)
+    ) / n
+    return float(evidence.mean())
+
+
+def _regression(features, targets, dtype):
+    x, _ = features_tensor(features)
+    t, _ = to_tensor(targets, "labels")
+    if t.dim() == 1:
+        t = t.unsqueeze(1)
+    if t.dim() != 2 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"regression targets must be N or N x K with N = {x.shape[0]} (the rows of features), got shape "
+            f"{tuple(t.shape)}"
+        )
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"regression targets must be real numbers, got {str(t.dtype).replace('torch.', '')}")
+    t = t.to(device=x.device, dtype=dtype)
+    if not all_finite(t):
+        raise_non_finite(t, "labels")
+    xc = _as(x, dtype)
+    xt_targets = xc.T @ t
+    if not all_finite(xt_targets):
+        raise_non_finite(x, "features")
+    n, dim = x.shape
+    if n > dim:
+        return evidence_from_gram(gram(xc), xt_targets, (t * t).sum(0), n)
+    return _evidence_from_svd(xc, t)
+
+
+def _as(x, dtype):
+    """x in `dtype` with contiguous rows (a copy only when needed)."""
+    return x.to(dtype).contiguous()
