@@ -30,12 +30,29 @@ def ceiling(benches, device):
     return max((b["extra_info"]["gbps"] for b in rows), default=None)
 
 
+def matmul_rate(benches, device, dtype="float64"):
+    rows = [b for b in by_test(benches, "test_matmul_rate")
+            if b["extra_info"]["device"] == device and b["extra_info"]["dtype"] == dtype]
+    return max((b["extra_info"]["gflops"] for b in rows), default=None)
+
+
+def floor_seconds(benches, e):
+    """What ped() cannot beat on this device: read X once (class_stats), read
+    and write it once (integrate), at the measured bandwidth, plus six steps
+    of the float64 force arithmetic (pair distances and delta = W mu, each
+    2 C^2 D flops as matrix products) at the measured float64 matmul rate."""
+    bandwidth, rate = ceiling(benches, e["device"]), matmul_rate(benches, e["device"])
+    if not bandwidth or not rate:
+        return None
+    return 3 * e["x_bytes"] / (bandwidth * 1e9) + 6 * 4 * e["c"] ** 2 * e["d"] / (rate * 1e9)
+
+
 def end_to_end(benches, lines, checks):
     rows = by_test(benches, "test_ped")
     if not rows:
         return
-    lines += ["| shape | dtype | device | backend | median (s) | IQR (s) | vs paper | vs reference |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| shape | dtype | device | backend | median (s) | IQR (s) | vs paper | vs reference | x floor |",
+              "|---|---|---|---|---|---|---|---|---|"]
     key = lambda b: (b["extra_info"]["shape"], b["extra_info"]["dtype"], b["extra_info"]["device"])
     groups = {}
     for b in rows:
@@ -43,7 +60,7 @@ def end_to_end(benches, lines, checks):
     for (shape, dtype, device), group in sorted(groups.items()):
         paper, ref = group.get("paper"), group.get("reference")
         if device == "cpu" and shape == "imagenet":
-            lines.append(f"| {shape} | {dtype} | {device} | paper | {PAPER_IMAGENET} | | | |")
+            lines.append(f"| {shape} | {dtype} | {device} | paper | {PAPER_IMAGENET} | | | | |")
         for name in ["paper", "reference", "cpu", "triton", "cuda"]:
             if name not in group:
                 continue
@@ -51,8 +68,10 @@ def end_to_end(benches, lines, checks):
             vs_paper = f"{median(paper) / median(b):.0f}x" if paper else ""
             vs_ref = f"{median(ref) / median(b):.1f}x" if ref else ""
             inplace = " (in place)" if b["extra_info"].get("inplace") else ""
-            lines.append(f"| {shape} | {dtype} | {device} | {name}{inplace} | {median(b):.3f} | "
-                         f"{b['stats']['iqr']:.3f} | {vs_paper} | {vs_ref} |")
+            floor = floor_seconds(benches, b["extra_info"])
+            vs_floor = f"{median(b) / floor:.1f}" if floor and name != "paper" else ""
+            lines.append(f"| {shape} | {dtype} | {device} | {name}{inplace} | {median(b):.4f} | "
+                         f"{b['stats']['iqr']:.4f} | {vs_paper} | {vs_ref} | {vs_floor} |")
         fast = group.get("cpu")
         if device == "cpu" and shape == "sun397" and dtype == "float64" and fast:
             if paper:
@@ -67,6 +86,10 @@ def end_to_end(benches, lines, checks):
             if device == "cuda" and shape == "imagenet" and gpu in group and ref:
                 speedup = median(ref) / median(group[gpu])
                 checks.append((f"ImageNet {dtype} {gpu} vs reference on GPU >= 5x: {speedup:.1f}x", speedup >= 5))
+            floor = floor_seconds(benches, group[gpu]["extra_info"]) if gpu in group else None
+            if device == "cuda" and floor:
+                ratio = median(group[gpu]) / floor
+                checks.append((f"{shape} {dtype} {gpu} within 3x of the device floor: {ratio:.1f}x", ratio <= 3))
 
 
 def operations(benches, lines):

@@ -1,4 +1,4 @@
-"""Command line: python -m ped_fast demo"""
+"""Command line: python -m ped_fast demo (ranks feature extractors of built-in data)"""
 import argparse
 import sys
 
@@ -8,8 +8,8 @@ from .demo import run_demo
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ped_fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run PED on built-in data (scikit-learn's digits) and print a report")
-    demo.add_argument("--backend", default="auto", help="backend to run (default: every CPU backend available)")
+    demo = commands.add_parser("demo", help="rank feature extractors of scikit-learn's digits by SFDA and PED+SFDA and print a report")
+    demo.add_argument("--backend", default="auto", help="PED backend (default: auto, the fastest available)")
     args = parser.parse_args(argv)
     return run_demo(backend=args.backend)
 
