@@ -3,8 +3,7 @@ against the copy ceiling measured by bench_bandwidth.py."""
 import pytest
 import torch
 
-from conftest import DEVICES, backends_for, dataset, record, synchronized
-from ped_fast import _backends
+from conftest import DEVICES, dataset, launcher_or_skip, record, synchronized
 
 CASES = [("sun397", torch.float64), ("imagenet", torch.float32)]
 
@@ -13,13 +12,11 @@ CASES = [("sun397", torch.float64), ("imagenet", torch.float32)]
 @pytest.mark.parametrize("shape,dtype", CASES, ids=[f"{s}-{str(d)[6:]}" for s, d in CASES])
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda"])
 def test_integrate_inplace(benchmark, device, shape, dtype, backend):
-    if backend not in backends_for(device):
-        pytest.skip(f"{backend} does not run on {device} here")
+    launcher = launcher_or_skip(backend, device)
     x, labels, _ = dataset(shape, dtype, device)
     work = x.clone()
     c = int(labels.max()) + 1
     shift = torch.full((c, x.shape[1]), 1e-3, dtype=dtype, device=device)
-    launcher = _backends._module(backend)
     benchmark.pedantic(synchronized(device, launcher.integrate), args=(work, labels, shift, work), rounds=7,
                        iterations=1, warmup_rounds=1)
     moved = 2 * x.nbytes

@@ -4,7 +4,7 @@ C(C-1)/2 x D difference-square-accumulate work of a full evaluation."""
 import pytest
 import torch
 
-from conftest import DEVICES, backends_for, dataset, record, synchronized
+from conftest import DEVICES, dataset, launcher_or_skip, record, synchronized
 from ped_fast import _backends
 
 
@@ -19,9 +19,7 @@ def means_and_radii(device):
 @pytest.mark.parametrize("step", ["first", "later"])
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda"])
 def test_pairwise_forces(benchmark, device, step, backend):
-    if backend not in backends_for(device):
-        pytest.skip(f"{backend} does not run on {device} here")
-    launcher = _backends._module(backend)
+    launcher = launcher_or_skip(backend, device)
     mu, radius = means_and_radii(device)
     c, d = mu.shape
     bounds = launcher.make_bounds(c, mu.device)

@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -28,6 +29,14 @@ def backends_for(device):
         if status.available and (devices is None or device in devices):
             out.append(name)
     return out
+
+
+def launcher_or_skip(backend, device):
+    """The launcher module of `backend`, or skip the benchmark when it does
+    not run on `device` here."""
+    if backend not in backends_for(device):
+        pytest.skip(f"{backend} does not run on {device} here")
+    return _backends._module(backend)
 
 
 @functools.cache

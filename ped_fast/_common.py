@@ -1,6 +1,7 @@
 """Types shared by the backends' launchers."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,3 +49,21 @@ def kernel_layout(x):
 
 def row_stride(x):
     return x.stride(0) if x.shape[0] > 1 else x.shape[1]
+
+
+def rows_contiguous_integrate(kernel):
+    """An integrate launcher from `kernel(source, index, shift, out)`, which
+    needs both X and `out` in kernel_layout and index and shift contiguous.
+    An `out` the kernel cannot write directly (e.g. a transposed view) is
+    written through a contiguous temporary."""
+
+    @functools.wraps(kernel)
+    def integrate(x, index, shift, out):
+        if kernel_layout(out) is not out:
+            tmp = x.clone(memory_format=torch.contiguous_format)
+            integrate(tmp, index, shift, tmp)
+            return out.copy_(tmp)
+        kernel(kernel_layout(x), index.contiguous(), shift.contiguous(), out)
+        return out
+
+    return integrate

@@ -14,7 +14,7 @@ import importlib.util
 
 import torch
 
-from ._common import Forces, PairBounds, kernel_layout, row_stride
+from ._common import Forces, PairBounds, kernel_layout, row_stride, rows_contiguous_integrate
 
 DEVICES = ("cuda",)
 
@@ -116,21 +116,13 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     )
 
 
+@rows_contiguous_integrate
 def integrate(x, index, shift, out):
-    """See reference.integrate. `out` may be `x` (in place); an `out` that the
-    kernel cannot write directly (e.g. a transposed view) is written through
-    a contiguous temporary. Waits for the GPU, to report a bad index."""
-    if kernel_layout(out) is not out:
-        tmp = x.clone(memory_format=torch.contiguous_format)
-        integrate(tmp, index, shift, tmp)
-        return out.copy_(tmp)
-    source = out if x is out else kernel_layout(x)
-    index = index.contiguous()
-    shift = shift.contiguous()
+    """See reference.integrate; `out` may be `x` (in place). Waits for the
+    GPU, to report a bad index."""
     n, dim = x.shape
     with torch.cuda.device(x.device):
         workspace = _workspace(_cuda.integrate_workspace_bytes(), x.device)
-        _cuda.integrate(source.data_ptr(), row_stride(source), out.data_ptr(), row_stride(out),
-                        x.dtype == torch.float64, index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0],
-                        workspace.data_ptr(), *_launch(x.device))
-    return out
+        _cuda.integrate(x.data_ptr(), row_stride(x), out.data_ptr(), row_stride(out), x.dtype == torch.float64,
+                        index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0], workspace.data_ptr(),
+                        *_launch(x.device))

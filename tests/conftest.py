@@ -57,3 +57,26 @@ def assert_close(actual, expected, rtol, what=""):
     scale = max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-300)
     err = float((actual - expected).abs().max()) if expected.numel() else 0.0
     assert err <= rtol * scale, f"{what}: max abs error {err:.3e} > {rtol:.1e} x {scale:.3e}"
+
+
+def means_and_radii(c, d, seed, separation=1.0):
+    """C x D float64 class means and C radii for pairwise_forces tests."""
+    g = torch.Generator().manual_seed(seed)
+    mu = separation * torch.randn(c, d, generator=g, dtype=torch.float64)
+    # Radii around the typical distance sqrt(2d): some pairs overlap, some not.
+    radius = separation * d**0.5 * (0.3 + 2.2 * torch.rand(c, generator=g, dtype=torch.float64))
+    return mu, radius
+
+
+def run_steps(launcher, mu, radius, steps, **params):
+    """Apply `steps` steps unconditionally, as the driver does when accepted."""
+    mu = mu.clone()
+    bounds = launcher.make_bounds(mu.shape[0], mu.device)
+    out = []
+    for _ in range(steps):
+        forces = launcher.pairwise_forces(mu, radius, bounds=bounds, **params)
+        out.append(forces)
+        mu += forces.delta
+        if bounds is not None:
+            bounds.advance(forces.delta)
+    return out

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import ped_fast
-from conftest import DTYPES, GOLDEN, TOLERANCE, assert_close, golden_case, make_classes
+from conftest import DTYPES, GOLDEN, TOLERANCE, assert_close, golden_case, make_classes, run_steps
+from conftest import means_and_radii as shared_means_and_radii
 from ped_fast import cuda, reference
 
 DEVICE = torch.device("cuda")
@@ -138,25 +139,7 @@ def test_public_class_stats_with_arbitrary_labels():
 
 
 def means_and_radii(c, d, seed, separation=1.0):
-    g = torch.Generator().manual_seed(seed)
-    mu = separation * torch.randn(c, d, generator=g, dtype=torch.float64)
-    # Radii around the typical distance sqrt(2d): some pairs overlap, some not.
-    radius = separation * d**0.5 * (0.3 + 2.2 * torch.rand(c, generator=g, dtype=torch.float64))
-    return on_gpu(mu, radius)
-
-
-def run_steps(launcher, mu, radius, steps, **params):
-    """Apply `steps` steps unconditionally, as the driver does when accepted."""
-    mu = mu.clone()
-    bounds = launcher.make_bounds(mu.shape[0], mu.device)
-    out = []
-    for _ in range(steps):
-        forces = launcher.pairwise_forces(mu, radius, bounds=bounds, **params)
-        out.append(forces)
-        mu += forces.delta
-        if bounds is not None:
-            bounds.advance(forces.delta)
-    return out
+    return on_gpu(*shared_means_and_radii(c, d, seed, separation))
 
 
 def assert_forces_close(got, want):

@@ -3,33 +3,11 @@ including the steps where pruned pairs are skipped."""
 import pytest
 import torch
 
-from conftest import BACKENDS, FAST_BACKENDS, TOLERANCE, assert_close
+from conftest import BACKENDS, FAST_BACKENDS, TOLERANCE, assert_close, means_and_radii, run_steps
 from ped_fast import cpu, reference
 
 LAUNCHERS = {"cpu": cpu}
 F64 = TOLERANCE[torch.float64]
-
-
-def means_and_radii(c, d, seed, separation=1.0):
-    g = torch.Generator().manual_seed(seed)
-    mu = separation * torch.randn(c, d, generator=g, dtype=torch.float64)
-    # Radii around the typical distance sqrt(2d): some pairs overlap, some not.
-    radius = separation * d**0.5 * (0.3 + 2.2 * torch.rand(c, generator=g, dtype=torch.float64))
-    return mu, radius
-
-
-def run_steps(launcher, mu, radius, steps, **params):
-    """Apply `steps` steps unconditionally, as the driver does when accepted."""
-    mu = mu.clone()
-    bounds = launcher.make_bounds(mu.shape[0], mu.device)
-    out = []
-    for _ in range(steps):
-        forces = launcher.pairwise_forces(mu, radius, bounds=bounds, **params)
-        out.append(forces)
-        mu += forces.delta
-        if bounds is not None:
-            bounds.advance(forces.delta)
-    return out
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
