@@ -136,9 +136,11 @@ def test_matmul_reference(benchmark, device):
     record(benchmark, scorer="matmul", impl="torch", device=device, shape=f"{n}x{n}", flops=2 * n**3)
 
 
-def report(path):
-    """Markdown table of a JSON file written by this module's benchmarks."""
-    rows = [b for b in json.load(open(path))["benchmarks"] if "scorer" in b["extra_info"]]
+def report(benches):
+    """Markdown table of this module's benchmarks (pytest-benchmark's
+    "benchmarks" list; others are ignored) and the issue's targets as
+    (text, met) pairs."""
+    rows = [b for b in benches if "scorer" in b["extra_info"]]
     med = {(b["extra_info"]["scorer"], b["extra_info"]["impl"], b["extra_info"]["device"],
             b["extra_info"]["shape"], b["extra_info"].get("dtype")): b["stats"]["median"] for b in rows}
     matmul = {b["extra_info"]["device"]: b["extra_info"]["flops"] / b["stats"]["median"] / 1e9
@@ -161,8 +163,19 @@ def report(path):
                      f"{speedup} | {rate} |")
     for device, rate in matmul.items():
         lines.append(f"| matmul 4096^2 (ceiling) | | float64 | {device} | | | | | {rate:.0f} |")
-    return "\n".join(lines)
+    checks = []
+    for scorer, target in (("sfda", 10), ("ped+sfda", 15)):
+        ours = med.get((scorer, "ped_fast", "cpu", "sun397", "float64"))
+        base = med.get((scorer, "published", "cpu", "sun397", "float64"))
+        if ours and base:
+            checks.append((f"SUN397 float64 {scorer} vs published >= {target}x: {base / ours:.1f}x", base / ours >= target))
+    gpu = med.get(("ped+sfda", "ped_fast", "cuda", "imagenet", "float32"))
+    if gpu:
+        checks.append((f"ImageNet float32 PED+SFDA on the GPU < 0.2 s: {gpu:.3f} s", gpu < 0.2))
+    return "\n".join(lines) if len(lines) > 2 else "", checks
 
 
 if __name__ == "__main__":
-    print(report(sys.argv[1]))
+    table, targets = report(json.load(open(sys.argv[1]))["benchmarks"])
+    print(table)
+    print("\n".join(f"- [{'x' if ok else ' '}] {text}" for text, ok in targets))

@@ -1,7 +1,11 @@
 """Markdown summary of a pytest-benchmark JSON file from this suite, with the
 issue targets checked. Usage: python bench/report.py RESULTS.json [...]"""
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_scorers import report as scorer_report  # noqa: E402
 
 PAPER_IMAGENET = "cannot run: one C x C x D float64 array is 15.3 GiB"
 
@@ -152,6 +156,10 @@ def main(paths):
     operations(benches, lines)
     ceilings(benches, lines)
     memory(benches, lines, checks)
+    table, scorer_checks = scorer_report(benches)
+    if table:
+        lines += ["", table]
+    checks += scorer_checks
     if checks:
         lines += ["", "Targets:"] + [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks]
     print("\n".join(lines))
