@@ -29,9 +29,11 @@ def median(b):
 
 
 def ceiling(benches, device):
-    """The best read + write bandwidth measured on `device` (copy or in-place update)."""
-    rows = [b for b in by_test(benches, "test_memory_bandwidth") if b["extra_info"]["device"] == device]
-    return max((b["extra_info"]["gbps"] for b in rows), default=None)
+    """The best read + write rate measured on `device`: a copy, an in-place
+    update, or integrate itself (one read and one write of X), whichever
+    moved most; on the 2-core VM the C++ integrate outran numpy and torch."""
+    rows = by_test(benches, "test_memory_bandwidth") + by_test(benches, "test_integrate_inplace")
+    return max((b["extra_info"]["gbps"] for b in rows if b["extra_info"]["device"] == device), default=None)
 
 
 def matmul_rate(benches, device, dtype="float64"):
@@ -99,7 +101,7 @@ def end_to_end(benches, lines, checks):
 def operations(benches, lines):
     rows = by_test(benches, "test_class_stats") + by_test(benches, "test_integrate_inplace")
     if rows:
-        lines += ["", "| operation | shape | dtype | device | backend | median (ms) | GB/s | % of measured bandwidth |",
+        lines += ["", "| operation | shape | dtype | device | backend | median (ms) | GB/s | % of best read+write rate |",
                   "|---|---|---|---|---|---|---|---|"]
         for b in rows:
             e = b["extra_info"]
