@@ -57,7 +57,7 @@ def end_to_end(benches, lines, checks):
     rows = by_test(benches, "test_ped")
     if not rows:
         return
-    lines += ["| shape | dtype | device | backend | median (s) | IQR (s) | vs paper | vs reference | x floor |",
+    lines += ["| shape | dtype | device | backend | median (s) | IQR (s) | vs paper | vs reference | x GPU floor |",
               "|---|---|---|---|---|---|---|---|---|"]
     key = lambda b: (b["extra_info"]["shape"], b["extra_info"]["dtype"], b["extra_info"]["device"])
     groups = {}
@@ -72,10 +72,12 @@ def end_to_end(benches, lines, checks):
                 continue
             b = group[name]
             vs_paper = f"{median(paper) / median(b):.0f}x" if paper else ""
-            vs_ref = f"{median(ref) / median(b):.1f}x" if ref else ""
+            vs_ref = f"{median(ref) / median(b):.1f}x" if ref and name != "paper" else ""
             inplace = " (in place)" if b["extra_info"].get("inplace") else ""
             floor = floor_seconds(benches, b["extra_info"])
-            vs_floor = f"{median(b) / floor:.1f}" if floor and name != "paper" else ""
+            # The floor is the GPU issue's yardstick (six full force steps);
+            # the CPU backend prunes most pairs and can beat it.
+            vs_floor = f"{median(b) / floor:.1f}" if floor and device == "cuda" else ""
             lines.append(f"| {shape} | {dtype} | {device} | {name}{inplace} | {median(b):.4f} | "
                          f"{b['stats']['iqr']:.4f} | {vs_paper} | {vs_ref} | {vs_floor} |")
         fast = group.get("cpu")
