@@ -66,20 +66,18 @@ def labels_tensor(labels, n, device):
                 f"labels must be integers, got {str(y.dtype).replace('torch.', '')} with value {y[first].item()} "
                 f"at position {first}"
             )
-        y = y.to(torch.int64)
-    elif y.dtype == torch.bool:
-        y = y.to(torch.int64)
-    y = y.to(device)
+    # int64 throughout: uint8 and bool tensors would index as masks.
+    y = y.to(device=device, dtype=torch.int64)
     low, high = int(y.min()), int(y.max())
     if low >= 0 and high < max(4 * n, 1 << 16):
         # Small non-negative labels (the usual 0..C-1): a bucket table,
         # O(N + max label), instead of torch.unique's sort.
         present = torch.bincount(y, minlength=high + 1) > 0
-        classes = torch.nonzero(present).flatten().to(y.dtype)
+        classes = torch.nonzero(present).flatten()
         index = (torch.cumsum(present, 0) - 1)[y]
     else:
         classes, index = torch.unique(y, sorted=True, return_inverse=True)
-    return index.to(torch.int64), classes, as_numpy
+    return index, classes, as_numpy
 
 
 def check_number(value, name, *, minimum=0.0, strict=False):

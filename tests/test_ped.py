@@ -249,3 +249,16 @@ def test_read_only_array_in_place_is_refused():
     with pytest.raises(ValueError, match="inplace=True but features is a read-only array"):
         ped_fast.ped(x, Y_OK, reference=G_OK, inplace=True)
     assert ped_fast.ped(x, Y_OK, reference=G_OK).features.shape == x.shape  # reading it is fine
+
+
+@pytest.mark.parametrize("convert", [
+    lambda y: y.astype(np.int32), lambda y: y.astype(np.uint8), lambda y: y.astype(np.float32),
+    lambda y: y * 10**9 - 7, lambda y: torch.tensor(y, dtype=torch.uint8), lambda y: torch.tensor(y),
+], ids=["int32", "uint8", "whole floats", "large and negative", "torch uint8", "torch int64"])
+def test_label_dtypes_give_the_same_dynamics(convert):
+    # uint8 and bool tensors index as masks in torch: labels must not.
+    x, labels = make_classes(90, 5, 4, seed=8)
+    want = run(x, labels.numpy(), "reference")
+    got = run(x, convert(labels.numpy()), "reference")
+    assert got.steps == want.steps > 0
+    assert torch.equal(got.shift, want.shift)
