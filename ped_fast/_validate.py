@@ -24,6 +24,8 @@ def to_tensor(value, name):
     array = np.asarray(value)
     if array.dtype == object or array.dtype.kind in "USV":
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__} of dtype {array.dtype}")
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)  # torch cannot view negative strides
     with warnings.catch_warnings():
         # Read-only arrays are only ever read; writes go through inplace=True,
         # which checks writability itself.

@@ -175,6 +175,8 @@ def _check_writable(features):
         raise TypeError(f"inplace=True needs a numpy array or torch tensor, got {type(features).__name__}")
     if not features.flags.writeable:
         raise ValueError("inplace=True but features is a read-only array")
+    if any(stride < 0 for stride in features.strides):
+        raise ValueError(f"inplace=True needs non-negative strides, but features has strides {features.strides}")
 
 
 def _rescaling(reference, rescale, eps, x, backend, counts, mean, var):

@@ -26,7 +26,8 @@ ODD_CASES = {  # name: (N, D, C, extra ped() options)
 
 def reference_for(x, seed=7):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(50, x.shape[1], generator=g, dtype=torch.float64).to(torch.as_tensor(x).dtype) * 0.8 + 0.1
+    dtype = x.dtype if isinstance(x, torch.Tensor) else torch.from_numpy(np.empty(0, x.dtype)).dtype
+    return torch.randn(50, x.shape[1], generator=g, dtype=torch.float64).to(dtype) * 0.8 + 0.1
 
 
 def run(x, labels, backend, **options):
@@ -262,3 +263,14 @@ def test_label_dtypes_give_the_same_dynamics(convert):
     got = run(x, convert(labels.numpy()), "reference")
     assert got.steps == want.steps > 0
     assert torch.equal(got.shift, want.shift)
+
+
+def test_reversed_views_are_read_and_refused_in_place():
+    x, labels = make_classes(60, 4, 3, seed=9)
+    flipped = x.numpy()[::-1]
+    got = run(flipped, labels.numpy()[::-1], "cpu")
+    want = run(np.ascontiguousarray(flipped), labels.numpy()[::-1].copy(), "reference")
+    np.testing.assert_allclose(got.features, want.features, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"inplace=True needs non-negative strides, but features has strides"):
+        ped_fast.ped(flipped, labels.numpy(), reference=reference_for(x), inplace=True)
+
