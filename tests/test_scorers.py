@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
-from conftest import GOLDEN, assert_close, golden_case, make_classes
+from conftest import GOLDEN, TOLERANCE, assert_close, golden_case, make_classes
 
 from ped_fast.scorers import SCORERS, gbc, logme, nleep, sfda
 
@@ -372,6 +372,72 @@ def test_symmetric_solver_falls_back_to_clamped_eigenvalues():
     healthy = input_module.SymmetricSolver(b + torch.eye(6, dtype=torch.float64), 1e-3)
     assert healthy.cholesky
     assert_close(healthy.solve(rhs), np.linalg.solve(b.numpy() + np.eye(6), rhs.numpy()), 1e-12, "Cholesky solve")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_blas_helpers_match_torch(dtype):
+    """gram (full and lower-only), symmetric_matvec and matmul, which call
+    scipy's BLAS on the CPU, against torch on odd sizes, with operands in
+    row- and column-major layouts and strided; inputs are left alone."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(301, 37, generator=g, dtype=torch.float64).to(dtype)
+    rtol = TOLERANCE[dtype]
+    expected = a.double().T @ a.double()
+    gram = input_module.gram
+    assert_close(gram(a), expected, rtol, "gram")
+    assert torch.equal(gram(a), gram(a).T)
+    lower = gram(a, lower_only=True)
+    assert_close(torch.tril(lower), torch.tril(expected), rtol, "gram lower triangle")
+    assert_close(gram(a[::2, 1:]), a[::2, 1:].double().T @ a[::2, 1:].double(), rtol, "gram of a strided view")
+    v = torch.randn(37, generator=g, dtype=torch.float64).to(dtype)
+    assert_close(input_module.symmetric_matvec(lower, v), expected @ v.double(), rtol, "symmetric_matvec")
+    b = torch.randn(37, 11, generator=g, dtype=torch.float64).to(dtype)
+    before = (a.clone(), b.clone())
+    for left in (a, a.T.contiguous().T, a[::3]):
+        for right in (b, b.T.contiguous().T, b[:, ::2]):
+            assert_close(input_module.matmul(left, right), left.double() @ right.double(), rtol, "matmul")
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_symmetric_solver_lapack_matches_torch(dtype):
+    """The CPU solver (LAPACK through scipy, on a column-major view) against
+    torch's Cholesky, with right-hand sides in either layout; b is left
+    as it was."""
+    rng = np.random.default_rng(9)
+    a = torch.from_numpy(rng.standard_normal((40, 23))).to(dtype)
+    b = a.T @ a + torch.eye(23, dtype=dtype)
+    before = b.clone()
+    solver = input_module.SymmetricSolver(b, 1e-3)
+    assert solver.cholesky and solver.lapack
+    expected = torch.cholesky_solve(torch.from_numpy(rng.standard_normal((23, 5))).to(dtype), torch.linalg.cholesky(b))
+    rhs = b @ expected
+    for layout in (rhs, rhs.T.contiguous().T):
+        assert_close(solver.solve(layout), expected, 1e-10 if dtype == torch.float64 else 1e-4, "lapack solve")
+    assert torch.equal(b, before)
+
+
+@pytest.mark.skipif(not input_module.cpu_launcher.status()[0], reason="the CPU extension is not built")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("soften", [True, False])
+@pytest.mark.parametrize("n,c", [(1, 1), (9, 2), (37, 5), (211, 397)])
+@pytest.mark.parametrize("scale", [3.0, 300.0])
+def test_own_class_probability_fused_matches_torch(n, c, scale, soften, dtype):
+    """The fused CPU pass (with its own vectorised exp) against the PyTorch
+    ops it replaces: on moderate logits, on logits large enough that an
+    unshifted exp would overflow and most terms underflow, on a transposed
+    (non-contiguous) logits view, and with labels hitting every class."""
+    g = torch.Generator().manual_seed(n * c)
+    logits = (scale * torch.randn(c, n, generator=g, dtype=torch.float64)).to(dtype).T
+    table = (scale / 6 * torch.randn(c, c, generator=g, dtype=torch.float64)).to(dtype)
+    index = torch.randint(0, c, (n,), generator=g)
+    index[: min(n, c)] = torch.arange(min(n, c))
+    inputs = [t.clone() for t in (logits, table, index)]
+    fused = input_module.own_class_probability(logits, table, index, soften=soften)
+    expected = input_module.own_class_probability_reference(logits.double(), table.double(), index, soften=soften)
+    assert fused.dtype == dtype and fused.shape == (n,)
+    assert_close(fused, expected, TOLERANCE[dtype], "own-class probability")
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (logits, table, index)))
 
 
 def test_constant_features():

@@ -45,6 +45,12 @@ PYBIND11_MODULE(_C, m) {
     ped::integrate(ptr<const void>(x), x_stride, ptr<void>(out), out_stride, is_double, ptr<const int64_t>(index),
                    ptr<const void>(shift), n, dim, num_classes);
   });
+  m.def("own_class_probability", [](std::uintptr_t logits, std::uintptr_t table, bool is_double, std::uintptr_t index,
+                                    int64_t n, int64_t num_classes, bool soften, std::uintptr_t own) {
+    py::gil_scoped_release release;
+    ped::own_class_probability(ptr<const void>(logits), ptr<const void>(table), is_double, ptr<const int64_t>(index),
+                               n, num_classes, soften, ptr<void>(own));
+  });
   m.def("num_threads", [] {
     int threads = 1;
 #pragma omp parallel

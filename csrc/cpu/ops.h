@@ -1,7 +1,8 @@
-// The three CPU operations. Pointers are host memory; X rows may be strided
-// (row_stride elements apart) but each row is contiguous. All sizes are
-// checked by the Python launcher (ped_fast/cpu.py); these functions throw
-// std::invalid_argument only for what would corrupt memory.
+// The three CPU operations of PED, and one of SFDA's. Pointers are host
+// memory; X rows may be strided (row_stride elements apart) but each row is
+// contiguous. All sizes are checked by the Python callers (ped_fast/cpu.py,
+// ped_fast/scorers/_input.py); these functions throw std::invalid_argument
+// only for what would corrupt memory.
 #pragma once
 
 #include <cstdint>
@@ -30,5 +31,10 @@ ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num
 
 void integrate(const void* x, int64_t x_stride, void* out, int64_t out_stride, bool is_double, const int64_t* index,
                const void* shift, int64_t n, int64_t dim, int64_t num_classes);
+
+// A scorer's kernel, not one of PED's: own[i] = softmax(logits[i] + table[index[i]])[index[i]],
+// with a second softmax before the pick when `soften`. logits[N*C], table[C*C], own[N].
+void own_class_probability(const void* logits, const void* table, bool is_double, const int64_t* index, int64_t n,
+                           int64_t num_classes, bool soften, void* own);
 
 }  // namespace ped

@@ -28,7 +28,7 @@ import torch
 
 from .. import _backends
 from .._validate import all_finite, raise_non_finite
-from ._input import SymmetricSolver, gram, prepare
+from ._input import SymmetricSolver, gram, matmul, own_class_probability, prepare, symmetric_matvec
 
 POWER_ITERATIONS = 3
 SHRINKAGE_FLOOR = 1e-10
@@ -80,7 +80,7 @@ class SFDAResiduals:
         self.counts = counts
         self.log_prior = torch.log(counts.to(torch.float64) / n).to(dtype)
         self.means = mean  # float64, original coordinates
-        scatter = gram(residual).div_(n)
+        scatter = gram(residual, lower_only=True).div_(n)
         self.shrinkage = _shrinkage(scatter)
         self.solver = _shrunk_solver(scatter, self.shrinkage)
 
@@ -95,12 +95,8 @@ class SFDAResiduals:
         center = (self.counts.to(torch.float64).unsqueeze(1) * means).sum(0) / n
         mu = (means - center).to(dtype)
 
-        prob = _posterior(self.residual, self.index, mu, self.solver, self.log_prior)
         # "Soften": the published code exponentiates the probabilities again.
-        soft = torch.softmax(prob, dim=1)
-        del prob
-        q = soft.gather(1, self.index.unsqueeze(1))
-        del soft
+        q = _own_probability(self.residual, self.index, mu, self.solver, self.log_prior, soften=True).unsqueeze(1)
         others = (mu.sum(0) - mu) / (num_classes - 1)
 
         # ConfMix: x'_i - o_c = q_i (r_i + mu_c - o_c); then centre per class.
@@ -112,21 +108,22 @@ class SFDAResiduals:
         self.launcher.integrate(mixed, self.index, -offset, mixed)
         mu2 = offset + others
 
-        solver2 = _shrunk_solver(gram(mixed).div_(n), self.shrinkage)
-        prob2 = _posterior(mixed, self.index, mu2, solver2, self.log_prior)
-        return float(prob2.gather(1, self.index.unsqueeze(1)).mean())
+        solver2 = _shrunk_solver(gram(mixed, lower_only=True).div_(n), self.shrinkage)
+        own = _own_probability(mixed, self.index, mu2, solver2, self.log_prior, soften=False)
+        return float(own.mean())
 
 
 def _shrinkage(scatter):
     """lambda = max(exp(-5 lambda_max(Sw)), 1e-10), lambda_max by the
-    published three rounds of power iteration from Sw 1."""
-    x = scatter.sum(dim=1)
+    published three rounds of power iteration from Sw 1. Reads the lower
+    triangle of Sw only."""
+    x = symmetric_matvec(scatter, torch.ones(scatter.shape[0], dtype=scatter.dtype, device=scatter.device))
     for _ in range(POWER_ITERATIONS):
-        y = scatter @ x
+        y = symmetric_matvec(scatter, x)
         y = y / torch.linalg.vector_norm(y)
-        x = scatter @ y
+        x = symmetric_matvec(scatter, y)
         x = x / torch.linalg.vector_norm(x)
-    largest = float(x @ (scatter @ y))
+    largest = float(x @ symmetric_matvec(scatter, y))
     return max(math.exp(-5.0 * largest), SHRINKAGE_FLOOR)
 
 
@@ -141,14 +138,13 @@ def _shrunk_solver(scatter, shrinkage):
     return SymmetricSolver(b, target)
 
 
-def _posterior(residual, index, mu, solver, log_prior):
-    """N x C probabilities of the shrinkage-LDA classifier with class means
-    `mu` (C x D, relative to any common origin) on features r_i + mu_{y_i};
-    `solver` applies B^-1."""
-    coef_t = solver.solve(mu.T.contiguous())  # D x C = B^-1 mu^T
-    table = mu @ coef_t
+def _own_probability(residual, index, mu, solver, log_prior, *, soften):
+    """The probability the shrinkage-LDA classifier with class means `mu`
+    (C x D, relative to any common origin) gives each sample r_i + mu_{y_i}
+    of its own class (N); `solver` applies B^-1. soften: see
+    own_class_probability."""
+    coef_t = solver.solve(mu.T)  # D x C = B^-1 mu^T
+    table = matmul(mu, coef_t)
     # table[k, c] = mu_k W_c; the intercept is -1/2 mu_c W_c + log pi_c.
     table += log_prior - 0.5 * table.diagonal()
-    logits = residual @ coef_t
-    logits += table[index]
-    return torch.softmax(logits, dim=1)
+    return own_class_probability(matmul(residual, coef_t), table, index, soften=soften)
