@@ -376,8 +376,8 @@ def test_symmetric_solver_falls_back_to_clamped_eigenvalues():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_blas_helpers_match_torch(dtype):
-    """gram (full and lower-only), symmetric_matvec and matmul, which call
-    scipy's BLAS on the CPU, against torch on odd sizes, with operands in
+    """gram (full and lower-only), symmetric_matvec, symmetric_eigh and
+    matmul, which call scipy's BLAS and LAPACK on the CPU, against torch on odd sizes, with operands in
     row- and column-major layouts and strided; inputs are left alone."""
     g = torch.Generator().manual_seed(3)
     a = torch.randn(301, 37, generator=g, dtype=torch.float64).to(dtype)
@@ -391,6 +391,9 @@ def test_cpu_blas_helpers_match_torch(dtype):
     assert_close(gram(a[::2, 1:]), a[::2, 1:].double().T @ a[::2, 1:].double(), rtol, "gram of a strided view")
     v = torch.randn(37, generator=g, dtype=torch.float64).to(dtype)
     assert_close(input_module.symmetric_matvec(lower, v), expected @ v.double(), rtol, "symmetric_matvec")
+    values, vectors = input_module.symmetric_eigh(lower)
+    assert_close(values, torch.linalg.eigvalsh(expected), rtol, "symmetric_eigh values")
+    assert_close(vectors @ torch.diag(values) @ vectors.T, expected, 10 * rtol, "symmetric_eigh reconstruction")
     b = torch.randn(37, 11, generator=g, dtype=torch.float64).to(dtype)
     before = (a.clone(), b.clone())
     for left in (a, a.T.contiguous().T, a[::3]):

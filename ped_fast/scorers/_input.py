@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import linalg
 from scipy.linalg import blas, lapack
 
 from .. import cpu as cpu_launcher
@@ -85,7 +86,7 @@ def gram(a, *, lower_only=False):
     on a column-major view of `a` (nothing is copied). syrk computes the
     lower triangle; the upper is mirrored from it (14 ms at D=2048) unless
     `lower_only`, when it holds zeros and only readers of the lower triangle
-    may use the result: torch.linalg.eigh, SymmetricSolver and
+    may use the result: symmetric_eigh, SymmetricSolver and
     symmetric_matvec.
     """
     if a.device.type != "cpu":
@@ -119,6 +120,18 @@ def symmetric_matvec(b, x):
     bn = b.contiguous().numpy()
     symv = blas.get_blas_funcs("symv", (bn,))
     return torch.from_numpy(symv(1.0, bn.T, x.contiguous().numpy(), lower=0))
+
+
+def symmetric_eigh(b):
+    """(values ascending, vectors as columns) of symmetric b (D x D), of
+    which only the lower triangle is read. On the CPU: LAPACK's
+    divide-and-conquer syevd through scipy, on the column-major view of b
+    (1.13 s at D=2048 in float64 on 2 cores; torch's 1.27 s)."""
+    if b.device.type != "cpu":
+        return torch.linalg.eigh(b)
+    bn = b.contiguous().numpy()
+    values, vectors = linalg.eigh(bn.T, lower=False, driver="evd", check_finite=False)
+    return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
 def matmul(a, b):
@@ -168,7 +181,7 @@ class SymmetricSolver:
         self.cholesky = int(info) == 0
         if not self.cholesky:
             self.factor = None
-            values, self.vectors = torch.linalg.eigh(b)
+            values, self.vectors = symmetric_eigh(b)
             self.values = values.clamp_min(floor)
 
     def solve(self, rhs):

@@ -17,7 +17,7 @@ import torch
 
 from .. import _backends
 from .._validate import all_finite, features_tensor, raise_non_finite, to_tensor
-from ._input import compute_dtype, gram, prepare
+from ._input import compute_dtype, gram, prepare, symmetric_eigh
 
 MAX_ITERATIONS = 11
 TOLERANCE = 1e-3
@@ -49,17 +49,17 @@ def logme(features, labels, *, regression=False, dtype=torch.float64):
     sums = mean.to(prep.dtype).T * counts  # D x C = X^T T
     n, dim = x.shape
     if n > dim:
-        return evidence_from_gram(gram(_as(x, prep.dtype)), sums, counts, n)
+        return evidence_from_gram(gram(_as(x, prep.dtype), lower_only=True), sums, counts, n)
     onehot = torch.zeros(n, prep.num_classes, dtype=prep.dtype, device=x.device)
     onehot.scatter_(1, prep.index.unsqueeze(1), 1.0)
     return _evidence_from_svd(_as(x, prep.dtype), onehot)
 
 
 def evidence_from_gram(gram_matrix, xt_targets, target_sq, n):
-    """Mean LogME evidence for N > D from X^T X (D x D), X^T T (D x K) and
-    the squared norms of the K targets (K)."""
+    """Mean LogME evidence for N > D from X^T X (D x D, lower triangle
+    read), X^T T (D x K) and the squared norms of the K targets (K)."""
     dim = gram_matrix.shape[0]
-    values, vectors = torch.linalg.eigh(gram_matrix)
+    values, vectors = symmetric_eigh(gram_matrix)
     # Singular values of the symmetric X^T X are |eigenvalues|, as the
     # published code's SVD of X^T X gives them.
     s = values.abs().sqrt()
@@ -136,7 +136,7 @@ def _regression(features, targets, dtype):
         raise_non_finite(x, "features")
     n, dim = x.shape
     if n > dim:
-        return evidence_from_gram(gram(xc), xt_targets, (t * t).sum(0), n)
+        return evidence_from_gram(gram(xc, lower_only=True), xt_targets, (t * t).sum(0), n)
     return _evidence_from_svd(xc, t)
 
 

@@ -17,7 +17,7 @@ import math
 import torch
 
 from .._validate import all_finite, check_count, raise_non_finite
-from ._input import gram, prepare
+from ._input import gram, prepare, symmetric_eigh
 
 VARIANCE_KEPT = 0.8
 REG_COVAR = 1e-6
@@ -88,7 +88,7 @@ def _pca(x, dtype):
     xc = xc - mean
     n, dim = xc.shape
     if n > dim:
-        values, vectors = torch.linalg.eigh(gram(xc))
+        values, vectors = symmetric_eigh(gram(xc, lower_only=True))
         values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
     else:
         _, s, vt = torch.linalg.svd(xc, full_matrices=False)
