@@ -1,16 +1,13 @@
 """class_stats alone: one read of X; achieved GB/s against the copy ceiling
 measured by bench_bandwidth.py."""
 import pytest
-import torch
 
-from conftest import DEVICES, dataset, launcher_or_skip, record, synchronized
-
-CASES = [("sun397", torch.float64), ("imagenet", torch.float32)]
+from conftest import DEVICES, EACH_BACKEND, EACH_PASS_CASE, dataset, launcher_or_skip, record, synchronized
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape,dtype", CASES, ids=[f"{s}-{str(d)[6:]}" for s, d in CASES])
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda"])
+@EACH_PASS_CASE
+@EACH_BACKEND
 def test_class_stats(benchmark, device, shape, dtype, backend):
     launcher = launcher_or_skip(backend, device)
     x, labels, _ = dataset(shape, dtype, device)

@@ -4,7 +4,7 @@ C(C-1)/2 x D difference-square-accumulate work of a full evaluation."""
 import pytest
 import torch
 
-from conftest import DEVICES, dataset, launcher_or_skip, record, synchronized
+from conftest import DEVICES, EACH_BACKEND, dataset, launcher_or_skip, record, synchronized
 from ped_fast import _backends
 
 
@@ -17,7 +17,7 @@ def means_and_radii(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("step", ["first", "later"])
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda"])
+@EACH_BACKEND
 def test_pairwise_forces(benchmark, device, step, backend):
     launcher = launcher_or_skip(backend, device)
     mu, radius = means_and_radii(device)

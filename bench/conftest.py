@@ -20,6 +20,14 @@ from data import SHAPES, make_features  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# Every backend, as the registry names them: a benchmark parametrized over
+# these skips the ones that cannot run here (launcher_or_skip).
+EACH_BACKEND = pytest.mark.parametrize("backend", _backends.NAMES)
+# The shapes and dtypes at which the single-pass operations are timed.
+_PASS_CASES = [("sun397", torch.float64), ("imagenet", torch.float32)]
+EACH_PASS_CASE = pytest.mark.parametrize("shape,dtype", _PASS_CASES,
+                                         ids=[f"{s}-{str(d)[6:]}" for s, d in _PASS_CASES])
+
 
 def backends_for(device):
     """The backends that are available here and run on `device`."""
