@@ -2,6 +2,9 @@
 import argparse
 import sys
 
+import torch
+
+from . import _backends
 from .demo import run_demo
 
 
@@ -11,6 +14,12 @@ def main(argv=None):
     demo = commands.add_parser("demo", help="rank feature extractors of scikit-learn's digits by SFDA and PED+SFDA and print a report")
     demo.add_argument("--backend", default="auto", help="PED backend (default: auto, the fastest available)")
     args = parser.parse_args(argv)
+    # A backend that does not exist or cannot run here is the caller's
+    # mistake: one line saying so, not a traceback from deep in the run.
+    try:
+        _backends.resolve(args.backend, torch.device("cpu"))
+    except (ValueError, RuntimeError) as error:
+        demo.error(f"--backend {args.backend}: {error}")
     return run_demo(backend=args.backend)
 
 

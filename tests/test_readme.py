@@ -38,3 +38,20 @@ def test_ranking_example_prints_what_the_readme_shows(capsys):
     code, output = re.search(r"```python\n(from ped_fast.evaluate import.*?)\n```\n```\n(.*?)\n```", text, re.S).groups()
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == output.strip()
+
+
+def test_demo_bad_backend_is_one_line_cli_error():
+    """An unknown or unusable backend is the caller's mistake: argparse's
+    usage line and one error line naming the option, exit status 2, no
+    traceback."""
+    import subprocess
+    import sys
+
+    for backend, expected in (("foo", "backend must be 'auto' or one of"), ("cuda", "backend 'cuda' is not available")):
+        done = subprocess.run([sys.executable, "-m", "ped_fast", "demo", "--backend", backend],
+                              capture_output=True, text=True)
+        assert done.returncode == 2
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("usage:")
+        assert lines[1].startswith(f"python -m ped_fast demo: error: --backend {backend}: ") and expected in lines[1]
