@@ -56,12 +56,28 @@ setup(
     name="ped_fast",
     version="0.1.0",
     description="Model transferability ranking with PED (ICCV 2023): fused CPU/GPU kernels",
-    packages=["ped_fast", "ped_fast.kernels", "ped_fast.scorers"],
+    packages=["ped_fast", "ped_fast.kernels", "ped_fast.scorers", "ped_fast.zoo"],
     package_dir={"ped_fast.kernels": "kernels"},
     package_data={"ped_fast": ["data/*.json"]},
     python_requires=">=3.10",
-    install_requires=["numpy", "scipy", "torch", "scikit-learn"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "scipy"]},
+    # torch and torchvision: the CUDA build by default from PyPI (several GB);
+    # README says how to choose the CPU-only one. timm, pillow and
+    # safetensors serve the model-zoo screening (ped_fast.zoo); tqdm its
+    # progress bars, matplotlib its plot.
+    install_requires=[
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "torch",
+        "torchvision",
+        "timm>=1.0",
+        "pillow",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},
     ext_modules=[cpu_extension, *cuda_extensions()],
     cmdclass={"build_ext": BuildExt},
     zip_safe=False,
