@@ -20,6 +20,11 @@ _CHUNK_ROWS = 4096
 def to_tensor(value, name):
     """(tensor, was_numpy): a torch view of `value` (numpy, torch or array-like)."""
     if isinstance(value, torch.Tensor):
+        if value.device.type == "meta":
+            # A meta tensor has a shape but no values: nothing can be computed
+            # from it, and the first read would fail far from here.
+            raise ValueError(f"{name} is on the meta device, which holds no data; pass a tensor with values "
+                             "(on the CPU or a GPU) or a numpy array")
         return value.detach(), False
     array = np.asarray(value)
     if array.dtype == object or array.dtype.kind in "USV":
@@ -31,6 +36,32 @@ def to_tensor(value, name):
         # which checks writability itself.
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array), True
+
+
+def check_inplace(inplace, value, name="features"):
+    """Validate `inplace` and, when True, that `value` can be written where
+    it lies: a numpy array or torch tensor (a list would be converted to a
+    copy and the result thrown away), writable, with non-negative strides
+    (torch cannot view reversed numpy arrays, so it would write into a copy),
+    and with no element sharing memory with another (an expanded view would
+    take several rows' results in one place)."""
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    if not inplace:
+        return
+    if isinstance(value, np.ndarray):
+        if not value.flags.writeable:
+            raise ValueError(f"inplace=True but {name} is a read-only array")
+        if any(stride < 0 for stride in value.strides):
+            raise ValueError(f"inplace=True needs non-negative strides, but {name} has strides {value.strides}")
+        strides = [s for s, n in zip(value.strides, value.shape) if n > 1]
+    elif isinstance(value, torch.Tensor):
+        strides = [s for s, n in zip(value.stride(), value.shape) if n > 1]
+    else:
+        raise TypeError(f"inplace=True needs a numpy array or torch tensor, got {type(value).__name__}")
+    if 0 in strides:
+        raise ValueError(f"inplace=True but {name} is a broadcast view (a stride of 0): several elements share "
+                         "one memory location; pass a copy, or inplace=False")
 
 
 def to_user(tensor, as_numpy):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _backends
-from ._validate import features_tensor, labels_tensor, to_tensor, to_user
+from ._validate import check_inplace, features_tensor, labels_tensor, to_tensor, to_user
 
 
 def class_stats(features, labels, *, backend="auto"):
@@ -44,7 +44,9 @@ def pairwise_forces(means, radii, *, nsigma=0.6, time_step=0.1, force_constant=1
 def integrate(features, labels, shift, *, inplace=False, backend="auto"):
     """features[i] + shift[class of labels[i]] for every row; `shift` is
     C x D, one row per sorted unique label. With inplace=True the caller's
-    array is updated and returned."""
+    array is updated and returned (it must be a writable numpy array or
+    torch tensor, as for ped(inplace=True))."""
+    check_inplace(inplace, features)
     x, as_numpy = features_tensor(features)
     index, classes, _ = labels_tensor(labels, x.shape[0], x.device)
     sh, _ = to_tensor(shift, "shift")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import _backends
 from ._validate import (
     all_finite,
     check_count,
+    check_inplace,
     check_number,
     features_tensor,
     labels_tensor,
@@ -90,12 +90,9 @@ def ped(
     max_steps = check_count(max_steps, "max_steps")
     if rescale not in RESCALE_OPTIONS:
         raise ValueError(f"rescale must be 'reference', 'self' or None, got {rescale!r}")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    check_inplace(inplace, features)
 
     x, as_numpy = features_tensor(features)
-    if inplace:
-        _check_writable(features)
     index, classes, _ = labels_tensor(labels, x.shape[0], x.device)
     num_classes = classes.shape[0]
     backend_name, launcher = _backends.resolve(backend, x.device)
@@ -166,17 +163,6 @@ def ped(
         diagnostics=diagnostics,
         backend=backend_name,
     )
-
-
-def _check_writable(features):
-    if isinstance(features, torch.Tensor):
-        return
-    if not isinstance(features, np.ndarray):
-        raise TypeError(f"inplace=True needs a numpy array or torch tensor, got {type(features).__name__}")
-    if not features.flags.writeable:
-        raise ValueError("inplace=True but features is a read-only array")
-    if any(stride < 0 for stride in features.strides):
-        raise ValueError(f"inplace=True needs non-negative strides, but features has strides {features.strides}")
 
 
 def _rescaling(reference, rescale, eps, x, backend, counts, mean, var):

@@ -51,3 +51,56 @@ def test_strided_layouts(backend):
     transposed = x.t().contiguous().t()  # columns contiguous, rows not
     LAUNCHERS[backend].integrate(transposed, labels, shift, transposed)
     assert torch.equal(transposed, expected)
+
+
+# The public entry point, ops.integrate: the same in-place checks as ped(). ---
+
+import numpy as np  # noqa: E402
+
+import ped_fast  # noqa: E402
+
+LABELS = np.array([0, 1, 0, 1])
+SHIFT = np.ones((2, 3))
+
+
+def features():
+    return np.arange(12.0).reshape(4, 3)
+
+
+def test_ops_integrate_in_place_writes_the_callers_array():
+    x = features()
+    want = x + SHIFT[LABELS]
+    assert ped_fast.ops.integrate(x, LABELS, SHIFT, inplace=True) is x
+    np.testing.assert_array_equal(x, want)
+
+
+def in_place_refusals():
+    read_only = features()
+    read_only.flags.writeable = False
+    broadcast = torch.zeros(1, 3, dtype=torch.float64).expand(4, 3)
+    return [
+        (read_only, ValueError, "inplace=True but features is a read-only array"),
+        (features()[::-1], ValueError, r"inplace=True needs non-negative strides, but features has strides"),
+        (features().tolist(), TypeError, "inplace=True needs a numpy array or torch tensor, got list"),
+        (broadcast, ValueError, r"inplace=True but features is a broadcast view \(a stride of 0\)"),
+    ]
+
+
+@pytest.mark.parametrize("entry", ["ops.integrate", "ped"])
+@pytest.mark.parametrize("value,error,message", in_place_refusals(),
+                         ids=["read-only", "reversed", "list", "broadcast"])
+def test_in_place_refusals_are_the_same_everywhere(entry, value, error, message):
+    """Before, ops.integrate wrote into a read-only array, left a reversed
+    view unchanged (it wrote into a copy) and returned a list unchanged."""
+    before = np.array(value, copy=True) if not isinstance(value, torch.Tensor) else value.clone()
+    with pytest.raises(error, match=message):
+        if entry == "ped":
+            ped_fast.ped(value, LABELS, rescale=None, time_step=3.0, inplace=True)
+        else:
+            ped_fast.ops.integrate(value, LABELS, SHIFT, inplace=True)
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(before))
+
+
+def test_inplace_must_be_a_bool():
+    with pytest.raises(TypeError, match="inplace must be True or False, got 1"):
+        ped_fast.ops.integrate(features(), LABELS, SHIFT, inplace=1)

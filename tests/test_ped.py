@@ -274,3 +274,17 @@ def test_reversed_views_are_read_and_refused_in_place():
     with pytest.raises(ValueError, match=r"inplace=True needs non-negative strides, but features has strides"):
         ped_fast.ped(flipped, labels.numpy(), reference=reference_for(x), inplace=True)
 
+
+
+@pytest.mark.parametrize("which", ["features", "labels", "reference"])
+def test_meta_tensors_are_refused_by_name(which):
+    """A meta tensor has no values; before, it failed deep inside with
+    "Tensor.item() cannot be called on meta tensors"."""
+    x, labels = make_classes(20, 3, 2, seed=1)
+    args = {"features": x, "labels": labels, "reference": x}
+    args[which] = torch.empty_like(args[which], device="meta")
+    with pytest.raises(ValueError, match=f"^{which} is on the meta device, which holds no data"):
+        ped_fast.ped(args["features"], args["labels"], reference=args["reference"])
+    if which != "reference":
+        with pytest.raises(ValueError, match=f"^{which} is on the meta device"):
+            ped_fast.ops.class_stats(args["features"], args["labels"])
