@@ -8,14 +8,24 @@ dimension (distance ~0.7 sqrt(D) sigma, inside the overlap threshold
 nsigma * 2 R ~ 1.2 sqrt(D) sigma), and groups 3 sigma per dimension apart
 (~4.2 sqrt(D) sigma, never overlapping). Each step then moves siblings a
 little and P_t decays slowly, so no step is rejected.
+
+PED_FAST_BENCH_SHAPES=tiny gives the same names to shapes small enough that
+the suite runs in seconds (six steps still run): for exercising the
+benchmarks' output checks (tests/test_bench_checks.py), not for timing.
 """
+import os
+
 import numpy as np
 import torch
 
-SHAPES = {  # name: (N, D, C)
-    "sun397": (19850, 2048, 397),
-    "imagenet": (50000, 2048, 1000),
+SHAPE_SETS = {  # PED_FAST_BENCH_SHAPES: {name: (N, D, C)}
+    "full": {"sun397": (19850, 2048, 397), "imagenet": (50000, 2048, 1000)},
+    "tiny": {"sun397": (1200, 32, 40), "imagenet": (2000, 48, 100)},
 }
+SHAPE_SET = os.environ.get("PED_FAST_BENCH_SHAPES", "full")
+if SHAPE_SET not in SHAPE_SETS:
+    raise ValueError(f"PED_FAST_BENCH_SHAPES must be one of {', '.join(map(repr, SHAPE_SETS))}, got {SHAPE_SET!r}")
+SHAPES = SHAPE_SETS[SHAPE_SET]
 REFERENCE_ROWS = 2000
 
 

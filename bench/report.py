@@ -14,6 +14,10 @@ def load(paths):
     benches, machine, when = [], {}, ""
     for path in paths:
         data = json.load(open(path))
+        shapes = data["machine_info"].get("ped_fast_bench_shapes", "full")
+        if shapes != "full":
+            sys.exit(f"{path}: run at the {shapes!r} shapes (PED_FAST_BENCH_SHAPES), whose timings mean nothing; "
+                     f"rerun at the full shapes to report")
         benches += data["benchmarks"]
         machine = data["machine_info"]
         when = data["datetime"][:10]
