@@ -35,7 +35,7 @@ def pairwise_forces(means, radii, *, nsigma=0.6, time_step=0.1, force_constant=1
     if mu.dim() != 2 or radius.shape != (mu.shape[0],):
         raise ValueError(f"means must be C x D and radii of length C, got {tuple(mu.shape)} and {tuple(radius.shape)}")
     mu = mu.to(torch.float64)
-    radius = radius.to(torch.float64, device=mu.device)
+    radius = radius.to(device=mu.device, dtype=torch.float64)
     _, launcher = _backends.resolve(backend, mu.device)
     bounds = launcher.make_bounds(mu.shape[0], mu.device)
     return launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=0.5 * time_step**2 * force_constant, bounds=bounds)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import BACKENDS, FAST_BACKENDS, TOLERANCE, assert_close, means_and_radii, run_steps
+import ped_fast
 from ped_fast import cpu, reference
 
 LAUNCHERS = {"cpu": cpu}
@@ -51,3 +52,12 @@ def test_coincident_means_give_no_nan(backend):
     assert forces.coincident.tolist() == [[0, 1]]
     # Classes 0 and 1 are pushed by class 2 only: equally, in -x.
     assert forces.delta[0, 0] < 0 and forces.delta[0, 0] == forces.delta[1, 0]
+
+
+def test_ops_pairwise_forces_on_the_reference_backend():
+    """The public op used to raise TypeError for every input (a misspelt
+    Tensor.to call), so it had never run."""
+    mu, radius = means_and_radii(7, 5, seed=3)
+    forces = ped_fast.ops.pairwise_forces(mu.numpy(), radius.numpy(), nsigma=0.6, time_step=0.1, backend="reference")
+    want = reference.pairwise_forces(mu, radius, nsigma=0.6, coef=0.5 * 0.1**2)
+    assert torch.equal(forces.delta, want.delta) and forces.position_change == want.position_change
