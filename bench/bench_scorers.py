@@ -14,6 +14,11 @@ triangle) and its two N x D x C logit products (2 N D C each); test_gram
 times one scatter product alone, and the report compares both with the
 float64 matmul rate that bench_bandwidth.py measures.
 
+Where a run computes both, ped_fast's score is checked against the published
+formulation's before ped_fast is timed (the published cases run first):
+within 1e-9 relative, tests/test_scorers.py's bar against the same
+transcriptions.
+
 Run: python -m pytest bench/bench_scorers.py --benchmark-only --benchmark-json=bench/results/scorers.json
 then: python bench/bench_scorers.py bench/results/scorers.json   (markdown table)
 """
@@ -24,18 +29,25 @@ import pytest
 import torch
 
 from baselines_scorers import logme_published, sfda_published
-from conftest import DEVICES, dataset, record, synchronized
+from conftest import DEVICES, check_close, dataset, record, synchronized
 from paper import ped_paper
 
 from ped_fast.score import ped_score
 from ped_fast.scorers import gbc, logme, sfda
-from ped_fast.scorers._input import gram
+from ped_fast.scorers._linalg import gram
 
 ROUNDS = 5
 # The published formulations take 13-90 s a run, and a single run on the
 # shared 2-core VM varied by 20% (38-46 s for SFDA): the median of three
 # keeps the speedup from riding on one lucky or unlucky baseline.
 PUBLISHED_ROUNDS = 3
+# The published formulations' scores computed in this session, by (scorer,
+# shape, dtype of the data): the ped_fast case on the same data checks
+# against it before timing. "published" comes first in IMPLS so that, in pytest's
+# order, it has run by then.
+PUBLISHED = {}
+IMPLS = ["published", "ped_fast"]
+SCORE_TOLERANCE = 1e-9  # tests/test_scorers.py: ped_fast against these transcriptions
 
 
 def sfda_flops(n, d, c):
@@ -49,6 +61,15 @@ def shape_info(x, labels):
     return dict(n=n, d=d, c=int(labels.max()) + 1, dtype=str(x.dtype).replace("torch.", ""))
 
 
+def check_published(scorer, device, shape, dtype, score):
+    """Check ped_fast's score (score(): computes it) against the published
+    formulation's on the same data, when this session computed that."""
+    want = PUBLISHED.get((scorer, shape, dtype))
+    if want is not None:
+        check_close(score(), want, f"ped_fast {scorer} at {shape} {str(dtype)[6:]} on {device}: score",
+                    rtol=SCORE_TOLERANCE, against="the published formulation")
+
+
 def cases():
     for device in DEVICES:
         yield pytest.param(device, "sun397", torch.float64, id=f"sun397-float64-{device}")
@@ -58,7 +79,7 @@ def cases():
 
 
 @pytest.mark.parametrize("device,shape,dtype", list(cases()))
-@pytest.mark.parametrize("impl", ["ped_fast", "published"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_sfda(benchmark, impl, device, shape, dtype):
     x, labels, _ = dataset(shape, dtype, device)
     info = shape_info(x, labels)
@@ -68,14 +89,16 @@ def test_sfda(benchmark, impl, device, shape, dtype):
         if device != "cpu":
             pytest.skip("the published code is numpy: CPU only")
         score = benchmark.pedantic(sfda_published, args=(x.numpy(), labels.numpy()), rounds=PUBLISHED_ROUNDS, iterations=1)
+        PUBLISHED["sfda", shape, dtype] = score
     else:
+        check_published("sfda", device, shape, dtype, lambda: sfda(x, labels, dtype=dtype))
         score = benchmark.pedantic(synchronized(device, sfda), args=(x, labels), kwargs=dict(dtype=dtype),
                                    rounds=ROUNDS, iterations=1, warmup_rounds=1)
     record(benchmark, score=score)
 
 
 @pytest.mark.parametrize("device,shape,dtype", list(cases()))
-@pytest.mark.parametrize("impl", ["ped_fast", "published"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_ped_sfda(benchmark, impl, device, shape, dtype):
     x, labels, reference = dataset(shape, dtype, device)
     record(benchmark, scorer="ped+sfda", impl=impl, device=device, shape=shape, **shape_info(x, labels))
@@ -88,15 +111,17 @@ def test_ped_sfda(benchmark, impl, device, shape, dtype):
             return sfda_published(moved, labels.numpy())
 
         score = benchmark.pedantic(published, rounds=PUBLISHED_ROUNDS, iterations=1)
+        PUBLISHED["ped+sfda", shape, dtype] = score
     else:
-        score = benchmark.pedantic(synchronized(device, ped_score), args=(x, labels, "sfda"),
-                                   kwargs=dict(reference=reference, scorer_options={"dtype": dtype}),
+        options = dict(reference=reference, scorer_options={"dtype": dtype})
+        check_published("ped+sfda", device, shape, dtype, lambda: ped_score(x, labels, "sfda", **options))
+        score = benchmark.pedantic(synchronized(device, ped_score), args=(x, labels, "sfda"), kwargs=options,
                                    rounds=ROUNDS, iterations=1, warmup_rounds=1)
     record(benchmark, score=score)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["ped_fast", "published"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_logme(benchmark, impl, device):
     x, labels, _ = dataset("sun397", torch.float64, device)
     record(benchmark, scorer="logme", impl=impl, device=device, shape="sun397", **shape_info(x, labels))
@@ -104,7 +129,9 @@ def test_logme(benchmark, impl, device):
         if device != "cpu":
             pytest.skip("the published code is numpy: CPU only")
         score = benchmark.pedantic(logme_published, args=(x.numpy(), labels.numpy()), rounds=PUBLISHED_ROUNDS, iterations=1)
+        PUBLISHED["logme", "sun397", torch.float64] = score
     else:
+        check_published("logme", device, "sun397", torch.float64, lambda: logme(x, labels))
         score = benchmark.pedantic(synchronized(device, logme), args=(x, labels), rounds=ROUNDS, iterations=1,
                                    warmup_rounds=1)
     record(benchmark, score=score)

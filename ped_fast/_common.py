@@ -1,4 +1,4 @@
-"""Types shared by the backends' launchers."""
+"""Types and helpers shared by the backends' launchers."""
 from __future__ import annotations
 
 import functools
@@ -37,6 +37,56 @@ class PairBounds:
     def advance(self, delta):
         self.drift += torch.linalg.vector_norm(delta, dim=1)
         self.full = False
+
+
+def make_bounds(num_classes, device):
+    """The PairBounds of a backend that prunes pairs (cpu, triton, cuda)."""
+    return PairBounds(num_classes, device)
+
+
+@dataclass
+class ClassBuckets:
+    """The rows of X grouped by class and cut into chunks of consecutive rows
+    of one class, as the GPU class_stats kernels read them (bucket_rows).
+
+    order: N int64 row numbers of X sorted by class, stably.
+    counts, starts: C int64; the rows of class c are order[starts[c]:starts[c] + counts[c]].
+    class_chunks: C + 1 int64; class c owns chunks [class_chunks[c], class_chunks[c + 1]),
+        none when it is empty.
+    chunks: 3 x K int64, per chunk its class and its range [begin, end) in `order`.
+        K = ceil(N / rows_per_chunk) + C bounds the number of chunks from the
+        sizes alone, so a launch over K chunks needs nothing read back from
+        the device. The chunks past class_chunks[C] are surplus: they belong
+        to the last class with begin >= end, and sum nothing.
+    """
+
+    order: torch.Tensor
+    counts: torch.Tensor
+    starts: torch.Tensor
+    class_chunks: torch.Tensor
+    chunks: torch.Tensor
+
+
+def bucket_rows(index, num_classes, rows_per_chunk):
+    """ClassBuckets of `index` (N int64 in [0, num_classes)), with at most
+    `rows_per_chunk` rows per chunk. Only device-side torch ops: no host sync
+    (torch.bincount on CUDA would read the largest label back to the host;
+    searchsorted on the sorted labels gives the counts without it)."""
+    n = index.shape[0]
+    device = index.device
+    sorted_index, order = torch.sort(index, stable=True)
+    edges = torch.searchsorted(sorted_index, torch.arange(num_classes + 1, device=device))
+    starts = edges[:-1]
+    counts = edges[1:] - starts
+    class_chunks = torch.zeros(num_classes + 1, dtype=torch.int64, device=device)
+    torch.cumsum((counts + rows_per_chunk - 1) // rows_per_chunk, 0, out=class_chunks[1:])
+    # sum_c ceil(n_c / R) <= N / R + C.
+    chunk = torch.arange(-(-n // rows_per_chunk) + num_classes, device=device)
+    chunk_class = torch.searchsorted(class_chunks[1:], chunk, right=True).clamp_max(num_classes - 1)
+    begin = starts[chunk_class] + (chunk - class_chunks[chunk_class]) * rows_per_chunk
+    end = torch.minimum(begin + rows_per_chunk, edges[1:][chunk_class])
+    return ClassBuckets(order=order, counts=counts, starts=starts, class_chunks=class_chunks,
+                        chunks=torch.stack([chunk_class, begin, end]))
 
 
 def kernel_layout(x):

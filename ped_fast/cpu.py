@@ -10,7 +10,8 @@ import functools
 
 import torch
 
-from ._common import Forces, PairBounds, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import Forces, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 DEVICES = ("cpu",)
 
@@ -41,10 +42,6 @@ def class_stats(x, index, num_classes):
     return counts, mean, var
 
 
-def make_bounds(num_classes, device):
-    return PairBounds(num_classes, device)
-
-
 def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
     steps skip the pairs that provably do not overlap."""
@@ -70,3 +67,17 @@ def integrate(x, index, shift, out):
     n, dim = x.shape
     _C.integrate(x.data_ptr(), row_stride(x), out.data_ptr(), row_stride(out), x.dtype == torch.float64,
                  index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0])
+
+
+def own_class_probability(logits, table, index, *, soften):
+    """See reference.own_class_probability: one fused pass
+    (csrc/cpu/own_class_probability.cpp) instead of about seven N x C passes
+    of PyTorch ops."""
+    logits = logits.contiguous()
+    table = table.to(logits.dtype).contiguous()
+    index = index.contiguous()
+    n, num_classes = logits.shape
+    own = torch.empty(n, dtype=logits.dtype)
+    _C.own_class_probability(logits.data_ptr(), table.data_ptr(), logits.dtype == torch.float64, index.data_ptr(),
+                             n, num_classes, soften, own.data_ptr())
+    return own

@@ -64,3 +64,16 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None, out=None):
 def integrate(x, index, shift, out):
     """out[i] = x[i] + shift[index[i]]; `out` may be `x` (in place)."""
     return torch.add(x, shift[index], out=out)
+
+
+def own_class_probability(logits, table, index, *, soften):
+    """p_i[y_i] for the posteriors p_i = softmax(logits_i + table[y_i]) of a
+    linear classifier (N x C logits without their class-dependent term,
+    C x C table of it, y = index: N int64 in [0, C)); with soften=True p_i is
+    first replaced by softmax(p_i), as the published SFDA does. Returns N
+    values in the logits' dtype; never writes its inputs. Backends without a
+    fused version of this tail use this one."""
+    prob = torch.softmax(logits + table[index].to(logits.dtype), dim=1)
+    if soften:
+        prob = torch.softmax(prob, dim=1)
+    return prob.gather(1, index.unsqueeze(1)).squeeze(1)

@@ -9,12 +9,16 @@ Tolerances:
   class means' outer products) instead of re-reading the moved features:
   equal in exact arithmetic, a few ulps apart in float64.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
 from conftest import GOLDEN, assert_close, golden_case, make_classes
 
 import ped_fast
+from ped_fast import cpu as cpu_launcher
+from ped_fast import reference as reference_launcher
 from ped_fast.score import PEDScore, ped_score
 from ped_fast.scorers import SCORERS, sfda
 
@@ -106,6 +110,101 @@ def test_torch_input_and_ped_options():
     got = ped_score(torch.from_numpy(x), torch.from_numpy(y), "sfda", reference=torch.from_numpy(g), nsigma=0.3,
                     max_steps=2, backend="reference")
     assert_close(got, expected, 1e-10, "torch input, reference backend")
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+@pytest.mark.parametrize("return_baseline", [False, True], ids=["alone", "with baseline"])
+@pytest.mark.parametrize("nsigma,dtype", [(1e30, np.float64), (1e12, np.float64), (1e8, np.float32)])
+def test_agrees_with_the_scorer_on_the_moved_features(name, return_baseline, nsigma, dtype):
+    """Shifts so large that rounding x + shift to the features' dtype wipes
+    out (1e30) or visibly changes (1e12 in float64: 1e-6 of a class's
+    spread; 1e8 in float32: 40%) the within-class spread that the shared
+    computation takes from the input. ped_score then gives exactly what the
+    scorer gives on result.features: the same error, or the same number
+    (equal bits: the same function on the same moved features)."""
+    x, y, _ = problem()
+    x = x.astype(dtype)
+    args = dict(rescale="self", nsigma=nsigma)
+    moved = ped_fast.ped(x, y, **args).features
+    try:
+        expected = SCORERS[name](moved, y, **OPTIONS[name])
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            ped_score(x, y, name, return_baseline=return_baseline, scorer_options=OPTIONS[name], **args)
+        return
+    out = ped_score(x, y, name, return_baseline=return_baseline, scorer_options=OPTIONS[name], **args)
+    assert (out.ped if return_baseline else out) == expected
+    if return_baseline:
+        assert_close(out.baseline, SCORERS[name](x, y, **OPTIONS[name]), 1e-10, f"{name} baseline")
+
+
+def test_sfda_on_features_made_constant_by_rounding_is_an_error():
+    """The issue's case: sfda(ped(X, y, nsigma=1e30).features, y) finds
+    every class constant; so must ped_score."""
+    x, y, g = problem()
+    with pytest.raises(ValueError, match="constant within every class"):
+        sfda(ped_fast.ped(x, y, reference=g, nsigma=1e30).features, y)
+    with pytest.raises(ValueError, match="constant within every class"):
+        ped_score(x, y, "sfda", reference=g, nsigma=1e30)
+
+
+def test_misspelled_keyword_names_ped_score():
+    """A keyword neither ped_score nor ped() takes is reported by ped_score
+    (not as ped()'s), with the keywords it accepts and the closest match."""
+    x, y, g = problem()
+    with pytest.raises(TypeError, match=r"ped_score\(\) got unexpected keyword argument 'nsigmaa'") as error:
+        ped_score(x, y, reference=g, nsigmaa=0.3)
+    message = str(error.value)
+    assert "did you mean 'nsigma'" in message
+    for keyword in ("reference", "return_baseline", "scorer_options", "backend", "rescale", "time_step", "nsigma",
+                    "force_constant", "exit_ratio", "max_steps", "eps", "inplace"):
+        assert keyword in message, keyword
+    with pytest.raises(TypeError, match=r"ped_score\(\) got unexpected keyword arguments 'stepz', 'tau'"):
+        ped_score(x, y, "logme", reference=g, tau=1, stepz=2)
+
+
+LAUNCHER_OPS = ("class_stats", "integrate", "own_class_probability", "pairwise_forces")
+
+
+@pytest.mark.skipif(not cpu_launcher.status()[0], reason="the CPU extension is not built")
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_backend_steers_ped_and_the_scorer(monkeypatch, name):
+    """backend= reaches ped() and the named scorer alike: with "reference"
+    nothing runs on the cpu launcher, with "cpu" nothing on the reference
+    one (resolve is left alone; the launchers' functions are wrapped to
+    record calls), and the two give the same scores. (1e-10: conftest's
+    float64 bar between backends, amplified by PED's steps.)"""
+    x, y, g = problem()
+    calls = []
+    for module in (reference_launcher, cpu_launcher):
+        for op in LAUNCHER_OPS:
+            original = getattr(module, op)
+
+            def spy(*args, _original=original, _call=(module.__name__.rsplit(".", 1)[-1], op), **kwargs):
+                calls.append(_call)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, op, spy)
+    out = {}
+    for backend in ("reference", "cpu"):
+        calls.clear()
+        out[backend] = ped_score(x, y, name, reference=g, return_baseline=True, scorer_options=OPTIONS[name],
+                                 backend=backend)
+        assert out[backend].result.backend == backend
+        assert {module for module, _ in calls} == {backend}, f"{name}, backend={backend}: {sorted(set(calls))}"
+        if name != "nleep":  # NLEEP runs no launcher operation
+            assert (backend, "class_stats") in calls
+    assert_close(out["reference"].ped, out["cpu"].ped, 1e-10, f"ped_{name}, reference vs cpu")
+    assert_close(out["reference"].baseline, out["cpu"].baseline, 1e-10, f"{name}, reference vs cpu")
+
+
+def test_unknown_backend_is_named():
+    x, y, g = problem()
+    for name in sorted(SCORERS):
+        with pytest.raises(ValueError, match="backend must be 'auto' or one of .* got 'fastest'"):
+            ped_score(x, y, name, reference=g, backend="fastest")
+    with pytest.raises(TypeError, match="backend is ped_score's own keyword"):
+        ped_score(x, y, "gbc", reference=g, scorer_options={"backend": "cpu"})
 
 
 def test_errors():

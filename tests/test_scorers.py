@@ -19,7 +19,9 @@ Tolerances:
 """
 import importlib
 import importlib.util
+import math
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -27,11 +29,15 @@ import torch
 from threadpoolctl import threadpool_limits
 from conftest import GOLDEN, TOLERANCE, assert_close, golden_case, make_classes
 
+import ped_fast
+from ped_fast import cpu as cpu_launcher
+from ped_fast import reference as reference_launcher
 from ped_fast.scorers import SCORERS, gbc, logme, nleep, sfda
 
 # The package exports the functions under the modules' names.
 gbc_module = importlib.import_module("ped_fast.scorers.gbc")
-input_module = importlib.import_module("ped_fast.scorers._input")
+linalg_module = importlib.import_module("ped_fast.scorers._linalg")
+logme_module = importlib.import_module("ped_fast.scorers.logme")
 nleep_module = importlib.import_module("ped_fast.scorers.nleep")
 
 CASES = sorted(GOLDEN)
@@ -219,7 +225,7 @@ def test_kmeans_lloyd_matches_scikit_learn():
     original = nleep_module._kmeans_plus_plus
     try:
         nleep_module._kmeans_plus_plus = lambda *args: torch.from_numpy(init.copy())
-        labels = nleep_module._kmeans(zt, 30, None)
+        labels = nleep_module._kmeans(zt, 30, 0)
     finally:
         nleep_module._kmeans_plus_plus = original
     assert (labels.numpy() == expected).all()
@@ -245,6 +251,29 @@ def test_nleep_end_to_end_near_scikit_learn(case):
         reference.append((prob @ (joint / joint.sum(0)).T)[np.arange(n), y].mean())
     ours = [nleep(x, y, seed=seed) for seed in range(4)]
     assert abs(np.mean(ours) - np.mean(reference)) <= 0.02, (ours, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nleep_draws_are_the_cpu_streams_on_every_device(dtype):
+    """k-means++'s random numbers come from a seeded CPU generator and are
+    moved to the features' device afterwards, so a seed gives the same draws
+    (hence the same centres and score) wherever the features are. On the
+    meta device, which has no generator of its own, the first centre (a
+    plain int) is the CPU's and the candidate fractions land on meta."""
+    n, k, seed = 120, 17, 5
+    trials = 2 + int(math.log(k))
+    generator = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(n, (1,), generator=generator))
+    fractions = torch.rand(k - 1, trials, generator=generator, dtype=dtype)
+    got_first, got_fractions = nleep_module.seeding_draws(seed, n, k, dtype, torch.device("cpu"))
+    assert got_first == first and torch.equal(got_fractions, fractions)
+    meta_first, meta_fractions = nleep_module.seeding_draws(seed, n, k, dtype, torch.device("meta"))
+    assert meta_first == first
+    assert meta_fractions.device.type == "meta" and meta_fractions.shape == (k - 1, trials)
+    assert meta_fractions.dtype == dtype
+    if torch.cuda.is_available():
+        cuda_first, cuda_fractions = nleep_module.seeding_draws(seed, n, k, dtype, torch.device("cuda"))
+        assert cuda_first == first and torch.equal(cuda_fractions.cpu(), fractions)
 
 
 def test_nleep_needs_enough_samples():
@@ -365,11 +394,11 @@ def test_symmetric_solver_falls_back_to_clamped_eigenvalues():
     values = np.array([-1e-18, 1e-19, 0.5, 1.0, 2.0, 4.0])  # "rounding" below the floor
     b = torch.from_numpy((q * values) @ q.T)
     rhs = torch.from_numpy(rng.standard_normal((6, 3)))
-    solver = input_module.SymmetricSolver(b, 1e-3)
+    solver = linalg_module.SymmetricSolver(b, 1e-3)
     assert not solver.cholesky
     expected = (q / np.maximum(values, 1e-3)) @ q.T @ rhs.numpy()
     assert_close(solver.solve(rhs), expected, 1e-9, "clamped eigen solve")
-    healthy = input_module.SymmetricSolver(b + torch.eye(6, dtype=torch.float64), 1e-3)
+    healthy = linalg_module.SymmetricSolver(b + torch.eye(6, dtype=torch.float64), 1e-3)
     assert healthy.cholesky
     assert_close(healthy.solve(rhs), np.linalg.solve(b.numpy() + np.eye(6), rhs.numpy()), 1e-12, "Cholesky solve")
 
@@ -383,22 +412,22 @@ def test_cpu_blas_helpers_match_torch(dtype):
     a = torch.randn(301, 37, generator=g, dtype=torch.float64).to(dtype)
     rtol = TOLERANCE[dtype]
     expected = a.double().T @ a.double()
-    gram = input_module.gram
+    gram = linalg_module.gram
     assert_close(gram(a), expected, rtol, "gram")
     assert torch.equal(gram(a), gram(a).T)
     lower = gram(a, lower_only=True)
     assert_close(torch.tril(lower), torch.tril(expected), rtol, "gram lower triangle")
     assert_close(gram(a[::2, 1:]), a[::2, 1:].double().T @ a[::2, 1:].double(), rtol, "gram of a strided view")
     v = torch.randn(37, generator=g, dtype=torch.float64).to(dtype)
-    assert_close(input_module.symmetric_matvec(lower, v), expected @ v.double(), rtol, "symmetric_matvec")
-    values, vectors = input_module.symmetric_eigh(lower)
+    assert_close(linalg_module.symmetric_matvec(lower, v), expected @ v.double(), rtol, "symmetric_matvec")
+    values, vectors = linalg_module.symmetric_eigh(lower)
     assert_close(values, torch.linalg.eigvalsh(expected), rtol, "symmetric_eigh values")
     assert_close(vectors @ torch.diag(values) @ vectors.T, expected, 10 * rtol, "symmetric_eigh reconstruction")
     b = torch.randn(37, 11, generator=g, dtype=torch.float64).to(dtype)
     before = (a.clone(), b.clone())
     for left in (a, a.T.contiguous().T, a[::3]):
         for right in (b, b.T.contiguous().T, b[:, ::2]):
-            assert_close(input_module.matmul(left, right), left.double() @ right.double(), rtol, "matmul")
+            assert_close(linalg_module.matmul(left, right), left.double() @ right.double(), rtol, "matmul")
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
 
 
@@ -411,7 +440,7 @@ def test_symmetric_solver_lapack_matches_torch(dtype):
     a = torch.from_numpy(rng.standard_normal((40, 23))).to(dtype)
     b = a.T @ a + torch.eye(23, dtype=dtype)
     before = b.clone()
-    solver = input_module.SymmetricSolver(b, 1e-3)
+    solver = linalg_module.SymmetricSolver(b, 1e-3)
     assert solver.cholesky and solver.lapack
     expected = torch.cholesky_solve(torch.from_numpy(rng.standard_normal((23, 5))).to(dtype), torch.linalg.cholesky(b))
     rhs = b @ expected
@@ -420,30 +449,31 @@ def test_symmetric_solver_lapack_matches_torch(dtype):
     assert torch.equal(b, before)
 
 
-@pytest.mark.skipif(not input_module.cpu_launcher.status()[0], reason="the CPU extension is not built")
+@pytest.mark.skipif(not cpu_launcher.status()[0], reason="the CPU extension is not built")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("soften", [True, False])
 @pytest.mark.parametrize("n,c", [(1, 1), (9, 2), (37, 5), (211, 397)])
 @pytest.mark.parametrize("scale", [3.0, 300.0])
 def test_own_class_probability_fused_matches_torch(n, c, scale, soften, dtype):
-    """The fused CPU pass (with its own vectorised exp) against the PyTorch
-    ops it replaces: on moderate logits, on logits large enough that an
-    unshifted exp would overflow and most terms underflow, on a transposed
-    (non-contiguous) logits view, and with labels hitting every class."""
+    """The CPU launcher's fused pass (with its own vectorised exp) against
+    its reference twin, the PyTorch ops it replaces: on moderate logits, on
+    logits large enough that an unshifted exp would overflow and most terms
+    underflow, on a transposed (non-contiguous) logits view, and with labels
+    hitting every class."""
     g = torch.Generator().manual_seed(n * c)
     logits = (scale * torch.randn(c, n, generator=g, dtype=torch.float64)).to(dtype).T
     table = (scale / 6 * torch.randn(c, c, generator=g, dtype=torch.float64)).to(dtype)
     index = torch.randint(0, c, (n,), generator=g)
     index[: min(n, c)] = torch.arange(min(n, c))
     inputs = [t.clone() for t in (logits, table, index)]
-    fused = input_module.own_class_probability(logits, table, index, soften=soften)
-    expected = input_module.own_class_probability_reference(logits.double(), table.double(), index, soften=soften)
+    fused = cpu_launcher.own_class_probability(logits, table, index, soften=soften)
+    expected = reference_launcher.own_class_probability(logits.double(), table.double(), index, soften=soften)
     assert fused.dtype == dtype and fused.shape == (n,)
     assert_close(fused, expected, TOLERANCE[dtype], "own-class probability")
     assert all(torch.equal(a, b) for a, b in zip(inputs, (logits, table, index)))
 
 
-def test_constant_features():
+def test_constant_features(monkeypatch):
     x = np.full((100, 5), 3.0)
     y = np.arange(100) % 4
     with pytest.raises(ValueError, match="constant within every class"):
@@ -454,8 +484,54 @@ def test_constant_features():
     # pair's coefficient is 1, so the score is -C(C-1).
     assert gbc(x, y) == pytest.approx(-12.0, rel=1e-12)
     assert gbc(x, y, gaussian="diagonal") == pytest.approx(-12.0, rel=1e-12)
-    # LogME: X^T X has rank one; the published solver handles that.
-    assert_close(logme(x, y), published.logme_published(x, y), 1e-9, "logme on constant features")
+    # LogME: X = 3 * ones(N) ones(D)^T has rank one. Its documented value is
+    # the published formula on X's exact SVD (one singular value 3 sqrt(N D)).
+    # The published code's own value depends on which of X^T X's four zero
+    # eigenvalues rounding lifts above its 1e-10 floor: -0.5054 with numpy's
+    # LAPACK, -0.5384 with scipy's.
+    n, d = x.shape
+    exact_svd = (np.full((n, 1), n**-0.5), np.array([[3.0 * (n * d) ** 0.5]]), np.full((1, d), d**-0.5))
+    monkeypatch.setattr(published, "_truncated_svd", lambda f: exact_svd)
+    assert_close(logme(x, y), published.logme_published(x, y), 1e-9, "logme on constant features, exact rank one")
+
+
+@pytest.mark.parametrize("case", ["constant", "repeated columns", "dead units"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_logme_rank_does_not_depend_on_rounding(monkeypatch, case, sign):
+    """Rank-deficient features (N > D): X^T X's zero eigenvalues come out of
+    an eigensolver as noise whose size and sign depend on the LAPACK build.
+    Moving every eigenvalue by +-lambda_max * eps (12x the noise measured
+    with numpy's and scipy's builds on the constant case) must not change
+    the score: those directions are zero, whatever the noise. (1e-12: the
+    perturbation moves the kept eigenvalues by eps relative.)"""
+    rng = np.random.default_rng(11)
+    y = np.arange(200) % 4
+    if case == "constant":
+        x = np.full((200, 6), 3.0)
+    else:
+        x = rng.standard_normal((200, 6)) + y[:, None]
+        if case == "repeated columns":
+            x[:, 4] = x[:, 0]
+            x[:, 5] = x[:, 1] + x[:, 2]
+        else:
+            x[:, 3:] = 0.0
+    expected = logme(x, y)
+    eigh = logme_module.symmetric_eigh
+
+    def rounded_otherwise(matrix):
+        values, vectors = eigh(matrix)
+        return values + sign * float(values.abs().max()) * torch.finfo(values.dtype).eps, vectors
+
+    monkeypatch.setattr(logme_module, "symmetric_eigh", rounded_otherwise)
+    assert_close(logme(x, y), expected, 1e-12, f"logme on {case} features, eigenvalues rounded otherwise")
+
+
+@pytest.mark.parametrize("n,d", [(100, 5), (10, 20)], ids=["N>D", "N<=D"])
+def test_logme_zero_features_are_an_error(n, d):
+    """X = 0 has no singular value above the published floor; the published
+    code's fixed point then takes log(0) or 0/0."""
+    with pytest.raises(ValueError, match="every singular value of features is at most 1e-10"):
+        logme(np.zeros((n, d)), np.arange(n) % 2)
 
 
 def test_sfda_constant_column_matches_published():
@@ -472,9 +548,74 @@ def test_sfda_constant_column_matches_published():
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_matches_cpu(name):
     x, y = small_problem()
-    expected = SCORERS[name](x, y)
     xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
     # float64 on both; cuBLAS/cuSOLVER sum in other orders than MKL/LAPACK.
-    assert_close(SCORERS[name](xt, yt), expected, 1e-9, f"{name} on cuda")
+    # NLEEP draws its k-means++ numbers on the CPU for every device, so each
+    # seed starts from the same centres on both.
+    seeds = [{"seed": 0}, {"seed": 1}] if name == "nleep" else [{}]
+    for options in seeds:
+        assert_close(SCORERS[name](xt, yt, **options), SCORERS[name](x, y, **options), 1e-9, f"{name} on cuda")
     if name == "nleep":
         assert SCORERS[name](xt, yt, seed=1) == SCORERS[name](xt, yt, seed=1)
+
+
+# --- backend= ---------------------------------------------------------------
+
+# What a scorer runs on its backend's launcher (NLEEP runs none of them).
+LAUNCHER_OPS = {
+    "sfda": {"class_stats", "integrate", "own_class_probability"},
+    "logme": {"class_stats"},
+    "gbc": {"class_stats"},
+    "nleep": set(),
+}
+CPU_BUILT = pytest.mark.skipif(not cpu_launcher.status()[0], reason="the CPU extension is not built")
+
+
+def spy_on_launchers(monkeypatch, names=("class_stats", "integrate", "own_class_probability")):
+    """Wrap the named functions of the reference and cpu launchers so that
+    every call is recorded as (backend, function); resolve is left alone."""
+    calls = []
+    for module in (reference_launcher, cpu_launcher):
+        backend = module.__name__.rsplit(".", 1)[-1]
+        for name in names:
+            original = getattr(module, name)
+
+            def spy(*args, _original=original, _call=(backend, name), **kwargs):
+                calls.append(_call)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+@CPU_BUILT
+@pytest.mark.parametrize("name", NAMES)
+def test_backend_reaches_the_scorer(monkeypatch, name):
+    """backend="reference" and backend="cpu" each run the scorer's launcher
+    operations on that backend only (the fused posterior tail included), and
+    give the same score. (1e-10: conftest's float64 bar between backends,
+    which differ in summation order only.)"""
+    x, y = small_problem()
+    calls = spy_on_launchers(monkeypatch)
+    scores = {}
+    for backend in ("reference", "cpu"):
+        calls.clear()
+        scores[backend] = SCORERS[name](x, y, backend=backend)
+        assert set(calls) == {(backend, op) for op in LAUNCHER_OPS[name]}, f"{name}, backend={backend}: {calls}"
+    assert_close(scores["reference"], scores["cpu"], 1e-10, f"{name} on reference vs cpu")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("backend", ["fastest", "cuda"])
+def test_scorer_rejects_a_backend_as_ped_does(name, backend):
+    """An unknown backend, or one that cannot run on these CPU tensors, is
+    refused with ped()'s error, naming it."""
+    x, y = small_problem()
+    with pytest.raises((ValueError, RuntimeError)) as from_ped:
+        ped_fast.ped(x, y, rescale=None, backend=backend)
+    assert repr(backend) in str(from_ped.value)
+    with pytest.raises(from_ped.type, match=re.escape(str(from_ped.value))):
+        SCORERS[name](x, y, backend=backend)
+    if name == "logme":
+        with pytest.raises(from_ped.type, match=re.escape(str(from_ped.value))):
+            logme(x, x[:, 0], regression=True, backend=backend)

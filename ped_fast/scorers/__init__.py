@@ -2,7 +2,9 @@
 
 Each is f(features, labels, ...) -> float: features N x D (numpy or torch,
 any device, float32 or float64; never modified), labels N integers. Scores
-are computed in float64 unless dtype=torch.float32 is passed.
+are computed in float64 unless dtype=torch.float32 is passed. backend=
+("auto", "reference", "cpu", ...) picks the backend that runs a scorer's
+per-class operations, checked as ped() checks it.
 """
 from .gbc import gbc
 from .logme import logme

@@ -16,7 +16,6 @@ import math
 
 import torch
 
-from .. import _backends
 from .._validate import all_finite, raise_non_finite
 from ._input import prepare
 
@@ -25,7 +24,7 @@ GAUSSIANS = ("spherical", "diagonal")
 _TILE_ELEMENTS = 1 << 22
 
 
-def gbc(features, labels, *, gaussian="spherical", dtype=torch.float64):
+def gbc(features, labels, *, gaussian="spherical", dtype=torch.float64, backend="auto"):
     """GBC score of `features` (N x D) for `labels` (N): minus the sum over
     ordered pairs of classes of their Bhattacharyya coefficients, a float
     <= 0; higher (closer to 0) means better separated classes.
@@ -34,16 +33,27 @@ def gbc(features, labels, *, gaussian="spherical", dtype=torch.float64):
     the mean of its floored per-dimension variances) or "diagonal" (one
     variance per class and dimension). Variances are floored at 1e-4 as
     published, so constant features and one-sample classes give a finite
-    score. dtype: torch.float64 (default) or torch.float32. Labels may be any
-    integers; at least two classes.
+    score. dtype: torch.float64 (default) or torch.float32. backend: runs the
+    per-class statistics, as for ped() ("auto", "reference", "cpu", ...; see
+    available_backends()). Labels may be any integers; at least two classes.
     """
+    check_gaussian(gaussian)
+    prep = prepare(features, labels, dtype, backend, "gbc")
+    return gbc_prepared(prep.x, prep, gaussian)
+
+
+def check_gaussian(gaussian):
     if gaussian not in GAUSSIANS:
         raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
-    prep = prepare(features, labels, dtype, "gbc")
-    _, launcher = _backends.resolve("auto", prep.x.device)
-    _, mean, var = launcher.class_stats(prep.x, prep.index, prep.num_classes)
+
+
+def gbc_prepared(x, prep, gaussian):
+    """GBC of features `x` (N x D) with the labels, dtype and backend of
+    `prep` (x is prep.x, or features with the same rows, such as PED's
+    moved ones)."""
+    _, mean, var = prep.launcher.class_stats(x, prep.index, prep.num_classes)
     if not all_finite(mean, var):
-        raise_non_finite(prep.x, "features")
+        raise_non_finite(x, "features")
     return gbc_from_stats(mean.to(prep.dtype), var.to(prep.dtype), gaussian)
 
 

@@ -17,7 +17,8 @@ import torch
 
 from .. import _backends
 from .._validate import all_finite, features_tensor, raise_non_finite, to_tensor
-from ._input import compute_dtype, gram, prepare, symmetric_eigh
+from ._input import compute_dtype, prepare
+from ._linalg import gram, symmetric_eigh
 
 MAX_ITERATIONS = 11
 TOLERANCE = 1e-3
@@ -25,7 +26,7 @@ EPSILON = 1e-5
 SINGULAR_FLOOR = 1e-10
 
 
-def logme(features, labels, *, regression=False, dtype=torch.float64):
+def logme(features, labels, *, regression=False, dtype=torch.float64, backend="auto"):
     """LogME evidence of `features` (N x D) for `labels`.
 
     Classification (default): labels are N integers (any values; classes are
@@ -33,16 +34,24 @@ def logme(features, labels, *, regression=False, dtype=torch.float64):
     per class. regression=True: labels are real targets, N or N x K.
     Returns the mean over targets of the maximised log evidence per sample (a
     float, higher is better). dtype: torch.float64 (default, the published
-    precision) or torch.float32.
+    precision) or torch.float32. backend: runs the per-class sums, as for
+    ped() ("auto", "reference", "cpu", ...; see available_backends()); the
+    regression targets need no backend operation, but the name is checked
+    all the same.
+
+    Rank-deficient features (N > D): directions whose eigenvalue of X^T X
+    is within rounding of zero are dropped, so the score does not depend on
+    how a LAPACK build rounds them (see evidence_from_gram). Features that
+    are zero, or so small that every singular value is at most the
+    published floor 1e-10, raise ValueError.
     """
     if not isinstance(regression, bool):
         raise TypeError(f"regression must be True or False, got {regression!r}")
     if regression:
-        return _regression(features, labels, compute_dtype(dtype))
-    prep = prepare(features, labels, dtype, "logme")
+        return _regression(features, labels, compute_dtype(dtype), backend)
+    prep = prepare(features, labels, dtype, backend, "logme")
     x = prep.x
-    _, launcher = _backends.resolve("auto", x.device)
-    _, mean, var = launcher.class_stats(x, prep.index, prep.num_classes)
+    _, mean, var = prep.launcher.class_stats(x, prep.index, prep.num_classes)
     if not all_finite(mean, var):
         raise_non_finite(x, "features")
     counts = prep.counts.to(prep.dtype)
@@ -57,24 +66,60 @@ def logme(features, labels, *, regression=False, dtype=torch.float64):
 
 def evidence_from_gram(gram_matrix, xt_targets, target_sq, n):
     """Mean LogME evidence for N > D from X^T X (D x D, lower triangle
-    read), X^T T (D x K) and the squared norms of the K targets (K)."""
+    read), X^T T (D x K) and the squared norms of the K targets (K).
+
+    The published code keeps the singular values s of X (square roots of
+    X^T X's) above 1e-10 and drops the rest; each one dropped or kept moves
+    the evidence by about log(alpha) / (2N), so the count matters. For
+    rank-deficient X (constant, duplicated or dead-unit columns) X^T X's
+    zero eigenvalues come out of any eigensolver as rounding noise, up to
+    about eps * D * lambda_max and of either sign, which the 1e-10 floor
+    keeps or drops as the LAPACK build happens to round (constant 100 x 5
+    features: -0.5054 with numpy's, -0.5384 with scipy's). Here an
+    eigenvalue counts as zero at or below numpy.linalg.matrix_rank's default
+    tolerance for X^T X, lambda_max * D * eps of the compute dtype, as well
+    as below the published floor: the rank, hence the score, is X's in
+    exact arithmetic whatever the build. Features whose every direction
+    stands above rounding keep every value, as published (the golden cases'
+    smallest eigenvalue ratio is ~1e-2, eleven orders above the tolerance).
+    Raises ValueError when no
+    value is kept: X is zero (or below the floor everywhere), and the
+    evidence would be log(0)."""
     dim = gram_matrix.shape[0]
     values, vectors = symmetric_eigh(gram_matrix)
     # Singular values of the symmetric X^T X are |eigenvalues|, as the
     # published code's SVD of X^T X gives them.
-    s = values.abs().sqrt()
-    keep = s > SINGULAR_FLOOR
-    s, vectors = s[keep], vectors[:, keep]
+    magnitude = values.abs()
+    rank_tolerance = float(magnitude.max()) * dim * torch.finfo(magnitude.dtype).eps
+    keep = (magnitude > rank_tolerance) & (magnitude.sqrt() > SINGULAR_FLOOR)
+    if not bool(keep.any()):
+        _raise_no_singular_value()
+    s, vectors = magnitude[keep].sqrt(), vectors[:, keep]
     z = (vectors.T @ xt_targets) / s.unsqueeze(1)
     return _fixed_point(s * s, z, target_sq, n, dim)
 
 
 def _evidence_from_svd(x, targets):
-    """N <= D: the thin SVD of X itself, keeping all min(N, D) values."""
+    """N <= D: the thin SVD of X itself, keeping all min(N, D) values, as
+    published. No count depends on rounding here: every term of the fixed
+    point is continuous in sigma = s^2 at 0, so a zero singular value that
+    comes out as noise (sigma ~ (eps s_max)^2) changes nothing measurable.
+    Raises ValueError when even the
+    largest is below the published floor 1e-10, as evidence_from_gram
+    does (for X = 0 the fixed point would divide 0 by 0)."""
     n, dim = x.shape
     u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    if not float(s.max()) > SINGULAR_FLOOR:
+        _raise_no_singular_value()
     z = u.T @ targets
     return _fixed_point(s * s, z, (targets * targets).sum(0), n, dim)
+
+
+def _raise_no_singular_value():
+    raise ValueError(
+        f"logme: every singular value of features is at most {SINGULAR_FLOOR:g} (the features are zero or nearly "
+        f"so), so there is no evidence to maximise"
+    )
 
 
 def _fixed_point(sigma, z, target_sq, n, dim):
@@ -115,8 +160,9 @@ def _fixed_point(sigma, z, target_sq, n, dim):
     return float(evidence.mean())
 
 
-def _regression(features, targets, dtype):
+def _regression(features, targets, dtype, backend):
     x, _ = features_tensor(features)
+    _backends.resolve(backend, x.device)
     t, _ = to_tensor(targets, "labels")
     if t.dim() == 1:
         t = t.unsqueeze(1)

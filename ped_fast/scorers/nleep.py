@@ -6,8 +6,11 @@ The published code fits scikit-learn's GaussianMixture unseeded. Here PCA,
 k-means++ and EM are written in PyTorch with the same settings as that
 mixture (full covariances, reg_covar 1e-6, tol 1e-3 on the mean
 log-likelihood, at most 100 EM iterations, k-means initialisation with one
-k-means++ run), drawing every random number from a seeded torch.Generator on
-the features' device: the same seed gives the same score, on any device.
+k-means++ run). Every random number is drawn from a seeded CPU
+torch.Generator and then moved to the features' device: torch's CUDA
+generator is another stream than the CPU's, so drawing on the device would
+make the score depend on where the features live; this way the same seed
+gives the same draws, hence the same score, on any device.
 Per-component work is done in chunks so that memory stays O(N K + chunk N d).
 """
 from __future__ import annotations
@@ -17,7 +20,8 @@ import math
 import torch
 
 from .._validate import all_finite, check_count, raise_non_finite
-from ._input import gram, prepare, symmetric_eigh
+from ._input import prepare
+from ._linalg import gram, symmetric_eigh
 
 VARIANCE_KEPT = 0.8
 REG_COVAR = 1e-6
@@ -28,18 +32,22 @@ KMEANS_TOLERANCE = 1e-4
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def nleep(features, labels, *, seed=0, component_ratio=5, dtype=torch.float64):
+def nleep(features, labels, *, seed=0, component_ratio=5, dtype=torch.float64, backend="auto"):
     """NLEEP score of `features` (N x D) for `labels` (N): a float in (0, 1],
     higher is better.
 
     seed: seeds k-means++ (the only randomness); the same seed gives the same
     score. component_ratio: mixture components per class (the paper's 5).
-    dtype: torch.float64 (default) or torch.float32. Labels may be any
-    integers; at least two classes. Raises ValueError when there are fewer
-    samples than mixture components, or when a component's covariance is
-    singular even after regularisation (as scikit-learn does).
+    dtype: torch.float64 (default) or torch.float32. backend: checked as
+    ped() checks it ("auto", "reference", "cpu", ...; see
+    available_backends()), so that every scorer takes the same options;
+    NLEEP's PCA, k-means and EM are dense PyTorch and LAPACK work that no
+    backend replaces. Labels may be any integers; at least two classes.
+    Raises ValueError when there are fewer samples than mixture components,
+    or when a component's covariance is singular even after regularisation
+    (as scikit-learn does).
     """
-    prep = prepare(features, labels, dtype, "nleep")
+    prep = prepare(features, labels, dtype, backend, "nleep")
     return nleep_prepared(prep.x, prep.index, prep.num_classes, seed=seed, component_ratio=component_ratio,
                           dtype=prep.dtype)
 
@@ -59,8 +67,7 @@ def nleep_prepared(x, index, num_classes, *, seed=0, component_ratio=5, dtype=to
             f"but features has only {n} rows; pass a smaller component_ratio"
         )
     z = _pca(x, dtype)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    resp = mixture_responsibilities(z, _kmeans(z, components, generator), components)
+    resp = mixture_responsibilities(z, _kmeans(z, components, seed), components)
     return nleep_from_responsibilities(resp, index, num_classes)
 
 
@@ -161,11 +168,11 @@ def _e_step(z, weights, means, factors):
     return log_norm, torch.exp(log_prob - log_norm.unsqueeze(1))
 
 
-def _kmeans(z, k, generator):
+def _kmeans(z, k, seed):
     """Labels from k-means (k-means++ seeding with 2 + log k local trials,
     then Lloyd's iterations), as scikit-learn's KMeans(n_init=1) runs it."""
     sq_norms = (z * z).sum(1)
-    centers = _kmeans_plus_plus(z, sq_norms, k, generator)
+    centers = _kmeans_plus_plus(z, sq_norms, k, seed)
     tolerance = KMEANS_TOLERANCE * float(z.var(0, unbiased=False).mean())
     labels = None
     for _ in range(KMEANS_ITERATIONS):
@@ -188,18 +195,31 @@ def _kmeans(z, k, generator):
     return _sq_distances(z, sq_norms, centers).argmin(1)
 
 
-def _kmeans_plus_plus(z, sq_norms, k, generator):
+def seeding_draws(seed, n, k, dtype, device):
+    """The random numbers of one k-means++ run choosing k centres among n
+    samples: (first, fractions) where first is the index of the first
+    centre and fractions ((k - 1) x (2 + floor(log k)), `dtype`, on
+    `device`) are uniform in [0, 1), one row of candidate draws per further
+    centre. Drawn on the CPU whatever `device` is (see the module
+    docstring), all at once so that one copy moves them; the CPU stream
+    gives the same numbers as drawing them row by row."""
+    generator = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(n, (1,), generator=generator))
+    fractions = torch.rand(k - 1, 2 + int(math.log(k)), generator=generator, dtype=dtype)
+    return first, fractions.to(device)
+
+
+def _kmeans_plus_plus(z, sq_norms, k, seed):
     n = z.shape[0]
-    trials = 2 + int(math.log(k))
+    first, fractions = seeding_draws(seed, n, k, z.dtype, z.device)
     centers = torch.empty(k, z.shape[1], dtype=z.dtype, device=z.device)
-    first = int(torch.randint(n, (1,), generator=generator, device=z.device))
     centers[0] = z[first]
     closest = _sq_distances(z, sq_norms, centers[:1]).squeeze(1)
     potential = closest.sum()
     for c in range(1, k):
         # Candidates drawn with probability proportional to the squared
         # distance, by inverting the cumulative sum as scikit-learn does.
-        draws = torch.rand(trials, generator=generator, dtype=z.dtype, device=z.device) * potential
+        draws = fractions[c - 1] * potential
         candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_max_(n - 1)
         candidate_dist = torch.minimum(closest, _sq_distances(z, sq_norms, z[candidates]).T)
         sums = candidate_dist.sum(1)

@@ -26,38 +26,42 @@ import math
 
 import torch
 
-from .. import _backends
+from .. import reference
 from .._validate import all_finite, raise_non_finite
-from ._input import SymmetricSolver, gram, matmul, own_class_probability, prepare, symmetric_matvec
+from ._input import prepare
+from ._linalg import SymmetricSolver, gram, matmul, symmetric_matvec
 
 POWER_ITERATIONS = 3
 SHRINKAGE_FLOOR = 1e-10
 
 
-def sfda(features, labels, *, dtype=torch.float64):
+def sfda(features, labels, *, dtype=torch.float64, backend="auto"):
     """SFDA transferability score of `features` (N x D) for `labels` (N).
 
     Returns a float in (0, 1): the mean probability the second (ConfMix)
     Fisher classifier gives each sample's own class. Higher means the classes
     separate better. dtype: torch.float64 (default, the published precision)
     or torch.float32 (about twice as fast; within 1e-7 of float64 on the
-    golden cases). Labels may be any integers; classes are the sorted unique
-    labels. Needs at least two classes.
+    golden cases). backend: runs the per-class statistics, the residual
+    updates and the posterior tail, as for ped() ("auto", "reference",
+    "cpu", ...; see available_backends()). Labels may be any integers;
+    classes are the sorted unique labels. Needs at least two classes.
     """
-    prep = prepare(features, labels, dtype, "sfda")
-    state = SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype)
+    prep = prepare(features, labels, dtype, backend, "sfda")
+    state = SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype, prep.launcher)
     return state.score(state.means, consume=True)
 
 
 class SFDAResiduals:
     """Everything SFDA needs from the features that does not depend on where
     the class means are: residuals R (N x D, owned, compute dtype), priors,
-    the shrinkage lambda and the first pass's factorised B (from Sw)."""
+    the shrinkage lambda and the first pass's factorised B (from Sw).
+    `launcher` is the backend's launcher module that runs class_stats,
+    integrate and (where it has one) the fused own_class_probability."""
 
-    def __init__(self, x, index, counts, dtype):
+    def __init__(self, x, index, counts, dtype, launcher):
         n, dim = x.shape
         num_classes = counts.shape[0]
-        _, launcher = _backends.resolve("auto", x.device)
         _, mean, var = launcher.class_stats(x, index, num_classes)
         if not all_finite(mean, var):
             raise_non_finite(x, "features")
@@ -75,11 +79,15 @@ class SFDAResiduals:
             residual = x.to(dtype, memory_format=torch.contiguous_format, copy=True)
             launcher.integrate(residual, index, (-mean).to(dtype), residual)
         self.launcher = launcher
+        # Backends without a fused posterior tail (triton, cuda) use the
+        # reference twin's PyTorch ops.
+        self.own_class_probability = getattr(launcher, "own_class_probability", reference.own_class_probability)
         self.residual = residual
         self.index = index
         self.counts = counts
         self.log_prior = torch.log(counts.to(torch.float64) / n).to(dtype)
         self.means = mean  # float64, original coordinates
+        self.variances = var  # float64, per class and dimension
         scatter = gram(residual, lower_only=True).div_(n)
         self.shrinkage = _shrinkage(scatter)
         self.solver = _shrunk_solver(scatter, self.shrinkage)
@@ -96,7 +104,7 @@ class SFDAResiduals:
         mu = (means - center).to(dtype)
 
         # "Soften": the published code exponentiates the probabilities again.
-        q = _own_probability(self.residual, self.index, mu, self.solver, self.log_prior, soften=True).unsqueeze(1)
+        q = self._own_probability(self.residual, mu, self.solver, soften=True).unsqueeze(1)
         others = (mu.sum(0) - mu) / (num_classes - 1)
 
         # ConfMix: x'_i - o_c = q_i (r_i + mu_c - o_c); then centre per class.
@@ -109,8 +117,19 @@ class SFDAResiduals:
         mu2 = offset + others
 
         solver2 = _shrunk_solver(gram(mixed, lower_only=True).div_(n), self.shrinkage)
-        own = _own_probability(mixed, self.index, mu2, solver2, self.log_prior, soften=False)
+        own = self._own_probability(mixed, mu2, solver2, soften=False)
         return float(own.mean())
+
+    def _own_probability(self, residual, mu, solver, *, soften):
+        """The probability the shrinkage-LDA classifier with class means `mu`
+        (C x D, relative to any common origin) gives each sample r_i +
+        mu_{y_i} of its own class (N); `solver` applies B^-1. soften: see
+        reference.own_class_probability."""
+        coef_t = solver.solve(mu.T)  # D x C = B^-1 mu^T
+        table = matmul(mu, coef_t)
+        # table[k, c] = mu_k W_c; the intercept is -1/2 mu_c W_c + log pi_c.
+        table += self.log_prior - 0.5 * table.diagonal()
+        return self.own_class_probability(matmul(residual, coef_t), table, self.index, soften=soften)
 
 
 def _shrinkage(scatter):
@@ -136,15 +155,3 @@ def _shrunk_solver(scatter, shrinkage):
     b = scatter.mul_(1.0 - shrinkage)
     b.diagonal().add_(target)
     return SymmetricSolver(b, target)
-
-
-def _own_probability(residual, index, mu, solver, log_prior, *, soften):
-    """The probability the shrinkage-LDA classifier with class means `mu`
-    (C x D, relative to any common origin) gives each sample r_i + mu_{y_i}
-    of its own class (N); `solver` applies B^-1. soften: see
-    own_class_probability."""
-    coef_t = solver.solve(mu.T)  # D x C = B^-1 mu^T
-    table = matmul(mu, coef_t)
-    # table[k, c] = mu_k W_c; the intercept is -1/2 mu_c W_c + log pi_c.
-    table += log_prior - 0.5 * table.diagonal()
-    return own_class_probability(matmul(residual, coef_t), table, index, soften=soften)
