@@ -2,6 +2,10 @@
 # One prepared check for a GPU machine without network, under 6 minutes:
 #   1. build: pip install --no-build-isolation --no-deps -e .  (both extensions)
 #   2. tests: python -m pytest tests -q                         (GPU tests included)
+#      with PED_FAST_EXPECT_GPU=1: a GPU backend that cannot run (an extension
+#      whose CUDA runtime cannot use the driver, one not built for want of
+#      nvcc, triton missing, a CPU-only torch) fails its tests with the
+#      reason instead of skipping them (tests/conftest.py, gpu_test_outcome)
 #   3. bench: python -m pytest bench --benchmark-only -k cuda    (the GPU cases)
 # and, in OUT_DIR, device.json and summary.json (the device, versions, each
 # phase's exit status and time) and build.log, tests.log, bench.log. Every
@@ -44,7 +48,8 @@ echo "GPU: $NVIDIA_SMI"
 phase build "${BUILD_TIMEOUT:-100}" pip install --no-build-isolation --no-deps -v -e .
 grep -E "^ *ped_fast: " "$OUT_DIR/build.log" | sort -u
 
-phase tests "${TEST_TIMEOUT:-150}" python -m pytest tests -q -rs -p no:cacheprovider
+python -c "import ped_fast; [print(f'backend {k}: {v}') for k, v in ped_fast.available_backends().items()]"
+PED_FAST_EXPECT_GPU=1 phase tests "${TEST_TIMEOUT:-150}" python -m pytest tests -q -rfEs -p no:cacheprovider
 
 if python -c "import pytest_benchmark" 2>/dev/null; then
   # max-time 0.5 s per calibrated benchmark (default 1 s) keeps the phase short.

@@ -14,6 +14,11 @@ order: results are identical run to run.
 2. finalize_kernel: one program per (class, column block) adds its chunks'
    partial sums in chunk order and writes mean = x0 + S1/n and
    var = max(S2/n - (S1/n)^2, 0).
+
+Offsets into X and the partial sums are int64. A loop counter takes the type
+of its bounds (int64 here) when compiled but is a Python int, hence int32 in
+offset arithmetic, under the interpreter: it is cast so that both modes
+compute the same offsets.
 """
 import triton
 import triton.language as tl
@@ -43,7 +48,7 @@ def partial_sums_kernel(
     acc1 = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float64)
     acc2 = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float64)
     for start in range(begin, end, BLOCK_R):
-        rows = start + tl.arange(0, BLOCK_R)
+        rows = tl.cast(start, tl.int64) + tl.arange(0, BLOCK_R)
         row_mask = rows < end
         source = tl.load(order_ptr + rows, mask=row_mask, other=0)
         mask = row_mask[:, None] & col_mask[None, :]
@@ -75,8 +80,9 @@ def finalize_kernel(
     s1 = tl.zeros([BLOCK_D], dtype=tl.float64)
     s2 = tl.zeros([BLOCK_D], dtype=tl.float64)
     for chunk in range(first, last):
-        s1 += tl.load(s1_ptr + chunk * dim + cols, mask=col_mask, other=0.0)
-        s2 += tl.load(s2_ptr + chunk * dim + cols, mask=col_mask, other=0.0)
+        partial = tl.cast(chunk, tl.int64) * dim + cols
+        s1 += tl.load(s1_ptr + partial, mask=col_mask, other=0.0)
+        s2 += tl.load(s2_ptr + partial, mask=col_mask, other=0.0)
     count = tl.load(counts_ptr + c)
     shift_row = tl.load(class_shift_ptr + c)
     x0 = tl.load(x_ptr + shift_row * stride_row + cols.to(tl.int64) * stride_col, mask=col_mask, other=0.0)

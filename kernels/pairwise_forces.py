@@ -17,7 +17,11 @@
    all zero. No C x C x D array exists.
 
 Scalars that must stay float64 (nsigma, coef) come through a tensor, because
-Triton passes Python floats to kernels as float32.
+Triton passes Python floats to kernels as float32. Every offset is int64 and
+computed as one expression before it is added to a pointer: Triton's
+integers are int32 by default, and i * C + j or i * D + k pass 2^31 at
+C = 46341 (a 17 GB weight matrix) or C * D = 2^31 (16 GB of means), sizes
+that one GPU holds.
 """
 import triton
 import triton.language as tl
@@ -40,8 +44,8 @@ def pair_weights_kernel(
     BLOCK_D: tl.constexpr,
 ):
     tile = tl.program_id(0)
-    i = tl.load(tile_i_ptr + tile).to(tl.int32) * BLOCK_C + tl.arange(0, BLOCK_C)
-    j = tl.load(tile_j_ptr + tile).to(tl.int32) * BLOCK_C + tl.arange(0, BLOCK_C)
+    i = tl.load(tile_i_ptr + tile) * BLOCK_C + tl.arange(0, BLOCK_C)  # int64, like the tile table
+    j = tl.load(tile_j_ptr + tile) * BLOCK_C + tl.arange(0, BLOCK_C)
     i_in = i < num_classes
     j_in = j < num_classes
     # Only i < j is measured; W[j, i] is a copy, so W is exactly symmetric.
@@ -68,8 +72,10 @@ def pair_weights_kernel(
         for start in range(0, dim, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             col_mask = cols < dim
-            mu_i = tl.load(mu_ptr + i[:, None] * dim + cols[None, :], mask=i_in[:, None] & col_mask[None, :], other=0.0)
-            mu_j = tl.load(mu_ptr + j[:, None] * dim + cols[None, :], mask=j_in[:, None] & col_mask[None, :], other=0.0)
+            mu_i = tl.load(mu_ptr + (i[:, None] * dim + cols[None, :]), mask=i_in[:, None] & col_mask[None, :],
+                           other=0.0)
+            mu_j = tl.load(mu_ptr + (j[:, None] * dim + cols[None, :]), mask=j_in[:, None] & col_mask[None, :],
+                           other=0.0)
             diff = mu_i[:, None, :] - mu_j[None, :, :]
             squared += tl.sum(diff * diff, axis=2)
     dist = tl.sqrt(squared)
@@ -78,11 +84,12 @@ def pair_weights_kernel(
     weight = tl.where(positive, tl.minimum(coef * overlap, overlap) / tl.where(positive, dist, 1.0), 0.0)
 
     tl.store(weight_ptr + pair_offset, weight, mask=pair)
-    tl.store(weight_ptr + j[None, :] * num_classes + i[:, None], weight, mask=pair)
+    tl.store(weight_ptr + (j[None, :] * num_classes + i[:, None]), weight, mask=pair)
     tl.store(dist_out_ptr + pair_offset, tl.where(evaluate, dist, float("inf")), mask=pair)
-    tl.store(tally_ptr + 3 * tile, tl.sum(evaluate.to(tl.int32)))
-    tl.store(tally_ptr + 3 * tile + 1, tl.sum(positive.to(tl.int32)))
-    tl.store(tally_ptr + 3 * tile + 2, tl.sum((evaluate & (squared == 0.0)).to(tl.int32)))
+    tally = tally_ptr + 3 * tile.to(tl.int64)
+    tl.store(tally, tl.sum(evaluate.to(tl.int32)))
+    tl.store(tally + 1, tl.sum(positive.to(tl.int32)))
+    tl.store(tally + 2, tl.sum((evaluate & (squared == 0.0)).to(tl.int32)))
 
 
 @triton.jit
@@ -95,23 +102,23 @@ def displacement_kernel(
     BLOCK_J: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    i = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    i = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     i_in = i < num_classes
     col_mask = cols < dim
     mask = i_in[:, None] & col_mask[None, :]
-    mu_i = tl.load(mu_ptr + i[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+    mu_i = tl.load(mu_ptr + (i[:, None] * dim + cols[None, :]), mask=mask, other=0.0)
     acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float64)
     for start in range(0, num_classes, BLOCK_J):
         js = start + tl.arange(0, BLOCK_J)
-        block = tl.load(weight_ptr + i[:, None] * num_classes + js[None, :],
+        block = tl.load(weight_ptr + (i[:, None] * num_classes + js[None, :]),
                         mask=i_in[:, None] & (js < num_classes)[None, :], other=0.0)
         # Weights are >= 0: a block of non-overlapping partners adds nothing.
         if tl.max(block) > 0.0:
             for u in tl.static_range(BLOCK_J):
-                j = start + u
+                j = tl.cast(start + u, tl.int64)
                 j_in = j < num_classes
-                w = tl.load(weight_ptr + i * num_classes + j, mask=i_in & j_in, other=0.0)
-                mu_j = tl.load(mu_ptr + j * dim + cols, mask=col_mask & j_in, other=0.0)
+                w = tl.load(weight_ptr + (i * num_classes + j), mask=i_in & j_in, other=0.0)
+                mu_j = tl.load(mu_ptr + (j * dim + cols), mask=col_mask & j_in, other=0.0)
                 acc += w[:, None] * (mu_i - mu_j[None, :])
-    tl.store(delta_ptr + i[:, None] * dim + cols[None, :], acc, mask=mask)
+    tl.store(delta_ptr + (i[:, None] * dim + cols[None, :]), acc, mask=mask)

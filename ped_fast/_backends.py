@@ -32,7 +32,8 @@ def resolve(backend, device):
         backend = os.environ.get("PED_FAST_BACKEND", "auto")
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("reference",)):
-            if _module(name).status()[0]:
+            # Interpreted Triton kernels are for debugging, never a default.
+            if _module(name).status()[0] and not _interpreted(name):
                 return name, _module(name)
     if backend not in NAMES:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(repr(n) for n in NAMES)}, got {backend!r}")
@@ -40,8 +41,15 @@ def resolve(backend, device):
     available, reason = module.status()
     if not available:
         raise RuntimeError(f"backend {backend!r} is not available: {reason}")
-    if module.DEVICES is not None and device.type not in module.DEVICES:
+    if module.DEVICES is not None and device.type not in module.DEVICES and not _interpreted(backend):
+        hint = " (or any with TRITON_INTERPRET=1, through Triton's interpreter)" if backend == "triton" else ""
         raise ValueError(
-            f"backend {backend!r} runs on {' or '.join(module.DEVICES)} tensors, but the features are on {device}"
+            f"backend {backend!r} runs on {' or '.join(module.DEVICES)} tensors{hint}, but the features are on {device}"
         )
     return backend, module
+
+
+def _interpreted(name):
+    """Whether `name`'s kernels run in Triton's interpreter (TRITON_INTERPRET=1),
+    which takes tensors on any device."""
+    return name == "triton" and _module(name).interpreting()

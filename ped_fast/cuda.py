@@ -4,8 +4,16 @@ Hands the extension raw device addresses, the device ordinal and torch's
 current stream on that device, after fixing the layouts it accepts (X with
 contiguous rows and any row stride; everything else contiguous). Scratch
 memory comes from torch's caching allocator on that same stream. The rows are
-bucketed by class here, with a stable argsort, so the kernels' summation
-order is fixed: class_stats and pairwise_forces are bit-identical run to run.
+bucketed by class here (_common.bucket_rows, a stable sort), so the kernels'
+summation order is fixed: class_stats and pairwise_forces are bit-identical
+run to run.
+
+class_stats and integrate queue their work on the stream and return: nothing
+here or in the extension waits for the GPU, and a failed launch raises from
+the call that made it (csrc/cuda/ops.h). Only pairwise_forces waits, because
+its results (P and the pair counts) go to the host. The class indices are
+trusted, as by every launcher: the public layer builds them in [0, C)
+(_validate.labels_tensor).
 """
 from __future__ import annotations
 
@@ -14,9 +22,20 @@ import importlib.util
 
 import torch
 
-from ._common import Forces, PairBounds, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import Forces, PairBounds, bucket_rows, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 DEVICES = ("cuda",)
+
+# class_stats: columns per block (csrc/cuda/class_stats.cu, kCols), and the
+# rows of one class that one block sums: enough chunks for about
+# STATS_TARGET_BLOCKS blocks when one class holds every row, at least
+# STATS_MIN_ROWS (8 per warp), at most STATS_MAX_ROWS (128 per warp), so that
+# a large class is split among blocks however many classes there are.
+STATS_COLS = 32
+STATS_TARGET_BLOCKS = 2048
+STATS_MIN_ROWS = 64
+STATS_MAX_ROWS = 1024
 
 try:
     from . import _cuda
@@ -61,32 +80,34 @@ def _workspace(nbytes, device):
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
+def stats_rows_per_chunk(n, dim):
+    """Rows of one class per class_stats block, from the sizes alone."""
+    col_tiles = -(-dim // STATS_COLS)
+    return min(max(-(-n * col_tiles // STATS_TARGET_BLOCKS), STATS_MIN_ROWS), STATS_MAX_ROWS)
+
+
+def class_stats_plan(index, num_classes, dim):
+    """The ClassBuckets that class_stats hands to its kernels (any device)."""
+    return bucket_rows(index, num_classes, stats_rows_per_chunk(index.shape[0], dim))
+
+
 def class_stats(x, index, num_classes):
     """See reference.class_stats."""
     x = kernel_layout(x)
-    index = index.contiguous()
     n, dim = x.shape
     device = x.device
     with torch.cuda.device(device):
-        low, high = torch.stack([index.min(), index.max()]).tolist()
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise ValueError(f"class_stats: index holds class {bad}, outside [0, {num_classes})")
-        counts = torch.bincount(index, minlength=num_classes)
-        order = torch.argsort(index, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        max_count = int(counts.max())
+        plan = class_stats_plan(index, num_classes, dim)
+        chunk_class, chunk_begin, chunk_end = plan.chunks
+        chunks = chunk_class.shape[0]
         mean = torch.empty(num_classes, dim, dtype=torch.float64, device=device)
         var = torch.empty_like(mean)
-        workspace = _workspace(_cuda.class_stats_workspace_bytes(n, dim, num_classes, max_count), device)
-        _cuda.class_stats(x.data_ptr(), x.dtype == torch.float64, n, dim, row_stride(x), order.data_ptr(),
-                          counts.data_ptr(), starts.data_ptr(), num_classes, max_count, mean.data_ptr(),
-                          var.data_ptr(), workspace.data_ptr(), *_launch(device))
-    return counts, mean, var
-
-
-def make_bounds(num_classes, device):
-    return PairBounds(num_classes, device)
+        workspace = _workspace(_cuda.class_stats_workspace_bytes(chunks, dim), device)
+        _cuda.class_stats(x.data_ptr(), x.dtype == torch.float64, n, dim, row_stride(x), plan.order.data_ptr(),
+                          plan.counts.data_ptr(), plan.starts.data_ptr(), plan.class_chunks.data_ptr(), num_classes,
+                          chunk_class.data_ptr(), chunk_begin.data_ptr(), chunk_end.data_ptr(), chunks,
+                          mean.data_ptr(), var.data_ptr(), workspace.data_ptr(), *_launch(device))
+    return plan.counts, mean, var
 
 
 def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
@@ -118,11 +139,8 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
 
 @rows_contiguous_integrate
 def integrate(x, index, shift, out):
-    """See reference.integrate; `out` may be `x` (in place). Waits for the
-    GPU, to report a bad index."""
+    """See reference.integrate; `out` may be `x` (in place)."""
     n, dim = x.shape
     with torch.cuda.device(x.device):
-        workspace = _workspace(_cuda.integrate_workspace_bytes(), x.device)
         _cuda.integrate(x.data_ptr(), row_stride(x), out.data_ptr(), row_stride(out), x.dtype == torch.float64,
-                        index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0], workspace.data_ptr(),
-                        *_launch(x.device))
+                        index.data_ptr(), shift.data_ptr(), n, dim, *_launch(x.device))

@@ -1,10 +1,12 @@
 """Launcher of the Triton kernels (kernels/, installed as ped_fast.kernels).
 
 Chooses block sizes and grids and prepares the small index tables the
-kernels read. Runs on CUDA tensors; with TRITON_INTERPRET=1 in the
-environment when the kernels are first used, the same functions run on CPU
-tensors through Triton's interpreter, which is how the tests run without a
-GPU (_backends.resolve, not this module, keeps the backend to CUDA tensors).
+kernels read. Runs on CUDA tensors. With TRITON_INTERPRET=1 in the
+environment when the kernels are first used, Triton's interpreter runs them
+instead, on tensors of any device: `backend="triton"` then works on CPU
+tensors too, slowly, so that anyone can step through a kernel on a laptop
+(and the tests run without a GPU). backend="auto" never picks the
+interpreter (_backends.resolve).
 
 X may have any row and column strides: the kernels take both, so no copy of
 X is ever made. Everything else is made contiguous.
@@ -14,12 +16,18 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import os
+import sys
 
 import torch
 
-from ._common import Forces, PairBounds
+from ._common import Forces, bucket_rows
+from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
+# Where the compiled kernels run; under the interpreter, any device.
 DEVICES = ("cuda",)
+# How triton reads TRITON_INTERPRET (triton.knobs, getenv_bool).
+_TRUE = ("1", "true", "on", "yes")
 
 # Relative slack of the pruning test: csrc/ped_math.h, kPruneSlack.
 PRUNE_SLACK = 1e-12
@@ -42,11 +50,25 @@ def status():
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (`pip install triton`)"
     version = f"triton {_triton_version()}"
-    if importlib.util.find_spec("ped_fast.kernels") is None:
+    if importlib.util.find_spec(f"{__package__}.kernels") is None:
         return False, f"{version}; ped_fast.kernels is not installed: reinstall with `pip install -e .`"
+    if interpreting():
+        return True, f"{version} through its interpreter (TRITON_INTERPRET=1): tensors on any device, slowly"
     if not torch.cuda.is_available():
-        return False, f"{version}; no CUDA device (tests use TRITON_INTERPRET=1)"
+        return False, (f"{version}; no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors "
+                       "through Triton's interpreter)")
     return True, f"{version} on {torch.cuda.get_device_name()}"
+
+
+def interpreting():
+    """Whether Triton's interpreter runs the kernels: how they were defined
+    once imported, else what TRITON_INTERPRET will make them."""
+    kernels = sys.modules.get(f"{__package__}.kernels")
+    if kernels is None:
+        return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(kernels.integrate_kernel, InterpretedFunction)
 
 
 def _triton_version():
@@ -86,24 +108,12 @@ def class_stats(x, index, num_classes):
     kernels = _kernels()
     n, dim = x.shape
     device = x.device
-    index = index.contiguous()
-    counts = torch.bincount(index, minlength=num_classes)
-    order = torch.argsort(index, stable=True)
-    ends = torch.cumsum(counts, 0)
-    starts = ends - counts
+    buckets = bucket_rows(index, num_classes, ROWS_PER_CHUNK)
     # Shift of class c: its first row (any row for an empty class, whose sums are 0).
-    class_shift = order[starts.clamp_max(n - 1)]
-    class_chunks = torch.zeros(num_classes + 1, dtype=torch.int64, device=device)
-    torch.cumsum((counts + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK, 0, out=class_chunks[1:])
-    # sum_c ceil(n_c / R) <= N / R + C: launching that many programs needs no
-    # host sync. A surplus chunk maps to the last class with an index past its
-    # chunks, hence begin >= end, and sums nothing.
-    max_chunks = _cdiv(n, ROWS_PER_CHUNK) + num_classes
-    chunk = torch.arange(max_chunks, device=device)
-    chunk_class = torch.searchsorted(class_chunks[1:], chunk, right=True).clamp_max(num_classes - 1)
-    chunk_begin = starts[chunk_class] + (chunk - class_chunks[chunk_class]) * ROWS_PER_CHUNK
-    chunk_end = torch.minimum(chunk_begin + ROWS_PER_CHUNK, ends[chunk_class])
+    class_shift = buckets.order[buckets.starts.clamp_max(n - 1)]
+    chunk_class, chunk_begin, chunk_end = buckets.chunks
     chunk_shift = class_shift[chunk_class]
+    max_chunks = chunk_class.shape[0]
 
     block_d = _columns(dim, 128)
     s1 = torch.empty(max_chunks, dim, dtype=torch.float64, device=device)
@@ -112,16 +122,12 @@ def class_stats(x, index, num_classes):
     var = torch.empty_like(mean)
     with _on(device):
         kernels.partial_sums_kernel[(max_chunks, _cdiv(dim, block_d))](
-            x, x.stride(0), x.stride(1), order, chunk_begin, chunk_end, chunk_shift, s1, s2, dim,
+            x, x.stride(0), x.stride(1), buckets.order, chunk_begin, chunk_end, chunk_shift, s1, s2, dim,
             BLOCK_R=STATS_ROWS, BLOCK_D=block_d)
         kernels.finalize_kernel[(num_classes, _cdiv(dim, block_d))](
-            x, x.stride(0), x.stride(1), class_shift, counts, class_chunks, s1, s2, mean, var, dim,
+            x, x.stride(0), x.stride(1), class_shift, buckets.counts, buckets.class_chunks, s1, s2, mean, var, dim,
             BLOCK_D=block_d)
-    return counts, mean, var
-
-
-def make_bounds(num_classes, device):
-    return PairBounds(num_classes, device)
+    return buckets.counts, mean, var
 
 
 def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):

@@ -36,6 +36,45 @@ FAST_BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not _CPU.available
 BACKENDS = [pytest.param("reference")] + FAST_BACKENDS
 
 
+def gpu_test_outcome(available, gpu_expected, opted_out=False):
+    """What a test of a GPU backend (cuda, triton) does: "run", "skip" or "fail".
+
+    available: the backend's status() says it can run here (for triton that
+        includes its interpreter on a machine without a GPU);
+    gpu_expected: torch sees a CUDA device, or PED_FAST_EXPECT_GPU=1 says
+        this machine has one (bench/gpu_check.sh sets it, so that a CPU-only
+        torch on a GPU machine fails instead of skipping everything);
+    opted_out: the backend was left out on purpose (PED_FAST_NO_CUDA=1).
+
+    On a GPU machine a backend that cannot run is a failure whose message is
+    the backend's reason (an extension whose CUDA runtime cannot use the
+    driver, an extension not built for want of nvcc, triton missing), not a
+    skip that would read as a pass.
+    """
+    if available:
+        return "run"
+    if gpu_expected and not opted_out:
+        return "fail"
+    return "skip"
+
+
+def gpu_expected():
+    return torch.cuda.is_available() or os.environ.get("PED_FAST_EXPECT_GPU", "") not in ("", "0")
+
+
+def require_backend(name):
+    """Skip or fail the calling test as gpu_test_outcome says for backend `name`."""
+    status = ped_fast.available_backends()[name]
+    opted_out = name == "cuda" and os.environ.get("PED_FAST_NO_CUDA", "") not in ("", "0")
+    outcome = gpu_test_outcome(status.available, gpu_expected(), opted_out)
+    if outcome == "skip":
+        pytest.skip(f"{name} backend unavailable: {status.reason}")
+    if outcome == "fail":
+        pytest.fail(f"a GPU is expected here (torch.cuda.is_available() is {torch.cuda.is_available()}, "
+                    f"PED_FAST_EXPECT_GPU={os.environ.get('PED_FAST_EXPECT_GPU')!r}) but the {name} backend cannot "
+                    f"run: {status.reason}", pytrace=False)
+
+
 def golden_case(name):
     data = np.load(DATA / f"{name}.npz")
     return {key: data[key] for key in data.files}, GOLDEN[name]

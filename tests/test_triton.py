@@ -6,22 +6,30 @@ TRITON_INTERPRET=1 in the environment before triton is first imported.
 Nothing in ped_fast imports triton before a Triton kernel is first used, so
 setting it here, at collection, is early enough unless another module
 imported triton first; `kernel_mode` below then fails with that explanation.
+The public API takes backend="triton" on CPU tensors under the interpreter,
+so the tests at the end go through it, as a user debugging a kernel would.
+
+Without a GPU and without triton every test skips; on a GPU machine a Triton
+backend that cannot run (triton missing, say) fails every test
+(conftest.gpu_test_outcome).
 """
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN, golden_case
+from conftest import GOLDEN, golden_case, require_backend
 
 INTERPRET = not torch.cuda.is_available()
 if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
 
-from ped_fast import _backends, reference  # noqa: E402
+import ped_fast  # noqa: E402
+from ped_fast import reference  # noqa: E402
 from ped_fast import triton as backend  # noqa: E402
-from ped_fast.ped import ped  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 pytestmark = pytest.mark.interpreter if INTERPRET else pytest.mark.gpu
@@ -48,6 +56,7 @@ DTYPES = (torch.float32, torch.float64)
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel_mode():
+    require_backend("triton")
     import triton.language.standard
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -262,21 +271,49 @@ def test_integrate_matches_reference(n, dim, num_classes, dtype, mode):
     assert torch.equal(out, expected)
 
 
-# ------------------------------------------------------------- through ped()
+# ------------------------------------------- offsets (C * D or C * C > 2^31)
 
-@pytest.fixture
-def triton_backend(monkeypatch):
-    """ped() on this device with the Triton backend: resolve() would refuse
-    CPU tensors (and, without CUDA, the backend), so it is replaced."""
-    monkeypatch.setattr(_backends, "resolve", lambda backend_name, device: ("triton", backend))
+@pytest.mark.skipif(not INTERPRET, reason="the interpreter shows the offsets' types; compiled kernels do not")
+def test_every_block_offset_is_int64(monkeypatch):
+    # C x C and C x D arrays pass 2^31 elements on one large GPU (C = 46341,
+    # or C * D = 2^31), which cannot be allocated here. What overflows there
+    # is an offset computed in int32, so the interpreter records the type of
+    # every offset that the kernels add to a pointer: all of them must be
+    # int64 (scalar offsets of a few units, e.g. params_ptr + 1, aside).
+    from triton.runtime import interpreter
 
+    narrow = []
+    add = interpreter.InterpreterBuilder.create_addptr
+
+    def create_addptr(self, ptr, offset):
+        if offset.data.size > 1 and offset.data.dtype != np.int64:
+            narrow.append(offset.data.dtype)
+        return add(self, ptr, offset)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_addptr", create_addptr)
+    mu, radius = _means(20, 5, seed=8)
+    bounds = backend.make_bounds(20, DEVICE)
+    for _ in range(2):  # a full step, then a pruned one
+        forces = backend.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005, bounds=bounds)
+        assert not narrow, f"pairwise_forces: {len(narrow)} offsets of type {narrow[0]}"
+        mu = mu + forces.delta
+        bounds.advance(forces.delta)
+    x, index, num_classes = _stats_input([1] * 40 + [0] * 300 + [2] * 5, 20, torch.float32, seed=9)
+    counts, mean, _ = backend.class_stats(x, index, num_classes)
+    assert not narrow, f"class_stats: {len(narrow)} offsets of type {narrow[0]}"
+    backend.integrate(x, index, mean.float(), torch.empty_like(x))
+    assert not narrow, f"integrate: {len(narrow)} offsets of type {narrow[0]}"
+    assert int(counts.sum()) == 345  # the kernels did run
+
+
+# ------------------------------------------------ through the public API
 
 @pytest.mark.parametrize("case", list(GOLDEN))
-def test_golden_cases_through_ped(case, triton_backend):
+def test_golden_cases_through_ped(case):
     data, expected = golden_case(case)
     x = torch.from_numpy(data["X"]).to(DEVICE)
     g = torch.from_numpy(data["G"]).to(DEVICE)
-    result = ped(x, torch.from_numpy(data["y"]), reference=g, **expected["params"])
+    result = ped_fast.ped(x, torch.from_numpy(data["y"]), reference=g, backend="triton", **expected["params"])
     assert result.backend == "triton"
     assert result.steps == expected["steps_taken"]
     assert result.position_changes == pytest.approx(expected["position_change"], rel=GOLDEN_P_RTOL)
@@ -285,17 +322,15 @@ def test_golden_cases_through_ped(case, triton_backend):
     assert torch.equal(result.features, moved)
 
 
-def test_float32_inplace_through_ped_matches_reference_backend(monkeypatch):
+def test_float32_inplace_through_ped_matches_reference_backend():
     data, _ = golden_case("small_overlap")
     x = torch.from_numpy(data["X"]).float().to(DEVICE)
     y = torch.from_numpy(data["y"])
     params = GOLDEN["small_overlap"]["params"]
-    monkeypatch.setattr(_backends, "resolve", lambda backend_name, device: ("reference", reference))
-    ref = ped(x, y, rescale="self", **params)
-    monkeypatch.setattr(_backends, "resolve", lambda backend_name, device: ("triton", backend))
+    ref = ped_fast.ped(x, y, rescale="self", backend="reference", **params)
     moved = x.clone()
-    result = ped(moved, y, rescale="self", inplace=True, **params)
-    assert result.features is moved
+    result = ped_fast.ped(moved, y, rescale="self", inplace=True, backend="triton", **params)
+    assert result.features is moved and result.backend == "triton"
     assert result.steps == ref.steps == GOLDEN["small_overlap"]["steps_taken"]
     assert result.position_changes == pytest.approx(ref.position_changes, rel=1e-12)  # float64 math on equal inputs
     # Shifts agree in float64 to ~1e-13; cast to float32 they may differ by one
@@ -304,11 +339,87 @@ def test_float32_inplace_through_ped_matches_reference_backend(monkeypatch):
     torch.testing.assert_close(moved, ref.features, rtol=2**-23, atol=1e-6)
 
 
+def _public_stats_input():
+    x, index, _ = _stats_input([3, 17, 99] * 13 + [42], 33, torch.float64, seed=10)
+    return x, torch.tensor([3, 17, 42, 99])[index.cpu()].to(DEVICE)
+
+
+def test_ops_class_stats_through_the_public_api():
+    x, labels = _public_stats_input()
+    got = ped_fast.ops.class_stats(x, labels, backend="triton")
+    want = ped_fast.ops.class_stats(x, labels, backend="reference")
+    assert got[0].tolist() == [3, 17, 42, 99] and torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2], **STATS_TOL)
+    torch.testing.assert_close(got[3], want[3], **STATS_TOL)
+
+
+def test_ops_pairwise_forces_through_the_public_api():
+    mu, radius, nsigma, _ = (t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in FORCES_CASES["37_classes"])
+    forces = ped_fast.ops.pairwise_forces(mu, radius, nsigma=nsigma, backend="triton")
+    ref = ped_fast.ops.pairwise_forces(mu, radius, nsigma=nsigma, backend="reference")
+    torch.testing.assert_close(forces.delta, ref.delta, **FORCES_TOL)
+    assert forces.coincident.tolist() == ref.coincident.tolist() and forces.active_pairs == ref.active_pairs
+
+
+def test_ops_integrate_through_the_public_api():
+    x, labels = _public_stats_input()
+    shift = torch.randn(4, x.shape[1], generator=_generator(12), dtype=x.dtype).to(DEVICE)
+    moved = x.clone()
+    assert ped_fast.ops.integrate(moved, labels, shift, inplace=True, backend="triton") is moved
+    assert torch.equal(moved, ped_fast.ops.integrate(x, labels, shift, backend="reference"))
+
+
+def test_ped_score_through_the_public_api():
+    data, expected = golden_case("small_overlap")
+    x = torch.from_numpy(data["X"]).to(DEVICE)
+    y = torch.from_numpy(data["y"]).to(DEVICE)
+    g = torch.from_numpy(data["G"]).to(DEVICE)
+    args = dict(reference=g, return_baseline=True, **expected["params"])
+    got = ped_fast.ped_score(x, y, backend="triton", **args)
+    want = ped_fast.ped_score(x, y, backend="reference", **args)
+    assert got.result.backend == "triton"
+    # The scores are smooth functions of the shift, which agrees to 1e-9
+    # (GOLDEN_SHIFT_ATOL): 1e-8 relative leaves room for their conditioning.
+    assert got.ped == pytest.approx(want.ped, rel=1e-8)
+    assert got.baseline == pytest.approx(want.baseline, rel=1e-8)
+
+
 def test_status_reports_version_and_device():
     import triton
 
     available, reason = backend.status()
+    assert available, reason
     assert f"triton {triton.__version__.split('+')[0]}" in reason
-    assert available == (not INTERPRET)
+    assert backend.interpreting() == INTERPRET
     if INTERPRET:
-        assert "no CUDA device" in reason
+        assert "interpreter (TRITON_INTERPRET=1)" in reason
+        assert ped_fast.available_backends()["triton"] == ped_fast.BackendStatus(True, reason)
+    else:
+        assert reason.endswith(f"on {torch.cuda.get_device_name()}")
+
+
+def test_cpu_tensors_without_the_interpreter_name_it():
+    # A fresh process without TRITON_INTERPRET: the kernels are compiled, so
+    # CPU tensors are refused, by an error that says how to debug on the CPU.
+    script = """
+import torch, ped_fast
+x = torch.randn(6, 3, dtype=torch.float64)
+y = torch.tensor([0, 0, 1, 1, 2, 2])
+for call in (lambda: ped_fast.ped(x, y, backend="triton"), lambda: ped_fast.ops.class_stats(x, y, backend="triton")):
+    try:
+        call()
+    except (RuntimeError, ValueError) as error:
+        print(type(error).__name__, error)
+    else:
+        print("accepted")
+print("status", ped_fast.available_backends()["triton"])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    for line in lines[:2]:
+        assert "backend 'triton'" in line and "TRITON_INTERPRET=1" in line, line
+    # Compiled kernels: usable with a GPU, and without one unavailable.
+    assert lines[2].startswith(f"status BackendStatus(available={torch.cuda.is_available()}"), lines[2]

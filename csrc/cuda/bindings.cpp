@@ -24,12 +24,17 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("class_stats_workspace_bytes", &ped::cuda::class_stats_workspace_bytes);
   m.def("class_stats",
         [](std::uintptr_t x, bool is_double, int64_t n, int64_t dim, int64_t row_stride, std::uintptr_t order,
-           std::uintptr_t counts, std::uintptr_t starts, int64_t num_classes, int64_t max_count, std::uintptr_t mean,
-           std::uintptr_t var, std::uintptr_t workspace, int device, std::uintptr_t stream) {
+           std::uintptr_t counts, std::uintptr_t starts, std::uintptr_t class_chunks, int64_t num_classes,
+           std::uintptr_t chunk_class, std::uintptr_t chunk_begin, std::uintptr_t chunk_end, int64_t chunks,
+           std::uintptr_t mean, std::uintptr_t var, std::uintptr_t workspace, int device, std::uintptr_t stream) {
+          const ped::cuda::ClassChunks table{ptr<const int64_t>(order),       ptr<const int64_t>(counts),
+                                             ptr<const int64_t>(starts),      ptr<const int64_t>(class_chunks),
+                                             ptr<const int64_t>(chunk_class), ptr<const int64_t>(chunk_begin),
+                                             ptr<const int64_t>(chunk_end),   num_classes,
+                                             chunks};
           py::gil_scoped_release release;
-          ped::cuda::class_stats(ptr<const void>(x), is_double, n, dim, row_stride, ptr<const int64_t>(order),
-                                 ptr<const int64_t>(counts), ptr<const int64_t>(starts), num_classes, max_count,
-                                 ptr<double>(mean), ptr<double>(var), ptr<void>(workspace), device, ptr<void>(stream));
+          ped::cuda::class_stats(ptr<const void>(x), is_double, n, dim, row_stride, table, ptr<double>(mean),
+                                 ptr<double>(var), ptr<void>(workspace), device, ptr<void>(stream));
         });
   m.def("pairwise_forces_workspace_bytes", &ped::cuda::pairwise_forces_workspace_bytes);
   m.def("pairwise_forces",
@@ -45,15 +50,12 @@ PYBIND11_MODULE(_cuda, m) {
           }
           return py::make_tuple(r.position_change, r.evaluated_pairs, r.active_pairs, r.coincident);
         });
-  m.def("integrate_workspace_bytes", &ped::cuda::integrate_workspace_bytes);
   m.def("integrate",
         [](std::uintptr_t x, int64_t x_stride, std::uintptr_t out, int64_t out_stride, bool is_double,
-           std::uintptr_t index, std::uintptr_t shift, int64_t n, int64_t dim, int64_t num_classes,
-           std::uintptr_t workspace, int device, std::uintptr_t stream) {
+           std::uintptr_t index, std::uintptr_t shift, int64_t n, int64_t dim, int device, std::uintptr_t stream) {
           py::gil_scoped_release release;
           ped::cuda::integrate(ptr<const void>(x), x_stride, ptr<void>(out), out_stride, is_double,
-                               ptr<const int64_t>(index), ptr<const void>(shift), n, dim, num_classes,
-                               ptr<void>(workspace), device, ptr<void>(stream));
+                               ptr<const int64_t>(index), ptr<const void>(shift), n, dim, device, ptr<void>(stream));
         });
   // What this module's own (static) CUDA runtime sees: torch may find a GPU
   // that this runtime cannot use, e.g. a driver older than the CUDA toolkit

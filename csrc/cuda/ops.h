@@ -6,6 +6,14 @@
 // what would corrupt memory or exceed a launch limit, and std::runtime_error
 // (with cudaGetErrorString) when a CUDA call or launch fails.
 //
+// class_stats and integrate only queue work: they return without waiting for
+// the GPU, and a launch error is reported by the launch that caused it. A
+// fault while a kernel runs surfaces at the next synchronisation (the next
+// pairwise_forces, or torch's); run with CUDA_LAUNCH_BLOCKING=1 to have it
+// reported by the launch itself. Class indices are trusted: they come from
+// ped_fast/_validate.labels_tensor, in [0, C) by construction, and checking
+// them here would need a synchronisation to report.
+//
 // Scratch memory comes from the caller (the launcher allocates it with torch,
 // so it is stream-ordered by torch's caching allocator): *_workspace_bytes
 // says how much.
@@ -18,14 +26,29 @@
 namespace ped {
 namespace cuda {
 
-// counts[C]: rows per class; order[N]: row numbers sorted by class, stably;
-// starts[C]: exclusive prefix sum of counts (the class's first position in
-// order); max_count = max(counts). mean[C*D], var[C*D]: population statistics
-// accumulated in float64 for float32 and float64 X alike.
-int64_t class_stats_workspace_bytes(int64_t n, int64_t dim, int64_t num_classes, int64_t max_count);
-void class_stats(const void* x, bool is_double, int64_t n, int64_t dim, int64_t row_stride, const int64_t* order,
-                 const int64_t* counts, const int64_t* starts, int64_t num_classes, int64_t max_count, double* mean,
-                 double* var, void* workspace, int device, void* stream);
+// The rows of X bucketed by class and cut into chunks (ped_fast/_common.py,
+// ClassBuckets): order[N] row numbers sorted by class, stably; counts[C],
+// starts[C] (first position of the class in order); class_chunks[C + 1]
+// (class c owns chunks [class_chunks[c], class_chunks[c + 1])); per chunk
+// (`chunks` of them) its class and its range [begin, end) in order, begin >=
+// end for a surplus chunk.
+struct ClassChunks {
+  const int64_t* order;
+  const int64_t* counts;
+  const int64_t* starts;
+  const int64_t* class_chunks;
+  const int64_t* chunk_class;
+  const int64_t* chunk_begin;
+  const int64_t* chunk_end;
+  int64_t num_classes;
+  int64_t chunks;
+};
+
+// mean[C*D], var[C*D]: population statistics accumulated in float64 for
+// float32 and float64 X alike.
+int64_t class_stats_workspace_bytes(int64_t chunks, int64_t dim);
+void class_stats(const void* x, bool is_double, int64_t n, int64_t dim, int64_t row_stride, const ClassChunks& chunks,
+                 double* mean, double* var, void* workspace, int device, void* stream);
 
 // mu[C*D], radius[C] in rescaled space; coef = 0.5 * dt^2 * k. dist[C*C]:
 // upper triangle written when `full`, read (with drift[C]) to prune pairs
@@ -36,12 +59,9 @@ ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num
                              double coef, double* dist, const double* drift, bool full, double* delta, void* workspace,
                              int device, void* stream);
 
-// out[i] = x[i] + shift[index[i]]; `out` may be `x`. Waits for the stream to
-// report an index outside [0, num_classes) as std::invalid_argument.
-int64_t integrate_workspace_bytes();
+// out[i] = x[i] + shift[index[i]]; `out` may be `x`.
 void integrate(const void* x, int64_t x_stride, void* out, int64_t out_stride, bool is_double, const int64_t* index,
-               const void* shift, int64_t n, int64_t dim, int64_t num_classes, void* workspace, int device,
-               void* stream);
+               const void* shift, int64_t n, int64_t dim, int device, void* stream);
 
 }  // namespace cuda
 }  // namespace ped
@@ -62,7 +82,9 @@ inline void check(cudaError_t status, const char* what) {
   }
 }
 
-// After a <<<...>>> launch: configuration errors show up here.
+// Right after a <<<...>>> launch, without waiting for the kernel: a launch
+// error (grid, resources, no kernel image for this GPU) is reported here, by
+// the operation that caused it.
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
 // Start of every operation: the caller's device, and clear any error left
