@@ -1,7 +1,7 @@
 """The published SFDA and LogME in numpy: the baselines that
 bench_scorers.py times ped_fast's scorers against.
 
-Transcribed from what PED_SPEC.md section 2 says the published code does,
+Transcribed from what docs/spec.md §2 says the published code does,
 with its data flow kept: SFDA builds Sw with a per-class covariance loop,
 the total scatter with one more covariance, and solves the generalized
 eigenproblem (Sb, B) with scipy.linalg.eigh for all D eigenvectors, twice

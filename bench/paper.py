@@ -1,6 +1,6 @@
 """The published PED formulation in numpy, as the "paper" baseline.
 
-Faithful to what PED_SPEC.md says the published code does: float64
+Faithful to what docs/spec.md §1 says the published code does: float64
 throughout, X rescaled into Z-space, class statistics recomputed from all N
 samples at every step, C x C x D arrays for the pair differences, their
 directions and the weighted forces, every sample moved at every step, and a

@@ -22,7 +22,7 @@ PED_HD double overlap_threshold(double radius_i, double radius_j, double nsigma)
   return nsigma * (radius_i + radius_j);
 }
 
-// Weight w_ij = a_ij / d_ij of one pair (PED_SPEC.md section 1, step 3) with
+// Weight w_ij = a_ij / d_ij of one pair (docs/spec.md §1.4) with
 // a_ij = min(coef * o_ij, o_ij), coef = 0.5 * dt^2 * k, o_ij the overlap.
 // Coincident means (d_ij == 0) have no direction: they exert no force, and
 // the caller reports them.

@@ -1,5 +1,5 @@
 """pairwise_forces kernels: one PED step on the C x D float64 class means
-(PED_SPEC.md section 1, step 3), in two launches and O(C^2 + C D) memory.
+(docs/spec.md §1.4), in two launches and O(C^2 + C D) memory.
 
 1. pair_weights_kernel: one program per BLOCK_C x BLOCK_C tile of the upper
    triangle of the C x C pair matrix measures its distances by direct

@@ -12,7 +12,7 @@ class Forces:
     """One evaluation of pairwise_forces.
 
     delta: C x D float64 displacement of every class mean (rescaled space).
-    position_change: P = sum |delta| (PED_SPEC.md section 1, step 3).
+    position_change: P = sum |delta| (docs/spec.md §1.4).
     coincident: K x 2 int64 class indices (i < j) whose means coincide.
     evaluated_pairs / active_pairs: pairs measured / pairs overlapping.
     """

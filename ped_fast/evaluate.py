@@ -1,4 +1,4 @@
-"""Judging a ranking of models (PED_SPEC.md section 3): how well scores
+"""Judging a ranking of models (docs/spec.md §4): how well scores
 predict fine-tuning accuracies.
 
 weighted_tau follows scipy.stats.weightedtau exactly (Vigna's weighted

@@ -1,4 +1,4 @@
-"""ped(): PED's dynamics (PED_SPEC.md section 1) on any backend.
+"""ped(): PED's dynamics (docs/spec.md §1) on any backend.
 
 Only the C class means move, by a shift shared by all samples of a class, and
 a class's spread never changes; so the dynamics run on C x D means in float64
@@ -77,7 +77,7 @@ def ped(
     rescale: "reference"; "self" (mean and std of `features` itself); or None
         (no rescaling).
     time_step, nsigma, force_constant, exit_ratio, max_steps, eps: see
-        PED_SPEC.md section 1; the defaults are the paper's.
+        docs/spec.md §1.1; the defaults are the paper's.
     backend: "auto", "reference", "cpu", ... (see available_backends()).
     inplace: write the moved features into `features` itself, allocating no
         copy of it.

@@ -2,7 +2,7 @@
 any device. Every other backend is tested against these functions, and the
 benchmarks time them as the baseline that a fused backend must beat.
 
-They follow PED_SPEC.md directly: a two-pass mean and variance per class, all
+They follow docs/spec.md §1 directly: a two-pass mean and variance per class, all
 C x C distances by direct differences (torch.cdist without the Gram-matrix
 shortcut), a dense weight matrix, and delta = rowsum(W) * mu - W @ mu.
 """

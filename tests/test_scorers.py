@@ -1,5 +1,5 @@
 """The scorers of ped_fast.scorers against the published numbers and
-formulations (PED_SPEC.md section 2).
+formulations (docs/spec.md §2).
 
 Tolerances:
 - golden, float64: 1e-7 relative (the issue's bar). The published code and

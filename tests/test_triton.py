@@ -45,7 +45,7 @@ STATS_TOL = dict(rtol=1e-12, atol=1e-12)
 #   to about C * 2^-53 * max(w) * max|mu| (< 1e-13 for these means), while the
 #   kernel sums w_ij (mu_i - mu_j) directly; measured < 1e-15.
 FORCES_TOL = dict(rtol=1e-10, atol=1e-12)
-# - the golden cases: PED_SPEC.md / golden README, float64 agreement with the
+# - the golden cases: docs/spec.md §6.2, float64 agreement with the
 #   published code: shifts within 1e-9 absolute, position changes 1e-9 relative.
 GOLDEN_SHIFT_ATOL = 1e-9
 GOLDEN_P_RTOL = 1e-9

@@ -1,5 +1,5 @@
-// pairwise_forces: one PED step on the C x D class means (PED_SPEC.md
-// section 1, step 3): overlaps and weights of all class pairs, and the
+// pairwise_forces: one PED step on the C x D class means (docs/spec.md
+// §1.4): overlaps and weights of all class pairs, and the
 // displacement delta_i = sum_j w_ij (mu_i - mu_j), without any C x C x D
 // array.
 //

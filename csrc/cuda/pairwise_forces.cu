@@ -1,5 +1,5 @@
 // pairwise_forces on the GPU: one PED step on the C x D class means
-// (PED_SPEC.md section 1, step 3), with O(C^2) scratch and no C x C x D array.
+// (docs/spec.md §1.4), with O(C^2) scratch and no C x C x D array.
 //
 // 1. pair_weights_kernel: one block per 32 x 32 tile of class pairs (upper
 //    triangle). Distances come from direct float64 differences, staged

@@ -1,4 +1,4 @@
-"""Transferability scorers that PED plugs into (PED_SPEC.md section 2).
+"""Transferability scorers that PED plugs into (docs/spec.md §2).
 
 Each is f(features, labels, ...) -> float: features N x D (numpy or torch,
 any device, float32 or float64; never modified), labels N integers. Scores

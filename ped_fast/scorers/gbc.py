@@ -1,5 +1,5 @@
 """GBC, the Gaussian Bhattacharyya Coefficient (Pándy et al., CVPR 2022),
-as Google Research's published code computes it (PED_SPEC.md section 2).
+as Google Research's published code computes it (docs/spec.md §2).
 
 Like PED's forces, GBC is a reduction over D for every pair of classes, and
 it starts from the same per-class means and population variances, which come

@@ -1,5 +1,5 @@
 """LogME (You et al., ICML 2021) with the fixed-point solver of their 2021
-follow-up, as the published PED/SFDA code calls it (PED_SPEC.md section 2).
+follow-up, as the published PED/SFDA code calls it (docs/spec.md §2).
 
 With N > D everything comes from the D x D Gram matrix X^T X: its
 eigendecomposition gives the singular values s and right vectors V, and the

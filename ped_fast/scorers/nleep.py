@@ -1,6 +1,6 @@
 """NLEEP (Li et al., CVPR 2021): PCA to 80% of the variance, a Gaussian
 mixture with 5 components per class, and the expected empirical conditional
-probability of the true label (PED_SPEC.md section 2).
+probability of the true label (docs/spec.md §2).
 
 The published code fits scikit-learn's GaussianMixture unseeded. Here PCA,
 k-means++ and EM are written in PyTorch with the same settings as that

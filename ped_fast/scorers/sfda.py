@@ -1,5 +1,5 @@
 """SFDA (Shao et al., ECCV 2022) as the published code computes it
-(PED_SPEC.md section 2), in PyTorch on any device.
+(docs/spec.md §2), in PyTorch on any device.
 
 Every step of the published code is a function of per-class means and the
 within-class residuals R = X - mu_y, and nothing else:
@@ -14,7 +14,7 @@ within-class residuals R = X - mu_y, and nothing else:
   those rows minus their class mean: R is updated in place, N x D is held
   once, and the caller's features are never written.
 B^-1 comes from a Cholesky solve instead of the published generalized
-eigendecomposition (V V^T = B^-1 exactly, PED_SPEC.md).
+eigendecomposition (V V^T = B^-1 exactly, docs/spec.md §2.2).
 
 Because PED moves whole classes, PED-moved features have the same residuals
 R, hence the same Sw, shrinkage and first-pass factorisation as the input:
