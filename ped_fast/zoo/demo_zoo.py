@@ -1,0 +1,348 @@
+"""The data and the trained zoo of ``ped-fast demo``: offline, from data
+that ships with scikit-learn, trained on this machine in a few minutes.
+
+Target task (what is screened): scikit-learn's handwritten digits (1,797
+8x8 images), 10 classes, each enlarged and drawn in white at a random place
+over a darkened patch of scikit-learn's two sample photos, as a 32x32 RGB
+image. On clean digits raw pixels already separate the classes, so any
+network, even an untrained one, fine-tunes equally well and there is nothing
+to rank; the clutter makes learned features matter. A fixed seeded
+permutation splits the digits into three disjoint parts: a *source pool*
+(used only to pretrain the zoo), the *target training split* (300 images:
+screened, and fine-tuned on) and the *target test split* (fine-tuning
+accuracy: the ground truth).
+
+The zoo: eight checkpoints of four timm architecture families (tiny ResNet,
+ConvNeXt, EfficientNet, ViT), each pretrained from scratch on a *source*
+task that is not the target task:
+- ``digits0-4``: classify the source pool's digits 0-4 (half the target's
+  classes: a supervised task in the target's domain);
+- ``rotation``: predict the rotation (0/90/180/270 degrees) of source-pool
+  images (self-supervised, no digit labels);
+- ``photo-rotation``: predict the rotation of patches of the photos alone
+  (another domain: no digits);
+so that they transfer to the target differently, as the models of a real
+zoo do (fine-tuned accuracies from about 0.2 to 0.8). Each keeps its source
+head, whose logits are the source-model probabilities some scorers use.
+
+The reference set (ImageNet-val's role in the paper: unseen images of the
+pretraining distribution, labels ignored) is source-pool digits drawn anew
+(new places, new backgrounds) and rotated, and new photo patches.
+
+Everything lives under ``CACHE/demo/<key>/``, where key hashes the
+configuration: data folders and checkpoints are written under temporary
+names and renamed when complete, and every fine-tuning result is kept, so a
+killed run resumes and a finished one is reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .finetune import Recipe, finetune, train, write_json
+from .models import atomic_directory, save_model_dir, weights_identity
+
+# Bump when the data or the training change in a way the configuration does
+# not show, so that old caches are not reused.
+VERSION = 1
+SOURCE_TASKS = ("digits0-4", "rotation", "photo-rotation")
+GLYPH = 24  # pixels a digit spans in the 32x32 image
+BACKGROUND = 0.35  # brightness of the photo behind the (white) digit
+# The transform every checkpoint records: the images are already 32x32, so
+# timm's eval transform is a no-op resize/crop then normalisation.
+PRETRAINED_CFG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
+                  "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One zoo member: `architecture` (a timm name) with `model_args`
+    (pairs for timm.create_model), pretrained on `source` for `epochs`."""
+    label: str
+    architecture: str
+    source: str
+    epochs: int
+    model_args: tuple = ()
+
+    def __post_init__(self):
+        if self.source not in SOURCE_TASKS:
+            raise ValueError(f"checkpoint {self.label!r}: source must be one of {SOURCE_TASKS}, got {self.source!r}")
+
+
+_VIT = (("img_size", 32), ("patch_size", 8))
+# Half-width EfficientNets: 128 features instead of 256, so that every
+# model's feature dimension stays well below the 300 target images (SFDA
+# saturates at 1.0 when D approaches N; it did at D=256).
+_EFFICIENTNET = (("channel_multiplier", 0.5),)
+# Epochs differ by family because they learn at different speeds (the ViT
+# most slowly); within a family the source task sets how well it transfers.
+ZOO = (
+    Checkpoint("resnet-digits0-4", "test_resnet", "digits0-4", 10),
+    Checkpoint("resnet-rotation", "test_resnet", "rotation", 5),
+    Checkpoint("resnet-photo-rotation", "test_resnet", "photo-rotation", 5),
+    Checkpoint("convnext-digits0-4", "test_convnext", "digits0-4", 10),
+    Checkpoint("convnext-rotation", "test_convnext", "rotation", 5),
+    Checkpoint("efficientnet-digits0-4", "test_efficientnet", "digits0-4", 10, _EFFICIENTNET),
+    Checkpoint("efficientnet-rotation", "test_efficientnet", "rotation", 5, _EFFICIENTNET),
+    Checkpoint("vit-digits0-4", "test_vit", "digits0-4", 20, _VIT),
+)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and recipes of the demo. n_source + n_train + n_test digits
+    must not exceed the 1,797 there are; n_photo patches feed the
+    photo-rotation source task, n_reference images (half digits, half
+    patches) the reference set."""
+    n_source: int = 1000
+    n_train: int = 300
+    n_test: int = 497
+    n_photo: int = 1000
+    n_reference: int = 400
+    zoo: tuple = ZOO
+    # Both recipes train small networks hard and fast: the zoo from scratch
+    # (epochs come from each Checkpoint), and the fine-tuning for 72 steps,
+    # where ImageNet-sized models would take Recipe()'s gentler defaults.
+    source_recipe: Recipe = Recipe(lr=2e-3, head_lr_scale=1.0, batch_size=64)
+    finetune_recipe: Recipe = Recipe(epochs=8, lr=1e-3, head_lr_scale=1.0, batch_size=32)
+    finetune_seeds: tuple = (0, 1, 2)
+    seed: int = 0
+
+    def key(self) -> str:
+        text = json.dumps([VERSION, asdict(self)], sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class DemoZoo:
+    """What build_demo made. specs: one ``LABEL:ARCH=DIR`` per checkpoint;
+    ground_truth: JSON {label: mean fine-tuned test accuracy} (None when
+    not asked for); trained: checkpoints this call trained, finetuned:
+    fine-tuning runs (``LABEL.seedS``) it ran (both empty on a cached
+    re-run); seconds: wall time of each stage in this call."""
+    root: Path
+    target_train: Path
+    target_test: Path
+    reference: Path
+    specs: list
+    ground_truth: Path | None
+    trained: list = field(default_factory=list)
+    finetuned: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=True, device=None) -> DemoZoo:
+    """Write the demo's image folders and train its zoo under
+    ``cache_dir/demo/<config key>/``, reusing whatever a previous run
+    finished; with ground_truth=True also fine-tune every checkpoint on the
+    target training split (config.finetune_recipe, once per seed of
+    config.finetune_seeds) and write the mean test accuracies to
+    ``ground_truth.json``.
+
+    Runs torch on one CPU thread: these models are so small that a second
+    thread saves little, and on a busy machine two threads waiting for each
+    other at every operation ran 20-50x slower (measured on the 2-core CI
+    machine)."""
+    if config.n_source + config.n_train + config.n_test > 1797:
+        raise ValueError(f"config asks for {config.n_source} + {config.n_train} + {config.n_test} digits; "
+                         f"scikit-learn ships 1797")
+    root = Path(cache_dir).expanduser() / "demo" / config.key()
+    for folder in (root, root / "zoo", root / "finetune"):
+        _remove_temporaries(folder)
+    demo = DemoZoo(root=root, target_train=root / "target-train", target_test=root / "target-test",
+                   reference=root / "reference",
+                   specs=[f"{ck.label}:{ck.architecture}={root / 'zoo' / ck.label}" for ck in config.zoo],
+                   ground_truth=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        data = _write_data(demo, config)
+        demo.seconds["data"] = time.perf_counter() - start
+        start = time.perf_counter()
+        _train_zoo(demo, config, data, device=device, progress=progress)
+        demo.seconds["source training"] = time.perf_counter() - start
+        if ground_truth:
+            start = time.perf_counter()
+            _ground_truth(demo, config, device=device, progress=progress)
+            demo.seconds["fine-tuning"] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return demo
+
+
+def _write_data(demo, config):
+    """Write the missing image folders; returns the generated data, or None
+    when everything (folders and checkpoints) already exists."""
+    folders = (demo.target_train, demo.target_test, demo.reference)
+    if all(folder.is_dir() for folder in folders) and \
+            all((demo.root / "zoo" / ck.label).is_dir() for ck in config.zoo):
+        return None
+    data = _Data(config)
+    for folder, images, labels in ((demo.target_train, data.train, data.train_labels),
+                                   (demo.target_test, data.test, data.test_labels)):
+        if not folder.is_dir():
+            with atomic_directory(folder) as tmp:
+                _write_pngs(tmp, images, [str(int(label)) for label in labels])
+    if not demo.reference.is_dir():
+        with atomic_directory(demo.reference) as tmp:
+            _write_pngs(tmp, *data.reference())
+    return data
+
+
+def _train_zoo(demo, config, data, *, device, progress):
+    from tqdm.auto import tqdm
+
+    missing = [ck for ck in config.zoo if not (demo.root / "zoo" / ck.label).is_dir()]
+    for ck in tqdm(missing, desc="training the demo zoo", unit="model", disable=not progress):
+        _train_checkpoint(ck, data, demo.root / "zoo" / ck.label, config, device=device, progress=progress)
+        demo.trained.append(ck.label)
+
+
+def _ground_truth(demo, config, *, device, progress):
+    """Fine-tune every checkpoint once per seed (each run kept in
+    finetune/LABEL.seedS.json with the checkpoint's identity, so a killed
+    run resumes and a retrained checkpoint is fine-tuned again); the
+    ground truth is the mean accuracy over seeds, which cuts the
+    seed-to-seed noise of a single run (about +-5 points with 300 training
+    images) by sqrt(3)."""
+    from tqdm.auto import tqdm
+
+    accuracies = {}
+    for spec, ck in zip(tqdm(demo.specs, desc="fine-tuning the demo zoo", unit="model", disable=not progress),
+                        config.zoo):
+        weights = weights_identity(spec)
+        runs = []
+        for seed in config.finetune_seeds:
+            result_file = demo.root / "finetune" / f"{ck.label}.seed{seed}.json"
+            result = json.loads(result_file.read_text()) if result_file.is_file() else None
+            # A result of other weights (the checkpoint was retrained) is stale.
+            if result is None or result.get("weights") != weights:
+                result = finetune(spec, demo.target_train, demo.target_test, recipe=config.finetune_recipe,
+                                  seed=seed, device=device, progress=progress)
+                result["weights"] = weights
+                write_json(result_file, result)
+                demo.finetuned.append(f"{ck.label}.seed{seed}")
+            runs.append(result["accuracy"])
+        accuracies[ck.label] = sum(runs) / len(runs)
+    demo.ground_truth = demo.root / "ground_truth.json"
+    write_json(demo.ground_truth, accuracies)
+
+
+def _remove_temporaries(folder: Path):
+    """Remove what a killed run left under a temporary name (never read)."""
+    if folder.is_dir():
+        for entry in folder.glob(".*"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _write_pngs(folder: Path, images, subfolders):
+    from PIL import Image
+
+    for index, (image, sub) in enumerate(zip(images, subfolders)):
+        (folder / sub).mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / sub / f"{index:05d}.png")
+
+
+class _Data:
+    """The demo's images as uint8 N x 32 x 32 x 3 arrays (what the PNGs
+    hold), generated deterministically from the config's seed."""
+
+    def __init__(self, config):
+        from PIL import Image
+        from sklearn.datasets import load_digits, load_sample_images
+
+        self.config = config
+        # Halved, so that a 32x32 patch shows a recognisable piece of scene.
+        self._photos = [np.asarray(Image.fromarray(photo).reduce(2)) for photo in load_sample_images().images]
+        digits = load_digits()
+        order = np.random.default_rng(config.seed).permutation(len(digits.target))
+        parts = np.split(order, [config.n_source, config.n_source + config.n_train])
+        parts[2] = parts[2][:config.n_test]
+        self._source_digits = digits.images[parts[0]] / 16.0
+        self.source, self.train, self.test = (self._render(digits.images[part] / 16.0, seed=config.seed + k)
+                                              for k, part in enumerate(parts))
+        self.source_labels, self.train_labels, self.test_labels = (digits.target[part] for part in parts)
+
+    def photo_patches(self, n, seed):
+        """n random 32x32 patches of the sample photos."""
+        rng = np.random.default_rng([seed, 1])
+        out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+        for i in range(n):
+            photo = self._photos[rng.integers(len(self._photos))]
+            y, x = rng.integers(photo.shape[0] - 32), rng.integers(photo.shape[1] - 32)
+            out[i] = photo[y:y + 32, x:x + 32]
+        return out
+
+    def _render(self, digits, seed):
+        """8x8 intensities in [0, 1] -> uint8 32x32x3: each digit enlarged to
+        GLYPH pixels (bilinear), drawn in white at a random place over a
+        darkened photo patch. The clutter is what makes the task need
+        learned features: raw pixels no longer separate the classes."""
+        rng = np.random.default_rng([seed, 2])
+        glyphs = torch.nn.functional.interpolate(torch.as_tensor(digits, dtype=torch.float32)[:, None],
+                                                 size=(GLYPH, GLYPH), mode="bilinear", align_corners=False)
+        glyphs = glyphs[:, 0].clamp(0, 1).numpy()
+        alpha = np.zeros((len(digits), 32, 32, 1), dtype=np.float32)
+        for a, glyph, (y, x) in zip(alpha, glyphs, rng.integers(33 - GLYPH, size=(len(digits), 2))):
+            a[y:y + GLYPH, x:x + GLYPH, 0] = glyph
+        background = self.photo_patches(len(digits), seed).astype(np.float32) * BACKGROUND
+        return np.round((1 - alpha) * background + alpha * 255).astype(np.uint8)
+
+    def source_task(self, source, seed):
+        """(images uint8 N x 32 x 32 x 3, labels, number of classes) of a
+        source task; rotation tasks draw one rotation per image."""
+        if source == "digits0-4":
+            keep = self.source_labels < 5
+            return self.source[keep], self.source_labels[keep], 5
+        images = self.source if source == "rotation" else self.photo_patches(self.config.n_photo, seed)
+        turns = np.random.default_rng([seed, 3]).integers(4, size=len(images))
+        return _rotate(images, turns), turns, 4
+
+    def reference(self):
+        """(images, subfolder of each): source-pool digits drawn at new places
+        over new backgrounds and rotated, and photo patches."""
+        n_digits = self.config.n_reference // 2
+        rng = np.random.default_rng([self.config.seed, 4])
+        pick = rng.choice(len(self.source), size=min(n_digits, len(self.source)), replace=False)
+        digits = _rotate(self._render(self._source_digits[pick], seed=self.config.seed + 5),
+                         rng.integers(4, size=len(pick)))
+        photos = self.photo_patches(self.config.n_reference - len(pick), self.config.seed + 6)
+        return np.concatenate([digits, photos]), ["digits"] * len(digits) + ["photos"] * len(photos)
+
+
+def _rotate(images, turns):
+    return np.stack([np.rot90(image, k=int(k)) for image, k in zip(images, turns)])
+
+
+def _tensors(images):
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W normalised like
+    PRETRAINED_CFG, i.e. what timm's eval transform makes of the PNGs."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(PRETRAINED_CFG["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(PRETRAINED_CFG["std"]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _train_checkpoint(ck, data, directory, config, *, device, progress):
+    import timm
+
+    seed = config.seed ^ zlib.crc32(ck.label.encode())
+    images, labels, classes = data.source_task(ck.source, seed)
+    dataset = torch.utils.data.TensorDataset(_tensors(images), torch.as_tensor(labels, dtype=torch.int64))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(ck.architecture, pretrained=False, num_classes=classes,
+                                  **dict(ck.model_args))
+    recipe = Recipe(**{**asdict(config.source_recipe), "epochs": ck.epochs})
+    train(model, dataset, recipe, seed=seed, device=device, progress=progress, desc=f"pretrain {ck.label}")
+    save_model_dir(model.cpu(), directory, architecture=ck.architecture, model_args=dict(ck.model_args),
+                   pretrained_cfg=PRETRAINED_CFG)
