@@ -1,62 +1,50 @@
 """ped_score(): the transferability score of PED-moved features with any
-scorer, the paper's "seamless integration into existing ranking techniques".
+scorer, the paper's "seamless integration into existing ranking techniques"
+(docs/spec.md §3).
 
-PED moves every sample of a class by the same vector, so the moved features
-have the same within-class residuals X - mu_y and variances as the input;
-only the C class means change. SFDA and LogME use that to score the input
-(the baseline) and the moved features with one D x D product of the
-residuals:
-- sfda: residuals, Sw, the shrinkage and the first fit's Cholesky factor
-  are shared; each score then costs one more D x D product (its ConfMix
-  pass) instead of two;
-- logme: X^T X = R^T R + sum_c n_c mu_c mu_c^T, so the D x D product of the
-  residuals is computed once and each score adds a rank-C update;
-- gbc: needs only class means and variances, one pass over each feature
-  set;
-- nleep: fits its mixture on each feature set (nothing to share past the
-  validated inputs).
+Scorers come from the registry (ped_fast.scorers): ped_score names none of
+them. A scorer that reads features is run on PED's moved features (and on
+the input, with return_baseline=True); PED does not apply to one that reads
+the source model's probabilities. A scorer registered with shared work
+(SFDA, LogME, GBC, the H-scores, TransRate) computes what the input and the
+moved features have in common once: PED moves every sample of a class by
+the same vector, so the moved features have the input's within-class
+residuals X - mu_y and variances, and only the C class means differ.
 The residuals are the same only in exact arithmetic: x + shift is rounded to
 the features' dtype, and a shift many orders of magnitude above a class's
 spread rounds the spread away. So the moved features' class statistics are
-read (one pass over them, O(N D) against the D x D product's O(N D^2)), and
+read (one pass over them, O(N D) against a D x D product's O(N D^2)), and
 when a class's spread has changed beyond rounding the moved features are
 scored by the scorer itself: ped_score gives what the scorer gives on
 result.features, errors included.
 A callable scorer is called as f(features, labels, **scorer_options) on the
 moved features (and on the input when return_baseline=True).
+reduce="pca:K" projects the features (and reference features) on the
+target features' K principal axes before PED and scoring.
 """
 from __future__ import annotations
 
 import difflib
 import inspect
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import torch
 
 from .ped import PEDResult, ped
-from ._validate import all_finite, raise_non_finite, to_tensor
-from .scorers import SCORERS
-from .scorers._input import compute_dtype, prepare
-from .scorers._linalg import gram
-from .scorers.gbc import check_gaussian, gbc_prepared
-from .scorers.logme import evidence_from_gram
-from .scorers.nleep import nleep_prepared
-from .scorers.sfda import SFDAResiduals
+from ._validate import all_finite, features_tensor, raise_non_finite, to_tensor
+from .scorers import _registry
+from .scorers._input import ClassMoments, class_moments, prepare
+from .scorers._linalg import matmul, principal_axes
 
-_OPTIONS = {
-    "sfda": {"dtype"},
-    "logme": {"dtype"},
-    "nleep": {"dtype", "seed", "component_ratio"},
-    "gbc": {"dtype", "gaussian"},
-}
 # ped()'s options that ped_score passes through; read from ped's signature
 # so the two cannot drift apart. reference and backend are ped_score's own.
 _PED_OPTIONS = tuple(
     name for name, parameter in inspect.signature(ped).parameters.items()
     if parameter.kind is parameter.KEYWORD_ONLY and name not in ("reference", "backend")
 )
-_OWN_KEYWORDS = ("scorer", "reference", "return_baseline", "scorer_options", "backend")
+_OWN_KEYWORDS = ("scorer", "reference", "return_baseline", "scorer_options", "backend", "reduce")
 # How far a class's within-class spread (the sum of its variances) may move
 # between the input and PED's moved features before the moved features are
 # scored by themselves. Rounding x + shift to the features' dtype moves each
@@ -67,6 +55,7 @@ _OWN_KEYWORDS = ("scorer", "reference", "return_baseline", "scorer_options", "ba
 # input's residuals, and only the scorer run on them says what it makes of
 # them (a score, or its error).
 _SPREAD_TOLERANCE = {dtype: math.sqrt(torch.finfo(dtype).eps) for dtype in (torch.float32, torch.float64)}
+_REDUCE = re.compile(r"^pca:([0-9]+)$")
 
 
 @dataclass
@@ -76,27 +65,52 @@ class PEDScore:
     ped: the scorer's value on the PED-moved features.
     baseline: its value on the input features.
     result: the PEDResult of the dynamics (moved features, shift, steps...).
+    saturation: {"baseline": reason, "ped": reason} for each of the two
+        scores that carries no ranking information (e.g. SFDA at 1.0 when
+        the features separate every sample); empty when neither does. See
+        ped_fast.scorers.saturation.
     """
 
     ped: float
     baseline: float
     result: PEDResult
+    saturation: dict = field(default_factory=dict)
+
+    @property
+    def saturated(self) -> bool:
+        """True when the baseline or the PED score has saturated."""
+        return bool(self.saturation)
+
+    @property
+    def reason(self):
+        """Why (one line per saturated score), or None."""
+        if not self.saturation:
+            return None
+        return "\n".join(f"{kind}: {why}" for kind, why in self.saturation.items())
 
 
 def ped_score(features, labels, scorer="sfda", *, reference=None, return_baseline=False, scorer_options=None,
-              backend="auto", **ped_options):
+              backend="auto", reduce=None, **ped_options):
     """Score the PED-moved `features` (N x D) for `labels` (N).
 
-    scorer: "sfda" (the paper's default), "logme", "nleep", "gbc", or any
-        callable f(features, labels) -> float.
+    scorer: the name of a registered scorer that reads features ("sfda",
+        the paper's default, "logme", "nleep", "gbc", "hscore",
+        "reg_hscore", "transrate", "parc", "knn", or one added with
+        ped_fast.scorers.register; see ped_fast.scorers.available()), or
+        any callable f(features, labels) -> float.
     reference: the reference features or (mean, std), as for ped().
     return_baseline: also score the un-moved features; returns a PEDScore
-        (ped, baseline, result) instead of a float.
+        (ped, baseline, result, saturation) instead of a float.
     scorer_options: keyword arguments for the scorer, e.g. {"dtype":
         torch.float32} or {"seed": 1} for nleep.
     backend: "auto", "reference", "cpu", ... (see available_backends()),
         for ped() and for a named scorer alike (a callable scorer is called
         without it).
+    reduce: None, or "pca:K": project the features on the K principal axes
+        of the (centred) target features, in float64, before PED and
+        scoring; reference features are projected on the same axes (a
+        (mean, std) reference cannot be, and is refused). result.features
+        are then the moved N x K projections.
     ped_options: ped()'s other keyword arguments (time_step, nsigma, ...,
         rescale, inplace).
 
@@ -108,30 +122,32 @@ def ped_score(features, labels, scorer="sfda", *, reference=None, return_baselin
     if not isinstance(return_baseline, bool):
         raise TypeError(f"return_baseline must be True or False, got {return_baseline!r}")
     options = dict(scorer_options or {})
+    if reduce is not None:
+        features, reference = _reduce(features, reference, reduce, ped_options.get("inplace", False))
     if callable(scorer):
         return _callable_score(scorer, features, labels, reference, return_baseline, options, backend, ped_options)
-    if scorer not in SCORERS:
-        raise ValueError(f"scorer must be one of {', '.join(repr(s) for s in SCORERS)} or a callable, got {scorer!r}")
-    unknown = set(options) - _OPTIONS[scorer]
-    if unknown:
-        hint = "; backend is ped_score's own keyword (it steers ped() and the scorer)" if "backend" in unknown else ""
-        raise TypeError(f"scorer_options for {scorer!r} accepts {sorted(_OPTIONS[scorer])}, got {sorted(unknown)}"
-                        f"{hint}")
-    dtype = compute_dtype(options.pop("dtype", torch.float64))
-    # The input is read (and validated) before ped(), which may overwrite it
-    # when inplace=True.
-    prep = prepare(features, labels, dtype, backend, scorer)
+    entry = _registry.get(scorer)
+    if not entry.ped_applies:
+        raise ValueError(f"PED does not apply to {scorer!r}: it reads {entry.reads}, not features, and PED moves "
+                         f"features; call ped_fast.scorers.{scorer}(probabilities, labels) for its score")
+    entry.check_options(options)
 
     def run_ped():
         return ped(features, labels, reference=reference, backend=backend, **ped_options)
 
-    if scorer == "sfda":
-        return _sfda(prep, labels, run_ped, return_baseline, backend)
-    if scorer == "logme":
-        return _logme(prep, features, labels, run_ped, return_baseline, backend)
-    if scorer == "gbc":
-        return _gbc(prep, run_ped, return_baseline, options)
-    return _nleep(prep, run_ped, return_baseline, options)
+    shared = entry.shared
+    if shared is not None and shared.applies is not None:
+        n, dim = features_tensor(features)[0].shape
+        if not shared.applies(n, dim, return_baseline):
+            shared = None
+    if shared is None:
+        baseline, moved, result = _separate(entry, features, labels, run_ped, return_baseline, options, backend)
+    else:
+        baseline, moved, result = _shared(entry, features, labels, run_ped, return_baseline, options, backend)
+    if not return_baseline:
+        return moved
+    return PEDScore(ped=moved, baseline=baseline, result=result,
+                    saturation=_saturation(entry, baseline, moved, result, labels))
 
 
 def _check_ped_options(ped_options):
@@ -148,104 +164,123 @@ def _check_ped_options(ped_options):
     )
 
 
-def _finish(moved, baseline, result, return_baseline):
-    return PEDScore(ped=moved, baseline=baseline, result=result) if return_baseline else moved
+def _call(entry, features, labels, options, backend):
+    """The registered scorer's value on `features` (backend= passed when the
+    function takes it)."""
+    kwargs = dict(options, backend=backend) if entry.takes_backend else options
+    return _as_float(entry.function(features, labels, **kwargs), entry.name)
 
 
-def _shared_means(prep, moved, variances):
-    """The class means (C x D, float64) of PED's moved features `moved`,
-    when their within-class spread is the input's (`variances`, C x D) up to
-    rounding, so that scoring them from the input's residuals is scoring
-    them; None when it is not (see _SPREAD_TOLERANCE) or when they are not
-    finite. One pass over the moved features."""
+def _separate(entry, features, labels, run_ped, return_baseline, options, backend):
+    """Nothing shared: the scorer on the input (read before ped(), which may
+    overwrite it in place), then on the moved features."""
+    baseline = _call(entry, features, labels, options, backend) if return_baseline else None
+    result = run_ped()
+    return baseline, _call(entry, result.features, labels, options, backend), result
+
+
+def _shared(entry, features, labels, run_ped, return_baseline, options, backend):
+    """The scorer's shared work (ped_fast.scorers.SharedWork) prepared from
+    the input, then each score from it."""
+    dtype = options.pop("dtype", torch.float64)
+    # The input is read (and validated) before ped(), which may overwrite it
+    # when inplace=True.
+    prep = prepare(features, labels, dtype, backend, entry.name)
+    moments = class_moments(prep)
+    state = entry.shared.prepare(prep, moments, options)
+    baseline = float(entry.shared.score(state, prep.x, moments, False)) if return_baseline else None
+    result = run_ped()
+    moved, _ = to_tensor(result.features, "features")
+    moved_moments = _shared_moments(prep, moved, moments.variances)
+    if moved_moments is None:
+        del state
+        return baseline, _call(entry, moved, labels, dict(options, dtype=prep.dtype), backend), result
+    return baseline, float(entry.shared.score(state, moved, moved_moments, True)), result
+
+
+def _shared_moments(prep, moved, variances):
+    """The ClassMoments of PED's moved features `moved`, when their
+    within-class spread is the input's (`variances`, C x D) up to rounding,
+    so that scoring them from the input's residuals is scoring them; None
+    when it is not (see _SPREAD_TOLERANCE) or when they are not finite. One
+    pass over the moved features."""
     _, means, moved_variances = prep.launcher.class_stats(moved, prep.index, prep.num_classes)
     if not all_finite(means, moved_variances):
         return None
     spread, moved_spread = variances.sum(dim=1), moved_variances.sum(dim=1)
     if bool(((moved_spread - spread).abs() > _SPREAD_TOLERANCE[moved.dtype] * spread).any()):
         return None
-    return means
+    return ClassMoments(means, moved_variances)
 
 
-def _sfda(prep, labels, run_ped, return_baseline, backend):
-    state = SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype, prep.launcher)
-    result = run_ped()
-    moved, _ = to_tensor(result.features, "features")
-    moved_means = _shared_means(prep, moved, state.variances)
-    if moved_means is None:
-        baseline = state.score(state.means, consume=True) if return_baseline else None
-        del state
-        return _finish(SCORERS["sfda"](moved, labels, dtype=prep.dtype, backend=backend), baseline, result,
-                       return_baseline)
-    baseline = state.score(state.means, consume=False) if return_baseline else None
-    return _finish(state.score(moved_means, consume=True), baseline, result, return_baseline)
+def _saturation(entry, baseline, moved, result, labels):
+    """{kind: reason} for the scores that saturated (docs/spec.md §3)."""
+    if entry.saturation is None:
+        return {}
+    x, _ = to_tensor(result.features, "features")
+    classes = len(torch.unique(to_tensor(labels, "labels")[0]))
+    shape = dict(samples=x.shape[0], dimensions=x.shape[1], classes=classes)
+    out = {}
+    for kind, value in (("baseline", baseline), ("ped", moved)):
+        reason = entry.saturation(value, **shape)
+        if reason is not None:
+            out[kind] = reason
+    return out
 
 
-def _logme(prep, features, labels, run_ped, return_baseline, backend):
-    x = prep.x
+def _reduce(features, reference, spec, inplace):
+    """(features, reference) projected on the K principal axes of the
+    centred features, in float64 (docs/spec.md §3): the axes are the
+    eigenvectors of the features' scatter with the K largest eigenvalues,
+    each signed so that its largest-magnitude entry is positive (the first
+    such entry on a tie), and reference features are centred on the
+    features' mean and projected on the same axes, so that PED rescales by
+    the reference's spread along the axes it scores. The caller's array
+    type and device are kept."""
+    match = _REDUCE.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"reduce must be None or 'pca:K' with K a positive integer, got {spec!r}")
+    if inplace is True:
+        raise ValueError("inplace=True cannot be combined with reduce: PED moves the reduced copy, not the caller's "
+                         "features")
+    x, as_numpy = features_tensor(features)
     n, dim = x.shape
-
-    def alone(values):
-        return SCORERS["logme"](values, labels, dtype=prep.dtype, backend=backend)
-
-    if not return_baseline or n <= dim:
-        # One feature set to score, or the N <= D path (an SVD of X itself):
-        # nothing to share.
-        baseline = alone(features) if return_baseline else None
-        result = run_ped()
-        return _finish(alone(result.features), baseline, result, return_baseline)
-    _, means, var = prep.launcher.class_stats(x, prep.index, prep.num_classes)
-    if not all_finite(means, var):
+    k = int(match.group(1))
+    if not 1 <= k <= min(n - 1, dim):
+        raise ValueError(f"reduce='pca:{k}' needs 1 <= K <= min(N - 1, D) = {min(n - 1, dim)} (centred N x D features "
+                         f"have at most N - 1 principal axes with variance)")
+    if isinstance(reference, tuple):
+        raise ValueError("reduce cannot project a (mean, std) reference: the spread of the reference along a principal "
+                         "axis needs the reference's covariance, not its per-dimension std; pass the reference "
+                         "features, or rescale='self'")
+    xd = x.to(torch.float64)
+    mean = xd.mean(0)
+    if not all_finite(mean):
         raise_non_finite(x, "features")
-    residual = x.to(prep.dtype, memory_format=torch.contiguous_format, copy=True)
-    prep.launcher.integrate(residual, prep.index, (-means).to(prep.dtype), residual)
-    residual_gram = gram(residual)
-    del residual
-    counts = prep.counts.to(prep.dtype)
-
-    def evidence(class_means):
-        class_means = class_means.to(prep.dtype)
-        sums = class_means.T * counts  # X^T T, D x C
-        return evidence_from_gram(residual_gram + sums @ class_means, sums, counts, n)
-
-    baseline = evidence(means)
-    result = run_ped()
-    moved, _ = to_tensor(result.features, "features")
-    moved_means = _shared_means(prep, moved, var)
-    moved_score = alone(moved) if moved_means is None else evidence(moved_means)
-    return _finish(moved_score, baseline, result, return_baseline)
-
-
-def _gbc(prep, run_ped, return_baseline, options):
-    # GBC needs only class means and variances: scoring the moved features
-    # themselves costs one pass over them, and gives exactly gbc()'s value.
-    gaussian = options.get("gaussian", "spherical")
-    check_gaussian(gaussian)
-    baseline = gbc_prepared(prep.x, prep, gaussian) if return_baseline else None
-    result = run_ped()
-    moved, _ = to_tensor(result.features, "features")
-    return _finish(gbc_prepared(moved, prep, gaussian), baseline, result, return_baseline)
-
-
-def _nleep(prep, run_ped, return_baseline, options):
-    def score(x):
-        return nleep_prepared(x, prep.index, prep.num_classes, dtype=prep.dtype, **options)
-
-    baseline = score(prep.x) if return_baseline else None
-    result = run_ped()
-    moved, _ = to_tensor(result.features, "features")
-    return _finish(score(moved), baseline, result, return_baseline)
+    centred = xd - mean
+    _, axes = principal_axes(centred)
+    axes = axes[:, :k]
+    signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    axes = axes * signs
+    projected = matmul(centred, axes)
+    if reference is not None:
+        g, _ = features_tensor(reference, "reference")
+        if g.shape[1] != dim:
+            raise ValueError(f"reference has {g.shape[1]} columns but features has {dim}")
+        reference = matmul(g.to(device=x.device, dtype=torch.float64) - mean, axes)
+        reference = reference.cpu().numpy() if as_numpy else reference
+    return (projected.cpu().numpy() if as_numpy else projected), reference
 
 
 def _callable_score(scorer, features, labels, reference, return_baseline, options, backend, ped_options):
-    baseline = _as_float(scorer(features, labels, **options), "baseline") if return_baseline else None
+    baseline = _as_float(scorer(features, labels, **options), "the scorer") if return_baseline else None
     result = ped(features, labels, reference=reference, backend=backend, **ped_options)
-    return _finish(_as_float(scorer(result.features, labels, **options), "ped"), baseline, result, return_baseline)
+    moved = _as_float(scorer(result.features, labels, **options), "the scorer")
+    return PEDScore(ped=moved, baseline=baseline, result=result) if return_baseline else moved
 
 
-def _as_float(value, which):
+def _as_float(value, name):
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"the scorer must return a number; for the {which} features it returned "
-                        f"{type(value).__name__}") from None
+        raise TypeError(f"{name} must return a number, but it returned {type(value).__name__}") from None

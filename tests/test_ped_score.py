@@ -1,4 +1,5 @@
-"""ped_score(): PED with any scorer, and the baseline from the same call.
+"""ped_score(): PED with any registered scorer, the baseline from the same
+call, saturation flags and reduce="pca:K".
 
 Tolerances:
 - golden, float64: 1e-7 relative (the issue's bar; measured ~1e-14).
@@ -8,6 +9,9 @@ Tolerances:
   the input's plus PED's shift (and, for LogME, X^T X as R^T R plus the
   class means' outer products) instead of re-reading the moved features:
   equal in exact arithmetic, a few ulps apart in float64.
+- reduce="pca:K" against scoring features projected in numpy (SVD): 1e-9
+  relative, the issue's float64 bar (the projections agree to ~1e-13;
+  eigendecomposition or SVD, other LAPACK routines).
 """
 import re
 
@@ -54,7 +58,8 @@ def problem(seed=0):
     return x.numpy(), y.numpy(), reference.numpy()
 
 
-OPTIONS = {"sfda": {}, "logme": {}, "nleep": {"seed": 2}, "gbc": {"gaussian": "diagonal"}}
+OPTIONS = {"sfda": {}, "logme": {}, "nleep": {"seed": 2}, "gbc": {"gaussian": "diagonal"}, "hscore": {},
+           "reg_hscore": {}, "transrate": {"eps": 1e-3}, "parc": {"components": 8}, "knn": {"k": 5}}
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
@@ -209,7 +214,9 @@ def test_unknown_backend_is_named():
 
 def test_errors():
     x, y, g = problem()
-    with pytest.raises(ValueError, match="scorer must be one of"):
+    with pytest.raises(ValueError, match="scorer must be one of 'sfda', .*'knn'.* or a callable, got 'nope'"):
+        ped_score(x, y, "nope", reference=g)
+    with pytest.raises(ValueError, match="PED does not apply to 'leep'"):
         ped_score(x, y, "leep", reference=g)
     with pytest.raises(TypeError, match="scorer_options for 'sfda' accepts"):
         ped_score(x, y, "sfda", reference=g, scorer_options={"seed": 1})
@@ -221,3 +228,88 @@ def test_errors():
         ped_score(x, np.zeros(len(y), dtype=int), "gbc", reference=g)
     with pytest.raises(TypeError, match="return_baseline"):
         ped_score(x, y, reference=g, return_baseline=1)
+
+
+# --- saturation and reduce="pca:K" ------------------------------------------
+
+
+def pca_projection(x, k, reference=None):
+    """x (and reference) centred on x's mean and projected on x's k
+    principal axes, each signed so that its largest-magnitude entry is
+    positive: numpy's SVD, independently of ped_fast."""
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    axes = vt[:k].T
+    axes = axes * np.sign(axes[np.abs(axes).argmax(0), np.arange(k)])
+    return (x - mean) @ axes, None if reference is None else (reference - mean) @ axes
+
+
+def saturating_problem():
+    """D = 200 >= N = 60: any labelling is linearly separable, so SFDA is
+    1.0; the classes differ little (0.05 per dimension), so along the top
+    principal axes they overlap."""
+    x, y = make_classes(60, 200, 3, seed=8, separation=0.05)
+    return x.numpy(), y.numpy()
+
+
+def test_sfda_saturation_is_flagged_and_reduce_lifts_it():
+    x, y = saturating_problem()
+    out = ped_score(x, y, "sfda", rescale="self", return_baseline=True)
+    assert out.baseline >= 1 - 1e-6 and out.ped >= 1 - 1e-6
+    assert out.saturated and set(out.saturation) == {"baseline", "ped"}
+    assert "D = 200 >= N = 60" in out.saturation["baseline"] and "reduce='pca:K'" in out.saturation["baseline"]
+    assert out.reason.startswith("baseline: sfda is ")
+    reduced = ped_score(x, y, "sfda", rescale="self", return_baseline=True, reduce="pca:6")
+    assert not reduced.saturated and reduced.saturation == {} and reduced.reason is None
+    assert reduced.baseline < 0.9 and reduced.result.features.shape == (60, 6)
+    z, _ = pca_projection(x, 6)
+    expected = ped_score(z, y, "sfda", rescale="self", return_baseline=True)
+    assert_close(reduced.baseline, expected.baseline, 1e-9, "sfda of the reduced features")
+    assert_close(reduced.ped, expected.ped, 1e-9, "ped+sfda of the reduced features")
+
+
+def test_saturation_is_per_scorer():
+    x, y, g = problem()
+    out = ped_score(x, y, "sfda", reference=g, return_baseline=True)
+    assert out.baseline < 0.99 and not out.saturated
+    assert ped_fast.scorers.saturation("sfda", 1.0, samples=60, dimensions=20, classes=3).startswith("sfda is 1")
+    assert ped_fast.scorers.saturation("sfda", 0.999, samples=60, dimensions=200, classes=3) is None
+    assert ped_fast.scorers.saturation("logme", 1e9, samples=60, dimensions=200, classes=3) is None
+    sx, sy = saturating_problem()
+    hs = ped_score(sx, sy, "hscore", rescale="self", return_baseline=True)
+    assert hs.saturated and "maximum C - 1 = 2" in hs.saturation["baseline"]
+
+
+@pytest.mark.parametrize("name", ["gbc", "knn"])
+@pytest.mark.parametrize("as_torch", [False, True], ids=["numpy", "torch"])
+def test_reduce_projects_reference_features_on_the_same_axes(name, as_torch):
+    """N > D (eigendecomposition of the scatter): PED with the reference
+    features projected on the target features' axes, centred on the target
+    mean, as a (target, reference) pair projected in numpy gives."""
+    x, y, g = problem(6)
+    z, gz = pca_projection(x, 4, g)
+    expected = ped_score(z, y, name, reference=gz, return_baseline=True)
+    convert = torch.from_numpy if as_torch else np.asarray
+    out = ped_score(convert(x), convert(y), name, reference=convert(g), reduce="pca:4", return_baseline=True)
+    assert isinstance(out.result.features, torch.Tensor if as_torch else np.ndarray)
+    assert out.result.steps == expected.result.steps > 0
+    assert_close(out.result.features, expected.result.features, 1e-9, "moved reduced features")
+    assert_close(out.baseline, expected.baseline, 1e-9, f"{name} of the reduced features")
+    assert_close(out.ped, expected.ped, 1e-9, f"ped+{name} of the reduced features")
+
+
+def test_reduce_errors():
+    x, y, g = problem()
+    for spec in ("pca:x", "svd:3", 5, "pca:3:1", "pca:-1"):
+        with pytest.raises(ValueError, match="reduce must be None or 'pca:K'"):
+            ped_score(x, y, reference=g, reduce=spec)
+    with pytest.raises(ValueError, match=r"1 <= K <= min\(N - 1, D\) = 10"):
+        ped_score(x, y, reference=g, reduce="pca:11")
+    with pytest.raises(ValueError, match=r"1 <= K <= min\(N - 1, D\)"):
+        ped_score(x, y, reference=g, reduce="pca:0")
+    with pytest.raises(ValueError, match="cannot project a \\(mean, std\\) reference"):
+        ped_score(x, y, reference=(g.mean(0), g.std(0)), reduce="pca:3")
+    with pytest.raises(ValueError, match="inplace=True cannot be combined with reduce"):
+        ped_score(x.copy(), y, reference=g, reduce="pca:3", inplace=True)
+    with pytest.raises(ValueError, match="reference has 9 columns but features has 10"):
+        ped_score(x, y, reference=g[:, 1:], reduce="pca:3")

@@ -561,12 +561,18 @@ def test_cuda_matches_cpu(name):
 
 # --- backend= ---------------------------------------------------------------
 
-# What a scorer runs on its backend's launcher (NLEEP runs none of them).
+# What a scorer runs on its backend's launcher (NLEEP, PARC and k-NN run
+# none of them).
 LAUNCHER_OPS = {
     "sfda": {"class_stats", "integrate", "own_class_probability"},
     "logme": {"class_stats"},
     "gbc": {"class_stats"},
     "nleep": set(),
+    "hscore": {"class_stats", "integrate"},
+    "reg_hscore": {"class_stats", "integrate"},
+    "transrate": {"class_stats", "integrate"},
+    "parc": set(),
+    "knn": set(),
 }
 CPU_BUILT = pytest.mark.skipif(not cpu_launcher.status()[0], reason="the CPU extension is not built")
 

@@ -1,10 +1,13 @@
 """What every scorer does before scoring: validate the inputs, encode the
 labels, pick the compute dtype and resolve the backend whose operations
-(class_stats, integrate, own_class_probability) the scorer calls.
+(class_stats, integrate, own_class_probability) the scorer calls; and the
+per-class statistics and residual Gram matrix that several scorers, and
+ped_score's shared computations, start from.
 
 The checks themselves are ped_fast._validate's and the backend choice is
 ped_fast._backends'; this module only adds what is particular to scorers
-(the class count a score needs, the dtype option).
+(the class count a score needs, the dtype option, source-model
+probabilities).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import numpy as np
 import torch
 
 from .. import _backends
-from .._validate import features_tensor, labels_tensor
+from .._validate import all_finite, features_tensor, labels_tensor, raise_non_finite, to_tensor
+from ._linalg import gram
 
 _DTYPES = {
     torch.float64: torch.float64,
@@ -25,6 +29,9 @@ _DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,
 }
+
+
+PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -44,6 +51,15 @@ class Prepared:
     @property
     def num_classes(self):
         return self.classes.shape[0]
+
+
+@dataclass
+class ClassMoments:
+    """Per-class means and population variances (C x D, float64) of one
+    feature set, row c for class c of the labels' sorted classes."""
+
+    means: torch.Tensor
+    variances: torch.Tensor
 
 
 def compute_dtype(dtype):
@@ -73,3 +89,98 @@ def check_classes(classes, scorer):
             f"{scorer} needs at least 2 classes to score how well features separate them, but labels has "
             f"{classes.shape[0]} distinct value ({classes.tolist()})"
         )
+
+
+def class_moments(prep, x=None):
+    """The ClassMoments of `x` (default prep.x; any N x D features with
+    prep's labels), from the backend's class_stats: one pass over x.
+    Non-finite features raise ValueError naming the first bad row."""
+    x = prep.x if x is None else x
+    _, means, variances = prep.launcher.class_stats(x, prep.index, prep.num_classes)
+    if not all_finite(means, variances):
+        raise_non_finite(x, "features")
+    return ClassMoments(means, variances)
+
+
+def global_mean(counts, means):
+    """The mean of all samples (D, float64) from per-class counts (C) and
+    means (C x D, float64)."""
+    weights = counts.to(torch.float64)
+    return (weights.unsqueeze(1) * means).sum(0) / weights.sum()
+
+
+def residual_gram(prep, means):
+    """R^T R (D x D, prep.dtype, both triangles) for the within-class
+    residuals R = X - mu_y of prep.x, with `means` its class means (C x D).
+    R is formed in the compute dtype by the backend's integrate (the
+    caller's features are never written) and freed after the product."""
+    residual = prep.x.to(prep.dtype, memory_format=torch.contiguous_format, copy=True)
+    prep.launcher.integrate(residual, prep.index, (-means).to(prep.dtype), residual)
+    return gram(residual)
+
+
+def probabilities_tensor(probabilities, logits, dtype, scorer):
+    """Source-model outputs (N x K, numpy or torch, any device) as a `dtype`
+    tensor of probabilities. logits=True: softmax over each row (in
+    `dtype`). Otherwise the rows must already be probabilities: finite, >= 0 and
+    summing to 1 within 1e-3 (softmax outputs in float32 sum to 1 within
+    ~K * 6e-8; logits passed by mistake fail this check)."""
+    if not isinstance(logits, bool):
+        raise TypeError(f"logits must be True or False, got {logits!r}")
+    p, _ = to_tensor(probabilities, "probabilities")
+    if p.dim() != 2 or p.shape[0] == 0 or p.shape[1] == 0:
+        raise ValueError(f"{scorer} reads the source model's outputs as probabilities, N samples x K source classes, "
+                         f"got shape {tuple(p.shape)}")
+    if p.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"probabilities must be float32 or float64, got {str(p.dtype).replace('torch.', '')}")
+    if not all_finite(p):
+        raise_non_finite(p, "probabilities")
+    p = p.to(dtype)
+    if logits:
+        return torch.softmax(p, dim=1)
+    if bool((p < 0).any()):
+        row = int(torch.nonzero((p < 0).any(dim=1))[0, 0])
+        raise ValueError(f"probabilities has negative values (first in row {row}); pass logits=True if these are the "
+                         f"source model's logits")
+    total = p.sum(dim=1)
+    off = (total - 1).abs() > PROBABILITY_SUM_TOLERANCE
+    if bool(off.any()):
+        row = int(torch.nonzero(off)[0, 0])
+        raise ValueError(f"rows of probabilities must sum to 1, but row {row} sums to {float(total[row]):.6g}; pass "
+                         f"logits=True if these are the source model's logits")
+    return p
+
+
+def total_scatter(residual, counts, means, dtype, *, inplace=False):
+    """(S, centred means): the total scatter S = sum_i (x_i - m)(x_i - m)^T
+    (D x D, `dtype`) of features whose within-class residuals have Gram
+    matrix `residual` (D x D, both triangles) and whose class means are
+    `means` (C x D, float64, counts C), by S = R^T R + sum_c n_c (mu_c - m)
+    (mu_c - m)^T; and the centred means mu_c - m (C x D, `dtype`), m the
+    mean of all samples. inplace=True adds into `residual`."""
+    centred = (means - global_mean(counts, means)).to(dtype)
+    weighted = centred * counts.to(dtype).sqrt().unsqueeze(1)
+    scatter = residual if inplace else residual.clone()
+    scatter += weighted.T @ weighted
+    return scatter, centred
+
+
+class ScatterState:
+    """What the H-scores and TransRate need from features beyond their class
+    means: the within-class residuals' Gram matrix (D x D), which PED's
+    moved features share with the input (prep: the input's Prepared,
+    moments its ClassMoments)."""
+
+    def __init__(self, prep, moments):
+        self.residual = residual_gram(prep, moments.means)
+        self.counts = prep.counts
+        self.index = prep.index
+        self.dtype = prep.dtype
+
+    def total(self, moments, last):
+        """(total scatter S, centred class means) of features with these
+        class moments; last=True reuses the residual Gram matrix's memory."""
+        scatter, centred = total_scatter(self.residual, self.counts, moments.means, self.dtype, inplace=last)
+        if last:
+            self.residual = None
+        return scatter, centred

@@ -1,6 +1,6 @@
 """The dense linear algebra the scorers share: a Gram matrix, products, a
-symmetric eigendecomposition and a symmetric positive definite solver, on
-any device.
+symmetric eigendecomposition, principal axes, a symmetric positive definite
+solver and per-group row sums, on any device.
 
 On the CPU every BLAS and LAPACK call here goes to one library, scipy's
 OpenBLAS. numpy's and scipy's wheels each bundle their own OpenBLAS, and a
@@ -73,13 +73,15 @@ def symmetric_eigh(b):
     return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
-def matmul(a, b):
-    """a @ b for 2-D tensors of one dtype; on the CPU through scipy's BLAS
-    (see the module docstring), which at SFDA's logit shape (N x D times
-    D x C, N=19850, D=2048, C=397, float64) takes 0.41 s on 2 cores against
-    torch's 0.51 s. Row- or column-major operands are viewed, not copied."""
+def matmul(a, b, *, alpha=1.0, add=None):
+    """alpha a @ b for 2-D tensors of one dtype, added into `add` (a
+    row-major tensor of the result's shape, overwritten and returned) when
+    given; on the CPU through scipy's BLAS (see the module docstring),
+    which at SFDA's logit shape (N x D times D x C, N=19850, D=2048, C=397,
+    float64) takes 0.41 s on 2 cores against torch's 0.51 s. Row- or
+    column-major operands are viewed, not copied."""
     if a.device.type != "cpu":
-        return a @ b
+        return a @ b if add is None else add.addmm_(a, b, alpha=alpha)
     an, bn = a.numpy(), b.numpy()
     gemm = blas.get_blas_funcs("gemm", (an, bn))
     # Column-major BLAS computes (a b)^T = b^T a^T; its row-major view is a b.
@@ -87,7 +89,11 @@ def matmul(a, b):
     # column-major one as itself with the transpose flag.
     b_major, b_trans = (bn, 1) if bn.flags.f_contiguous and not bn.flags.c_contiguous else (bn.T, 0)
     a_major, a_trans = (an, 1) if an.flags.f_contiguous and not an.flags.c_contiguous else (an.T, 0)
-    return torch.from_numpy(gemm(1.0, b_major, a_major, trans_a=b_trans, trans_b=a_trans).T)
+    if add is None:
+        return torch.from_numpy(gemm(alpha, b_major, a_major, trans_a=b_trans, trans_b=a_trans).T)
+    # add's row-major memory is the column-major (a b)^T that gemm updates.
+    gemm(alpha, b_major, a_major, beta=1.0, c=add.numpy().T, trans_a=b_trans, trans_b=a_trans, overwrite_c=True)
+    return add
 
 
 class SymmetricSolver:
@@ -133,3 +139,74 @@ class SymmetricSolver:
                 raise RuntimeError(f"LAPACK potrs failed (info={info})")
             return torch.from_numpy(solution)
         return torch.cholesky_solve(rhs, self.factor)
+
+
+def principal_axes(xc):
+    """(values, axes) of centred features xc (N x D): the eigenvalues of
+    xc^T xc in descending order, clamped at 0, and its eigenvectors as the
+    columns of axes (D x r). From the eigendecomposition of the D x D Gram
+    matrix when N > D, from the thin SVD of xc (values s^2, r = N)
+    otherwise. Signs are as the solver returns them."""
+    n, dim = xc.shape
+    if n > dim:
+        values, vectors = symmetric_eigh(gram(xc, lower_only=True))
+        return values.flip(0).clamp_min(0), vectors.flip(1)
+    _, s, vt = torch.linalg.svd(xc, full_matrices=False)
+    return s * s, vt.T
+
+
+_GROUP_CHUNK_ELEMENTS = 1 << 22
+
+
+def group_sums(groups, values, count):
+    """Row sums of `values` (N x m) per group (N ints in [0, count)):
+    count x m.
+
+    index_add_ is deterministic on the CPU but accumulates with atomics on a
+    GPU, whose order varies from run to run; there a one-hot product (in row
+    chunks of ~4M one-hot elements) gives the same bits every time."""
+    if values.device.type == "cpu":
+        return torch.zeros(count, values.shape[1], dtype=values.dtype).index_add_(0, groups, values)
+    out = torch.zeros(count, values.shape[1], dtype=values.dtype, device=values.device)
+    step = max(1, _GROUP_CHUNK_ELEMENTS // max(count, 1))
+    for start in range(0, values.shape[0], step):
+        rows = slice(start, min(start + step, values.shape[0]))
+        onehot = torch.zeros(rows.stop - rows.start, count, dtype=values.dtype, device=values.device)
+        onehot.scatter_(1, groups[rows].unsqueeze(1), 1.0)
+        out += onehot.T @ values[rows]
+    return out
+
+
+def spd_logdet(b):
+    """log det of a symmetric positive definite b (any square size), from
+    its Cholesky factor (LAPACK potrf through scipy on the CPU, on the
+    column-major view of b: only b's lower triangle is read)."""
+    if b.device.type == "cpu":
+        bn = b.contiguous().numpy()
+        potrf = lapack.get_lapack_funcs("potrf", (bn,))
+        factor, info = potrf(bn.T, lower=False, clean=False, overwrite_a=False)
+        if info != 0:
+            raise ValueError(f"a matrix that must be positive definite is not (LAPACK potrf info={info})")
+        return 2.0 * float(np.log(np.diagonal(factor)).sum())
+    factor, info = torch.linalg.cholesky_ex(b)
+    if int(info) != 0:
+        raise ValueError(f"a matrix that must be positive definite is not (Cholesky info={int(info)})")
+    return 2.0 * float(torch.log(factor.diagonal()).sum())
+
+
+def thin_qr_basis(a):
+    """Q of the thin QR factorisation of a (m x k, m >= k or not): m x
+    min(m, k) orthonormal columns (LAPACK geqrf/orgqr; through scipy on the
+    CPU)."""
+    if a.device.type != "cpu":
+        return torch.linalg.qr(a, mode="reduced")[0]
+    return torch.from_numpy(linalg.qr(a.numpy(), mode="economic", check_finite=False)[0])
+
+
+def thin_svd(a):
+    """(U, s, Vt) of the thin SVD of a (LAPACK gesdd; through scipy on the
+    CPU)."""
+    if a.device.type != "cpu":
+        return torch.linalg.svd(a, full_matrices=False)
+    u, s, vt = linalg.svd(a.numpy(), full_matrices=False, lapack_driver="gesdd", check_finite=False)
+    return torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(vt)

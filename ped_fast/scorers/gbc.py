@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from .._validate import all_finite, raise_non_finite
-from ._input import prepare
+from ._input import class_moments, prepare
+from ._registry import SharedWork
 
 VARIANCE_FLOOR = 1e-4
 GAUSSIANS = ("spherical", "diagonal")
@@ -39,22 +39,13 @@ def gbc(features, labels, *, gaussian="spherical", dtype=torch.float64, backend=
     """
     check_gaussian(gaussian)
     prep = prepare(features, labels, dtype, backend, "gbc")
-    return gbc_prepared(prep.x, prep, gaussian)
+    moments = class_moments(prep)
+    return gbc_from_stats(moments.means.to(prep.dtype), moments.variances.to(prep.dtype), gaussian)
 
 
 def check_gaussian(gaussian):
     if gaussian not in GAUSSIANS:
         raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
-
-
-def gbc_prepared(x, prep, gaussian):
-    """GBC of features `x` (N x D) with the labels, dtype and backend of
-    `prep` (x is prep.x, or features with the same rows, such as PED's
-    moved ones)."""
-    _, mean, var = prep.launcher.class_stats(x, prep.index, prep.num_classes)
-    if not all_finite(mean, var):
-        raise_non_finite(x, "features")
-    return gbc_from_stats(mean.to(prep.dtype), var.to(prep.dtype), gaussian)
 
 
 def gbc_from_stats(mean, var, gaussian):
@@ -102,3 +93,20 @@ def _upper_coefficient_sum(mean, var):
         total += torch.exp(-distance).masked_fill_(~upper, 0.0).sum()
         start = stop
     return float(total)
+
+
+def _shared_prepare(prep, moments, options):
+    gaussian = options.get("gaussian", "spherical")
+    check_gaussian(gaussian)
+    return gaussian, prep.dtype
+
+
+def _shared_score(state, x, moments, last):
+    gaussian, dtype = state
+    return gbc_from_stats(moments.means.to(dtype), moments.variances.to(dtype), gaussian)
+
+
+# GBC reads only class means and variances: ped_score has them for both
+# feature sets (the moved ones from the pass that checks their spread), so
+# each score costs no pass of its own (docs/spec.md §3).
+SHARED = SharedWork(prepare=_shared_prepare, score=_shared_score)

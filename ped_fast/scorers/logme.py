@@ -17,8 +17,9 @@ import torch
 
 from .. import _backends
 from .._validate import all_finite, features_tensor, raise_non_finite, to_tensor
-from ._input import compute_dtype, prepare
+from ._input import class_moments, compute_dtype, prepare, residual_gram
 from ._linalg import gram, symmetric_eigh
+from ._registry import SharedWork
 
 MAX_ITERATIONS = 11
 TOLERANCE = 1e-3
@@ -51,11 +52,8 @@ def logme(features, labels, *, regression=False, dtype=torch.float64, backend="a
         return _regression(features, labels, compute_dtype(dtype), backend)
     prep = prepare(features, labels, dtype, backend, "logme")
     x = prep.x
-    _, mean, var = prep.launcher.class_stats(x, prep.index, prep.num_classes)
-    if not all_finite(mean, var):
-        raise_non_finite(x, "features")
     counts = prep.counts.to(prep.dtype)
-    sums = mean.to(prep.dtype).T * counts  # D x C = X^T T
+    sums = class_moments(prep).means.to(prep.dtype).T * counts  # D x C = X^T T
     n, dim = x.shape
     if n > dim:
         return evidence_from_gram(gram(_as(x, prep.dtype), lower_only=True), sums, counts, n)
@@ -189,3 +187,26 @@ def _regression(features, targets, dtype, backend):
 def _as(x, dtype):
     """x in `dtype` with contiguous rows (a copy only when needed)."""
     return x.to(dtype).contiguous()
+
+
+def _shared_applies(n, dim, baseline):
+    # One feature set to score, or N <= D (an SVD of X itself): nothing to
+    # share.
+    return baseline and n > dim
+
+
+def _shared_prepare(prep, moments, options):
+    return residual_gram(prep, moments.means), prep.counts.to(prep.dtype), prep.dtype
+
+
+def _shared_score(state, x, moments, last):
+    residual, counts, dtype = state
+    means = moments.means.to(dtype)
+    sums = means.T * counts  # X^T T, D x C
+    return evidence_from_gram(residual + sums @ means, sums, counts, x.shape[0])
+
+
+# X^T X = R^T R + sum_c n_c mu_c mu_c^T and X^T t_c = n_c mu_c: the
+# residuals' Gram matrix is the input's for PED's moved features, and each
+# score adds a rank-C update (docs/spec.md §3).
+SHARED = SharedWork(prepare=_shared_prepare, score=_shared_score, applies=_shared_applies)

@@ -21,7 +21,7 @@ import torch
 
 from .._validate import all_finite, check_count, raise_non_finite
 from ._input import prepare
-from ._linalg import gram, symmetric_eigh
+from ._linalg import group_sums, principal_axes
 
 VARIANCE_KEPT = 0.8
 REG_COVAR = 1e-6
@@ -75,7 +75,7 @@ def nleep_from_responsibilities(resp, index, num_classes):
     """Mean p(y_i | x_i) from p(z | x) (N x K) and class positions (N)."""
     n = resp.shape[0]
     # p(y, z) = sum over samples of class y of p(z | x) / N; p(y | z) = p(y, z) / p(z).
-    joint = _group_sums(index, resp, num_classes) / n
+    joint = group_sums(index, resp, num_classes) / n
     marginal = joint.sum(0)
     # A component no sample reaches (p(z) underflows to 0) contributes
     # nothing, where 0/0 would make the score NaN.
@@ -93,13 +93,7 @@ def _pca(x, dtype):
     if not all_finite(mean):
         raise_non_finite(x, "features")
     xc = xc - mean
-    n, dim = xc.shape
-    if n > dim:
-        values, vectors = symmetric_eigh(gram(xc, lower_only=True))
-        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    else:
-        _, s, vt = torch.linalg.svd(xc, full_matrices=False)
-        values, vectors = s * s, vt.T
+    values, vectors = principal_axes(xc)
     total = values.sum()
     if not float(total) > 0:
         raise ValueError("nleep: features are constant (zero variance), so there is nothing to cluster")
@@ -179,7 +173,7 @@ def _kmeans(z, k, seed):
         distances = _sq_distances(z, sq_norms, centers)
         new_labels = distances.argmin(1)
         counts = torch.bincount(new_labels, minlength=k)
-        new_centers = _group_sums(new_labels, z, k) / counts.clamp_min(1).unsqueeze(1).to(z.dtype)
+        new_centers = group_sums(new_labels, z, k) / counts.clamp_min(1).unsqueeze(1).to(z.dtype)
         empty = counts == 0
         if bool(empty.any()):
             # An empty cluster takes the point farthest from its centre.
@@ -235,22 +229,6 @@ def _sq_distances(a, a_sq, b):
     d = torch.addmm(a_sq.unsqueeze(1), a, b.T, alpha=-2.0)
     d += (b * b).sum(1)
     return d.clamp_min_(0)
-
-
-def _group_sums(groups, values, count):
-    """Row sums of `values` (N x m) per group (N ints in [0, count)).
-
-    index_add_ is deterministic on the CPU but accumulates with atomics on a
-    GPU, whose order varies from run to run; there a one-hot product (in row
-    chunks) gives the same bits every time."""
-    if values.device.type == "cpu":
-        return torch.zeros(count, values.shape[1], dtype=values.dtype).index_add_(0, groups, values)
-    out = torch.zeros(count, values.shape[1], dtype=values.dtype, device=values.device)
-    for rows in _chunks(values.shape[0], count):
-        onehot = torch.zeros(rows.stop - rows.start, count, dtype=values.dtype, device=values.device)
-        onehot.scatter_(1, groups[rows].unsqueeze(1), 1.0)
-        out += onehot.T @ values[rows]
-    return out
 
 
 def _chunks(count, per_item):

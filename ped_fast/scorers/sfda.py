@@ -18,7 +18,8 @@ eigendecomposition (V V^T = B^-1 exactly, docs/spec.md §2.2).
 
 Because PED moves whole classes, PED-moved features have the same residuals
 R, hence the same Sw, shrinkage and first-pass factorisation as the input:
-`SFDAResiduals` holds those, and ped_score() scores both from one of them.
+`SFDAResiduals` holds those, and ped_score() scores both from one of them
+(SHARED, the registry's shared work for "sfda").
 """
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ import math
 import torch
 
 from .. import reference
-from .._validate import all_finite, raise_non_finite
-from ._input import prepare
+from ._input import class_moments, prepare
 from ._linalg import SymmetricSolver, gram, matmul, symmetric_matvec
+from ._registry import SharedWork
 
 POWER_ITERATIONS = 3
 SHRINKAGE_FLOOR = 1e-10
+# SFDA is a mean probability of the true class, at most 1. Within 1e-6 of 1
+# every sample's own class takes all but a millionth of its probability:
+# the features separate the samples perfectly (with D >= N any labelling
+# is separable), and models that all reach it cannot be ranked.
+SATURATION_GAP = 1e-6
 
 
 def sfda(features, labels, *, dtype=torch.float64, backend="auto"):
@@ -48,8 +54,19 @@ def sfda(features, labels, *, dtype=torch.float64, backend="auto"):
     classes are the sorted unique labels. Needs at least two classes.
     """
     prep = prepare(features, labels, dtype, backend, "sfda")
-    state = SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype, prep.launcher)
+    state = SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype, prep.launcher, class_moments(prep))
     return state.score(state.means, consume=True)
+
+
+def saturation(value, *, samples, dimensions, classes):
+    """The reason an SFDA score carries no ranking information (within
+    SATURATION_GAP of its maximum 1), or None."""
+    if value < 1.0 - SATURATION_GAP:
+        return None
+    why = f" (D = {dimensions} >= N = {samples}: any labelling is separable)" if dimensions >= samples else ""
+    return (f"sfda is {value:.9g}, within {SATURATION_GAP:g} of its maximum 1: the features separate the samples "
+            f"perfectly{why}, so models that do cannot be ranked; reduce the dimension (ped_score(..., "
+            f"reduce='pca:K') with K well below N) or score more samples")
 
 
 class SFDAResiduals:
@@ -57,14 +74,12 @@ class SFDAResiduals:
     the class means are: residuals R (N x D, owned, compute dtype), priors,
     the shrinkage lambda and the first pass's factorised B (from Sw).
     `launcher` is the backend's launcher module that runs class_stats,
-    integrate and (where it has one) the fused own_class_probability."""
+    integrate and (where it has one) the fused own_class_probability;
+    `moments` the ClassMoments of x."""
 
-    def __init__(self, x, index, counts, dtype, launcher):
+    def __init__(self, x, index, counts, dtype, launcher, moments):
         n, dim = x.shape
-        num_classes = counts.shape[0]
-        _, mean, var = launcher.class_stats(x, index, num_classes)
-        if not all_finite(mean, var):
-            raise_non_finite(x, "features")
+        mean, var = moments.means, moments.variances
         if float(var.sum()) == 0.0:
             raise ValueError(
                 "sfda: features are constant within every class (within-class scatter is zero), so the "
@@ -155,3 +170,16 @@ def _shrunk_solver(scatter, shrinkage):
     b = scatter.mul_(1.0 - shrinkage)
     b.diagonal().add_(target)
     return SymmetricSolver(b, target)
+
+
+def _shared_prepare(prep, moments, options):
+    return SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype, prep.launcher, moments)
+
+
+def _shared_score(state, x, moments, last):
+    return state.score(moments.means, consume=last)
+
+
+# Residuals, Sw, the shrinkage and the first fit's factorisation of B are
+# the input's for PED's moved features too (docs/spec.md §3).
+SHARED = SharedWork(prepare=_shared_prepare, score=_shared_score)
