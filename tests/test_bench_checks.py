@@ -88,6 +88,10 @@ BROKEN = {
     "test_sfda[ped_fast-sun397-float64-cpu]": ["ped_fast sfda at sun397 float64 on cpu: " + PUBLISHED],
     "test_ped_sfda[ped_fast-sun397-float64-cpu]": ["ped_fast ped+sfda at sun397 float64 on cpu: " + PUBLISHED],
     "test_logme[ped_fast-cpu]": ["ped_fast logme at sun397 float64 on cpu: " + PUBLISHED],
+    # The scorers whose statistics come from the (broken) cpu launcher.
+    "test_new_scorer[ped_fast-hscore-cpu]": ["ped_fast hscore at sun397 float64 on cpu: " + PUBLISHED],
+    "test_new_scorer[ped_fast-reg_hscore-cpu]": ["ped_fast reg_hscore at sun397 float64 on cpu: " + PUBLISHED],
+    "test_new_scorer[ped_fast-transrate-cpu]": ["ped_fast transrate at sun397 float64 on cpu: " + PUBLISHED],
 }
 
 
