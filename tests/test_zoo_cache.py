@@ -1,0 +1,103 @@
+"""The screening cache (ped_fast.zoo.cache): content keys, atomic entries,
+unreadable entries treated as missing, leftovers of killed writers removed."""
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ped_fast.zoo.cache import Cache, content_key, default_root
+
+
+def test_content_key_depends_on_every_part_and_not_on_dict_order():
+    key = content_key("features", {"a": 1, "b": [1, 2]}, "x")
+    assert key == content_key("features", {"b": (1, 2), "a": 1}, "x")
+    assert key != content_key("features", {"a": 1, "b": [1, 3]}, "x")
+    assert key != content_key("features", {"a": 1, "b": [1, 2]}, "y")
+    assert len(key) == 32 and int(key, 16) >= 0
+
+
+def test_default_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PED_FAST_CACHE", str(tmp_path / "c"))
+    assert default_root() == tmp_path / "c"
+    assert Cache().root == tmp_path / "c"
+    monkeypatch.delenv("PED_FAST_CACHE")
+    assert default_root().parts[-2:] == (".cache", "ped_fast")
+
+
+def test_put_then_get_round_trips_arrays_and_memmaps(tmp_path):
+    cache = Cache(tmp_path)
+    streamed = cache.new_array("features", "k1", "x", (5, 3), np.float32)
+    streamed[:] = np.arange(15, dtype=np.float32).reshape(5, 3)
+    labels = np.array([0, 1, 1, 2, 0])
+    assert not cache.has("features", "k1")
+    entry = cache.put("features", "k1", {"n": 5}, {"x": streamed, "labels": labels})
+    again = Cache(tmp_path).get("features", "k1")
+    for got in (entry, again):
+        assert got.meta == {"n": 5}
+        np.testing.assert_array_equal(got.arrays["x"], np.arange(15).reshape(5, 3))
+        np.testing.assert_array_equal(got.arrays["labels"], labels)
+        assert got.arrays["x"].dtype == np.float32
+    # The streamed file was moved into place, not copied: no temporary remains.
+    assert not list((tmp_path / "features").glob(".tmp-*"))
+    assert cache.get("features", "other") is None
+
+
+def test_entry_without_manifest_does_not_exist(tmp_path):
+    """A writer killed after its arrays but before its manifest leaves no entry."""
+    cache = Cache(tmp_path)
+    array = cache.new_array("features", "k", "x", (4, 2), np.float32)
+    array[:] = 1.0
+    assert cache.get("features", "k") is None
+    np.save(tmp_path / "features" / "k.x.npy", np.ones((4, 2), np.float32))
+    assert cache.get("features", "k") is None
+
+
+@pytest.mark.parametrize("damage", ["truncate array", "bad manifest", "missing array", "shape changed"])
+def test_unreadable_entry_is_a_miss_with_a_warning(tmp_path, damage):
+    cache = Cache(tmp_path)
+    cache.put("features", "k", {"n": 100}, {"x": np.ones((100, 8), np.float32)})
+    array_file = tmp_path / "features" / "k.x.npy"
+    if damage == "truncate array":
+        array_file.write_bytes(array_file.read_bytes()[:200])
+    elif damage == "bad manifest":
+        (tmp_path / "features" / "k.json").write_text('{"format": 1, "meta"')
+    elif damage == "missing array":
+        array_file.unlink()
+    else:
+        np.save(array_file, np.ones((99, 8), np.float32))
+    with pytest.warns(RuntimeWarning, match=r"k\.json cannot be read.*treating it as missing"):
+        assert cache.get("features", "k") is None
+    # Recomputing replaces it.
+    cache.put("features", "k", {"n": 100}, {"x": np.ones((100, 8), np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.get("features", "k").meta == {"n": 100}
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    cache = Cache(tmp_path)
+    with pytest.raises(ValueError):
+        cache.put("features", "k", {}, {"x": np.array([object()])})  # np.save refuses pickles
+    assert list((tmp_path / "features").iterdir()) == []
+
+
+def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
+    cache = Cache(tmp_path)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)
+    folder = tmp_path / "features"
+    folder.mkdir()
+    host = socket.gethostname()
+    dead = folder / f".tmp-{host}-{dead_pid}-abcd1234-k.x.npy"
+    live = cache.new_array("features", "k2", "x", (2, 2), np.float32)
+    other_host = folder / f".tmp-elsewhere-{dead_pid}-abcd1234-k.x.npy"
+    dead.write_bytes(b"partial")
+    other_host.write_bytes(b"partial")
+    cache.sweep()
+    assert not dead.exists()
+    assert other_host.exists()  # another machine's writer may still be running
+    assert Path(live.filename).exists()  # this process is still writing it
