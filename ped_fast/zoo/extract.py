@@ -1,0 +1,526 @@
+"""Feature extraction: image folders through timm models, batched, on the GPU
+when there is one, cached per (model, image set, data config, precision).
+
+Features are a model's pre-logit features: ``forward_features`` then
+``forward_head(..., pre_logits=True)``, stored float32. When the model has a
+classifier head, its logits come from the same trunk pass (the head applied
+to the same ``forward_features`` output) and are kept as well: the source
+model's predictions, for scorers that use them.
+
+Models that share a data config (timm's resolved input size, interpolation,
+crop and normalisation) share decoded batches: each image is decoded and
+transformed once per pass and fed to every model of the pass. A pass holds
+up to ``models_per_pass`` models (their weights) at once; each model's
+features go straight into its own N x D float32 file in the cache (a
+memory-mapped temporary file, renamed into place when complete), so no
+model's feature matrix is ever held in memory by extraction.
+
+One model's failure (cannot load, out of memory, a forward error) is
+recorded for that model and the pass goes on with the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .cache import Cache, content_key
+from .images import ImageSet, image_folder, load_rgb
+
+# Part of every cache key of extracted data: bump it whenever a change here
+# would change the numbers extraction produces.
+EXTRACTION_VERSION = 1
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Rows copied at once when compacting a feature file after skipped images.
+_COPY_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How models are built and run (picklable: a work unit's argument).
+
+    device: a torch device string. workers: DataLoader worker processes
+    decoding images (0: in the main process). models_per_pass: how many
+    models' weights one shared pass over the images holds at once."""
+    pretrained: bool = True
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "cpu"
+    precision: str = "fp32"
+    workers: int = 0
+    models_per_pass: int = 8
+    progress: bool = True
+
+    @classmethod
+    def make(cls, *, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", workers=None,
+             models_per_pass=8, progress=True):
+        """Validated settings; device None picks cuda when available, workers
+        None picks 0 on the CPU (decoding would take cores from the forward
+        passes) and up to 8 with a GPU."""
+        if not isinstance(pretrained, bool):
+            raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+        device = resolve_device(device)
+        if workers is None:
+            workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+        for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1), ("workers", workers, 0),
+                                 ("models_per_pass", models_per_pass, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        return cls(pretrained=pretrained, seed=seed, batch_size=batch_size, device=str(device), precision=precision,
+                   workers=workers, models_per_pass=models_per_pass, progress=bool(progress))
+
+
+def resolve_device(device=None) -> torch.device:
+    """torch.device(device), or cuda when available and device is None; an
+    unusable device is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here (torch.cuda.is_available() "
+                             f"is False)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or a CUDA device, got {device!r}")
+    return resolved
+
+
+@dataclass
+class FeatureSet:
+    """One model's features of one labelled image set.
+
+    features: N x D float32 (read-only, memory-mapped from the cache).
+    logits: N x K float32 from the model's classifier head, or None when it
+    has none. labels: N int64 class indices; classes[c] names class c.
+    skipped: relative paths of images that could not be decoded (not in
+    the N rows). key: the cache key. cached: read from the cache rather than
+    computed in this call. seconds: this model's forward time plus its share
+    of the pass's decoding time."""
+    label: str
+    name: str
+    identity: str
+    key: str
+    features: np.ndarray
+    logits: np.ndarray | None
+    labels: np.ndarray
+    classes: tuple
+    skipped: list
+    data_config: dict
+    cached: bool = False
+    seconds: float = 0.0
+
+    @property
+    def dim(self):
+        return int(self.features.shape[1])
+
+
+class ExtractionError(RuntimeError):
+    """Some models failed; `errors` maps their labels to the exceptions,
+    `results` the others' labels to their results."""
+
+    def __init__(self, errors, results):
+        self.errors = errors
+        self.results = results
+        lines = "; ".join(f"{label}: {describe(error)}" for label, error in errors.items())
+        super().__init__(f"{len(errors)} of {len(errors) + len(results)} models failed: {lines}")
+
+
+def describe(error) -> str:
+    """One line for an error row: the exception's type and message."""
+    text = str(error).strip() or repr(error)
+    return f"{type(error).__name__}: {text}"
+
+
+@dataclass
+class Outcome:
+    """What run_stages did for one model: `results` maps each stage's name
+    to its result or the exception that stopped it; seconds["load"] is the
+    time spent building the model (absent when it was not built)."""
+    spec: object
+    identity: str | None = None
+    data_config: dict | None = None
+    results: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def fail(self, stages, error):
+        for stage in stages:
+            self.results[stage.name] = error
+
+
+class Stage:
+    """One image set to push through models. Subclasses say what happens to
+    each batch of features (sink) and how a finished result is read back
+    from the cache (cached)."""
+    name = ""
+
+    def __init__(self, images: ImageSet):
+        self.images = images
+
+    def key(self, spec, identity, data_config, precision) -> str:
+        return content_key(self.name, EXTRACTION_VERSION, spec.name, identity, data_config,
+                           self.images.fingerprint, precision)
+
+    def cached(self, cache, key, label):
+        raise NotImplementedError
+
+    def sink(self, cache, key, loaded):
+        raise NotImplementedError
+
+
+class FeaturesStage(Stage):
+    """Writes each model's features (and logits) of a labelled set to the cache."""
+    name = "features"
+
+    def cached(self, cache, key, label):
+        entry = cache.get("features", key)
+        if entry is None:
+            return None
+        meta = entry.meta
+        return FeatureSet(label=label, name=meta["model"], identity=meta["identity"], key=key,
+                          features=entry.arrays["features"], logits=entry.arrays.get("logits"),
+                          labels=np.array(entry.arrays["labels"]), classes=tuple(meta["classes"]),
+                          skipped=meta["skipped"], data_config=meta["data_config"], cached=True)
+
+    def sink(self, cache, key, loaded):
+        return _FeatureSink(cache, key, self.images, loaded)
+
+
+def data_config_key(spec, identity):
+    return content_key("config", spec.name, identity)
+
+
+def remembered_config(cache, spec, identity):
+    """The data config recorded when this model was last built, or None:
+    lets a re-run find its cache entries without building the model."""
+    entry = cache.get("config", data_config_key(spec, identity))
+    return entry.meta["data_config"] if entry is not None else None
+
+
+def canonical_config(data_config) -> dict:
+    """timm's data config as JSON values (tuples become lists), so that equal
+    configs compare, hash and group equal."""
+    return json.loads(json.dumps(dict(data_config), sort_keys=True))
+
+
+def check_models(models, settings: Settings) -> list:
+    """Parsed specs, each with a known architecture and existing weights
+    (hashing local files): input mistakes fail here, before any model is
+    built, rather than as one failed model each."""
+    from .models import parse_models, weights_identity
+
+    specs = parse_models(models)
+    for spec in specs:
+        weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)
+    return specs
+
+
+def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
+    """Run every stage for every model, skipping what the cache holds:
+    {label: Outcome}. Models are built one by one and pushed through the
+    stages in groups of settings.models_per_pass."""
+    from .models import load_model, parse_models, weights_identity
+
+    outcomes, pending = {}, []
+    cache.sweep()
+    for spec in parse_models(models):
+        outcome = outcomes[spec.label] = Outcome(spec)
+        try:
+            outcome.identity = weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)
+        except Exception as error:
+            outcome.fail(stages, error)
+            continue
+        outcome.data_config = remembered_config(cache, spec, outcome.identity)
+        todo = _missing(outcome, stages, settings, cache)
+        if not todo:
+            continue
+        start = time.perf_counter()
+        try:
+            loaded = load_model(spec, pretrained=settings.pretrained, seed=settings.seed)
+        except Exception as error:
+            outcome.fail(todo, error)
+            continue
+        outcome.seconds["load"] = time.perf_counter() - start
+        if outcome.data_config is None:
+            outcome.data_config = canonical_config(loaded.data_config)
+            cache.put("config", data_config_key(spec, outcome.identity),
+                      {"model": spec.name, "identity": outcome.identity, "data_config": outcome.data_config})
+            todo = _missing(outcome, stages, settings, cache)
+            if not todo:
+                continue
+        pending.append((outcome, loaded, todo))
+        if len(pending) >= settings.models_per_pass:
+            _run_group(pending, stages, settings, cache)
+            pending = []
+    if pending:
+        _run_group(pending, stages, settings, cache)
+    return outcomes
+
+
+def _missing(outcome, stages, settings, cache):
+    """The stages whose result is not in the cache (all of them while the
+    data config is unknown); cached results go into outcome.results."""
+    if outcome.data_config is None:
+        return list(stages)
+    todo = []
+    for stage in stages:
+        key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
+        result = stage.cached(cache, key, outcome.spec.label)
+        if result is None:
+            todo.append(stage)
+        else:
+            outcome.results[stage.name] = result
+    return todo
+
+
+def _run_group(pending, stages, settings, cache):
+    device = torch.device(settings.device)
+    members = []
+    for outcome, loaded, todo in pending:
+        try:
+            loaded.model.to(device)
+        except Exception as error:
+            outcome.fail(todo, error)
+            continue
+        members.append((outcome, loaded, todo))
+    for stage in stages:
+        groups = {}
+        for outcome, loaded, todo in members:
+            if stage in todo:
+                groups.setdefault(json.dumps(outcome.data_config, sort_keys=True), []).append((outcome, loaded))
+        for group in groups.values():
+            _run_pass(stage, group, settings, cache)
+    # Dropping the last references frees the weights (reference counting);
+    # the CUDA allocator keeps freed blocks cached unless told to return them.
+    members.clear()
+    pending.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """(index, transformed image or None, error message or None)."""
+
+    def __init__(self, images, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        try:
+            return index, self.transform(load_rgb(self.images.file(index))), None
+        except Exception as error:
+            # PIL reports malformed files with OSError, ValueError,
+            # SyntaxError, struct.error, DecompressionBombError...: any of
+            # them means "skip this image", never "stop the screen".
+            return index, None, describe(error)
+
+
+def _collate(items):
+    good = [(index, image) for index, image, _ in items if image is not None]
+    failed = [(index, message) for index, image, message in items if image is None]
+    index = np.array([i for i, _ in good], dtype=np.int64)
+    batch = torch.stack([image for _, image in good]) if good else None
+    return index, batch, failed
+
+
+def _transform(data_config):
+    from timm.data import create_transform
+
+    return create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()})
+
+
+def _forward(model, batch, precision):
+    """(pre-logit features B x D, logits B x K or None) as float32 on the CPU."""
+    dtype = PRECISIONS[precision]
+    context = torch.autocast(batch.device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with context:
+        trunk = model.forward_features(batch)
+        features = model.forward_head(trunk, pre_logits=True)
+        logits = model.forward_head(trunk) if getattr(model, "num_classes", 0) else None
+    if features.dim() != 2:
+        raise ValueError(f"forward_head(pre_logits=True) returned shape {tuple(features.shape)}; expected "
+                         f"batch x features (2-D)")
+    return features.float().cpu(), (logits.float().cpu() if logits is not None else None)
+
+
+def _run_pass(stage, group, settings, cache):
+    """One pass over stage.images for a group of models sharing a data config."""
+    from tqdm.auto import tqdm
+
+    images, device = stage.images, torch.device(settings.device)
+    config = group[0][0].data_config
+    sinks, spent = {}, {}
+    for outcome, loaded in group:
+        key = stage.key(outcome.spec, outcome.identity, config, settings.precision)
+        sinks[outcome.spec.label] = stage.sink(cache, key, loaded)
+        spent[outcome.spec.label] = 0.0
+    active = list(group)
+    loader = torch.utils.data.DataLoader(_Decoded(images, _transform(config)), batch_size=settings.batch_size,
+                                         shuffle=False, num_workers=settings.workers, collate_fn=_collate,
+                                         pin_memory=device.type == "cuda")
+    labels = ", ".join(outcome.spec.label for outcome, _ in group)
+    failed, decoding = [], 0.0
+    try:
+        with torch.inference_mode(), tqdm(total=len(images), unit="img", disable=not settings.progress,
+                                          desc=f"{stage.name} of {images.root} [{labels}]") as bar:
+            batches = iter(loader)
+            while active:
+                start = time.perf_counter()
+                try:
+                    index, batch, bad = next(batches)
+                except StopIteration:
+                    break
+                decoding += time.perf_counter() - start
+                failed += bad
+                if batch is not None:
+                    batch = batch.to(device, non_blocking=True)
+                    for member in list(active):
+                        outcome, loaded = member
+                        label = outcome.spec.label
+                        start = time.perf_counter()
+                        try:
+                            sinks[label].add(index, *_forward(loaded.model, batch, settings.precision))
+                        except Exception as error:
+                            outcome.results[stage.name] = error
+                            sinks.pop(label).abandon()
+                            active.remove(member)
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                        spent[label] += time.perf_counter() - start
+                bar.update(len(index) + len(bad))
+        skipped = sorted(i for i, _ in failed)
+        if failed:
+            shown = "; ".join(f"{images.paths[i]} ({message})" for i, message in sorted(failed)[:5])
+            warnings.warn(f"{len(failed)} of {len(images)} images under {images.root} could not be decoded and were "
+                          f"skipped: {shown}{'; ...' if len(failed) > 5 else ''}", RuntimeWarning, stacklevel=2)
+        for outcome, loaded in active:
+            label = outcome.spec.label
+            meta = {"label": label, "model": outcome.spec.name, "identity": outcome.identity, "data_config": config,
+                    "images": images.root, "fingerprint": images.fingerprint, "precision": settings.precision,
+                    "version": EXTRACTION_VERSION}
+            try:
+                outcome.results[stage.name] = sinks.pop(label).finish(skipped, spent[label] + decoding / len(group),
+                                                                      meta)
+            except Exception as error:
+                outcome.results[stage.name] = error
+    finally:
+        for sink in sinks.values():
+            sink.abandon()
+
+
+class _FeatureSink:
+    """Features (and logits) of each image written to row `index` of
+    memory-mapped temporary files, allocated at the first batch (when D is
+    known)."""
+
+    def __init__(self, cache, key, images, loaded):
+        if images.labels is None:
+            raise ValueError(f"features need a labelled image folder, got the unlabelled set {images.root!r}")
+        self.cache, self.key, self.images = cache, key, images
+        self.classes = images.classes
+        self.arrays = {}
+
+    def add(self, index, features, logits):
+        if not self.arrays:
+            n = len(self.images)
+            self.arrays["features"] = self.cache.new_array("features", self.key, "features",
+                                                           (n, features.shape[1]), np.float32)
+            if logits is not None:
+                self.arrays["logits"] = self.cache.new_array("features", self.key, "logits",
+                                                             (n, logits.shape[1]), np.float32)
+        self.arrays["features"][index] = features.numpy()
+        if logits is not None:
+            self.arrays["logits"][index] = logits.numpy()
+
+    def finish(self, skipped, seconds, meta):
+        if not self.arrays:
+            raise ValueError(f"no image of the data folder {self.images.root!r} could be decoded")
+        keep = np.ones(len(self.images), dtype=bool)
+        if skipped:
+            keep[skipped] = False
+            for name, array in list(self.arrays.items()):
+                self.arrays[name] = self._compact(name, array, keep)
+        arrays = dict(self.arrays, labels=self.images.labels[keep])
+        skipped = [self.images.paths[i] for i in skipped]
+        meta = dict(meta, classes=list(self.classes), skipped=skipped, seconds=seconds)
+        entry = self.cache.put("features", self.key, meta, arrays)
+        self.arrays = {}
+        return FeatureSet(label=meta["label"], name=meta["model"], identity=meta["identity"], key=self.key,
+                          features=entry.arrays["features"], logits=entry.arrays.get("logits"),
+                          labels=np.array(entry.arrays["labels"]), classes=tuple(self.classes), skipped=skipped,
+                          data_config=meta["data_config"], cached=False, seconds=seconds)
+
+    def _compact(self, name, array, keep):
+        rows = np.flatnonzero(keep)
+        out = self.cache.new_array("features", self.key, name, (rows.size, array.shape[1]), np.float32)
+        for start in range(0, rows.size, _COPY_ROWS):
+            out[start:start + _COPY_ROWS] = array[rows[start:start + _COPY_ROWS]]
+        Cache.discard(array)
+        return out
+
+    def abandon(self):
+        for array in self.arrays.values():
+            Cache.discard(array)
+        self.arrays = {}
+
+
+def collect(outcomes, stage_name) -> dict:
+    """{label: result} of one stage; raises ExtractionError when any failed."""
+    results = {label: o.results[stage_name] for label, o in outcomes.items()}
+    errors = {label: r for label, r in results.items() if isinstance(r, BaseException)}
+    if errors:
+        raise ExtractionError(errors, {label: r for label, r in results.items() if label not in errors})
+    return results
+
+
+def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
+            workers=None, models_per_pass=8, progress=True) -> dict:
+    """Features of the labelled image folder `data` (ImageFolder layout) from
+    each model, cached: {label: FeatureSet}.
+
+    models: model specs (a comma-separated string, a list, or a JSON file;
+    see ped_fast.zoo.models). cache: a Cache, a folder, or None for the
+    default. precision: "fp32", "bf16" or "fp16" (autocast; features are
+    stored float32). Raises ExtractionError, after finishing the others,
+    when a model fails."""
+    images = image_folder(data, what="data")
+    settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
+                             precision=precision, workers=workers, models_per_pass=models_per_pass, progress=progress)
+    stage = FeaturesStage(images)
+    return collect(run_stages(check_models(models, settings), [stage], settings, Cache.of(cache)), stage.name)
+
+
+def export_features(feature_sets, out) -> list:
+    """Write feature sets of one image folder in the layout `screen
+    --features` reads: OUT/labels.npy, OUT/LABEL.npy (N x D) and, for models
+    with a head, OUT/LABEL.logits.npy. Returns the paths written."""
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    labels = None
+    for label, fs in feature_sets.items():
+        if labels is not None and not np.array_equal(labels, fs.labels):
+            raise ValueError(f"feature sets to export must share their images, but {label!r} has other labels")
+        labels = fs.labels
+        for suffix, array in ((".npy", fs.features), (".logits.npy", fs.logits)):
+            if array is not None:
+                np.save(out / f"{label}{suffix}", np.asarray(array))
+                written.append(out / f"{label}{suffix}")
+    np.save(out / "labels.npy", labels)
+    return [out / "labels.npy"] + written

@@ -1,0 +1,195 @@
+"""Reference statistics: the per-dimension mean and standard deviation of a
+model's features on a reference image set (ImageNet-val in the paper), which
+PED's rescaling needs.
+
+They are streamed: each batch of features is reduced to (count, mean, M2)
+in float64 and merged into the running total (Chan, Golub and LeVeque's
+parallel update), so one pass suffices, memory does not grow with the
+reference set, and partial sums from separate batches or workers merge
+exactly. The published code keeps every model's whole reference feature
+matrix instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import Cache
+from .extract import Settings, Stage, check_models, collect, run_stages
+from .images import image_files
+
+# Rows of a feature matrix reduced at once by stats_of(): bounds the float64
+# working copy (rows x D x 8 bytes) whatever the matrix's size.
+_CHUNK_ROWS = 8192
+
+
+class RunningMoments:
+    """count, mean and M2 (sum of squared deviations from the mean) per
+    dimension, float64, updated batch by batch or merged with another."""
+
+    def __init__(self):
+        self.count = 0
+        self.mean = None
+        self.m2 = None
+
+    def update(self, batch):
+        """Add the rows of `batch` (B x D, numpy or torch, any float dtype)."""
+        x = np.asarray(batch.detach().cpu() if hasattr(batch, "detach") else batch, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"batch must be B x D (2-D), got shape {x.shape}")
+        if x.shape[0] == 0:
+            return self
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return self._merge(x.shape[0], mean, np.einsum("ij,ij->j", centred, centred))
+
+    def merge(self, other):
+        """Add another RunningMoments' rows (computed elsewhere)."""
+        if other.count:
+            self._merge(other.count, other.mean, other.m2)
+        return self
+
+    def _merge(self, count, mean, m2):
+        if self.count == 0:
+            self.count, self.mean, self.m2 = count, mean.copy(), m2.copy()
+            return self
+        if mean.shape != self.mean.shape:
+            raise ValueError(f"cannot merge statistics of {mean.shape[0]} dimensions into {self.mean.shape[0]}")
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * count / total)
+        self.count = total
+        return self
+
+    @property
+    def std(self):
+        """Population standard deviation (ddof=0, as PED's rescaling uses)."""
+        return np.sqrt(self.m2 / self.count)
+
+
+@dataclass
+class ReferenceStats:
+    """mean and std (float64, length D) of a model's reference features.
+
+    count: reference images used. skipped: relative paths of images that
+    could not be decoded. source: where the numbers came from (for error
+    messages). key: the cache key (None when not cached). cached: read from
+    the cache rather than computed in this call. seconds: time spent."""
+    mean: np.ndarray
+    std: np.ndarray
+    count: int
+    source: str
+    skipped: list = field(default_factory=list)
+    key: str | None = None
+    cached: bool = False
+    seconds: float = 0.0
+
+    @property
+    def dim(self):
+        return int(self.mean.shape[0])
+
+    def check_dim(self, dim, model):
+        """Raise if these statistics cannot rescale `model`'s D = dim features."""
+        if self.dim != dim:
+            raise ValueError(f"reference statistics from {self.source} have {self.dim} dimensions but model {model!r} "
+                             f"has {dim}-dimensional features; they belong to another model (delete that file to "
+                             f"recompute them)")
+
+
+def stats_of(features, *, source="features") -> ReferenceStats:
+    """Streamed statistics of an M x D matrix (e.g. a memory-mapped
+    NAME.reference.npy), chunk by chunk."""
+    if getattr(features, "ndim", None) != 2:
+        raise ValueError(f"{source} must be an M x D matrix, got shape {getattr(features, 'shape', None)}")
+    if features.shape[0] == 0:
+        raise ValueError(f"{source} has no rows")
+    moments = RunningMoments()
+    for start in range(0, features.shape[0], _CHUNK_ROWS):
+        moments.update(features[start:start + _CHUNK_ROWS])
+    return ReferenceStats(mean=moments.mean, std=moments.std, count=moments.count, source=source)
+
+
+def load_stats_file(path) -> ReferenceStats:
+    """ReferenceStats from an .npz file with arrays `mean` and `std`."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        missing = [name for name in ("mean", "std") if name not in data.files]
+        if missing:
+            raise ValueError(f"{str(path)!r} must hold arrays 'mean' and 'std', but has no {missing} "
+                             f"(it has {data.files})")
+        mean, std = (np.asarray(data[name], dtype=np.float64) for name in ("mean", "std"))
+    if mean.ndim != 1 or mean.shape != std.shape:
+        raise ValueError(f"{str(path)!r}: 'mean' and 'std' must be vectors of one length, got shapes "
+                         f"{mean.shape} and {std.shape}")
+    return ReferenceStats(mean=mean, std=std, count=0, source=repr(str(path)))
+
+
+def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None,
+                    precision="fp32", workers=None, models_per_pass=8, progress=True):
+    """Each model's ReferenceStats on the images under `reference` (any
+    layout; labels ignored), streamed and cached: {label: ReferenceStats}.
+
+    models: model specs (see ped_fast.zoo.models). Models with the same data
+    config share each decoded batch. Raises ExtractionError, after finishing
+    the others, when a model fails."""
+    images = image_files(reference, what="reference")
+    settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
+                                      precision=precision, workers=workers, models_per_pass=models_per_pass,
+                                      progress=progress)
+    stage = ReferenceStage(images)
+    return collect(run_stages(check_models(models, settings), [stage], settings, Cache.of(cache)), stage.name)
+
+
+def export_stats(stats, out) -> list:
+    """Write OUT/LABEL.reference_stats.npz (arrays mean, std) for each
+    {label: ReferenceStats}, the layout `screen --features` reads; returns
+    the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, item in stats.items():
+        path = out / f"{label}.reference_stats.npz"
+        np.savez(path, mean=item.mean, std=item.std)
+        written.append(path)
+    return written
+
+
+class ReferenceStage(Stage):
+    """Streams a reference set into RunningMoments, one per model."""
+    name = "reference"
+
+    def cached(self, cache, key, label):
+        entry = cache.get("reference", key)
+        if entry is None:
+            return None
+        return ReferenceStats(mean=np.array(entry.arrays["mean"]), std=np.array(entry.arrays["std"]),
+                              count=entry.meta["count"], source=f"the cache entry {entry.path}",
+                              skipped=entry.meta["skipped"], key=key, cached=True)
+
+    def sink(self, cache, key, loaded):
+        return _MomentsSink(cache, key, self.images)
+
+
+class _MomentsSink:
+    def __init__(self, cache, key, images):
+        self.cache, self.key, self.images = cache, key, images
+        self.moments = RunningMoments()
+
+    def add(self, index, features, logits):
+        self.moments.update(features)
+
+    def finish(self, skipped, seconds, meta):
+        if not self.moments.count:
+            raise ValueError(f"no image of the reference folder {self.images.root!r} could be decoded")
+        skipped = [self.images.paths[i] for i in skipped]
+        meta = dict(meta, count=self.moments.count, skipped=skipped, seconds=seconds)
+        self.cache.put("reference", self.key, meta, {"mean": self.moments.mean, "std": self.moments.std})
+        return ReferenceStats(mean=self.moments.mean, std=self.moments.std, count=self.moments.count,
+                              source=f"the cache entry {self.cache.manifest_path('reference', self.key)}",
+                              skipped=skipped, key=self.key, cached=False, seconds=seconds)
+
+    def abandon(self):
+        self.moments = None
