@@ -1,0 +1,460 @@
+"""screen(): extract (or reuse) every model's features, score each model
+with each scorer, plain and with PED, and write the report.
+
+The screen is two phases over the cache. First, models whose scores are not
+all cached are pushed through the image folders together (shared decoding,
+extract.run_stages), which fills the cache with features and reference
+statistics. Then one work unit per model (:func:`screen_model`, a function of
+one picklable :class:`ModelTask` returning a result row) reads its cached
+inputs, scores them and caches the scores. An executor runs the units: here
+:class:`LocalExecutor`, one after another; a distributed executor only has
+to provide ``map`` (the core knows nothing of it; ``ray_executor`` is the
+one module that imports Ray). An executor whose ``extracts_per_unit`` is
+true skips the shared phase: each unit extracts its own model where it runs
+(a cluster's workers, not the driver, hold the GPUs). A unit never raises: a
+model that fails becomes a row with its error, and the screen goes on.
+Because units run one at a time and features stay in cache files until a
+unit reads them, at most one model's features are in memory at once.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, _backends
+from .cache import Cache, content_key
+from .extract import FeaturesStage, Settings, check_models, describe, remembered_config, run_stages
+from .images import ImageSet, image_files, image_folder
+from .reference import ReferenceStage, ReferenceStats, load_stats_file, stats_of
+from .report import check_ground_truth, evaluation, json_safe, load_ground_truth, write_report
+from .score import cached_row, check_scorers, empty_row, score_key, score_row, zoo_warnings
+
+# The row's "seconds" entry of each extraction stage.
+_TIMINGS = {"features": "extract", "reference": "reference"}
+
+
+@dataclass(frozen=True)
+class FeatureFiles:
+    """One model of a --features folder: its N x D features file and
+    optionally its reference (an M x D .reference.npy or a
+    .reference_stats.npz with mean and std)."""
+    features: str
+    labels: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """Everything a work unit needs (picklable). Exactly one of `spec`
+    (a model to build) and `files` (features given as files) is set.
+    reference: an ImageSet, "self", or None (files mode: the model's own
+    reference file). prior_seconds: time already spent on this model by the
+    shared extraction phase; prior_error: how that phase failed for it."""
+    name: str
+    scorers: tuple
+    backend: str
+    settings: Settings
+    cache_root: str
+    spec: object = None
+    data: ImageSet | None = None
+    reference: object = None
+    files: FeatureFiles | None = None
+    prior_seconds: dict = field(default_factory=dict)
+    prior_error: str | None = None
+
+
+class LocalExecutor:
+    """Runs work units one after another in this process."""
+
+    extracts_per_unit = False
+
+    def map(self, function, tasks):
+        for task in tasks:
+            yield function(task)
+
+
+def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
+           features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
+           workers=None, models_per_pass=8, progress=True, executor=None, log=None) -> dict:
+    """Rank a model zoo: the content of results.json (also written to `out`
+    with results.csv and ranking.png when `out` is given).
+
+    models + data: model specs (see ped_fast.zoo.models) and a labelled
+        image folder (ImageFolder layout).
+    features: instead of models + data, a folder with labels.npy and one
+        NAME.npy (N x D) per model, optionally NAME.reference.npy (M x D) or
+        NAME.reference_stats.npz (mean, std).
+    reference: an image folder (the reference set, labels ignored) whose
+        feature statistics rescale PED; "self" to rescale each model by its
+        own target features; None only with `features` (each model's
+        reference file).
+    scorers: names among ped_fast.scorers.SCORERS (a sequence or a
+        comma-separated string). ground_truth: {model: accuracy} or a JSON
+        file of it; adds the ranking measures ("evaluation").
+    cache: a Cache, a folder, or None (PED_FAST_CACHE or ~/.cache/ped_fast).
+    executor: runs the per-model work units: "local" (default, one after
+        another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
+        defaults) or an object with map(function, tasks) yielding the rows
+        in task order (e.g. a configured RayExecutor). An executor with a
+        summary() adds it to the results as "executor".
+    log: a callable receiving progress lines (default: stderr when
+        `progress`).
+    Models that fail get their error in their row ("error"); check
+    `failed(results)`.
+    """
+    started = time.perf_counter()
+    scorers = check_scorers(scorers)
+    settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
+                             precision=precision, workers=workers, models_per_pass=models_per_pass, progress=progress)
+    _check_backend(backend, settings.device)
+    cache = Cache.of(cache)
+    executor = _executor(executor)
+    if log is None:
+        log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    truth = load_ground_truth(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
+
+    if features is not None:
+        if models is not None or data is not None:
+            raise ValueError("give either features (a folder of .npy files) or models and data, not both")
+        tasks = _file_tasks(features, reference, scorers, backend, settings, cache)
+        if truth is not None:
+            check_ground_truth(truth, [task.name for task in tasks], _truth_source(ground_truth))
+        header = {"data": {"features": str(features)}, "reference": _describe_reference(reference, files=True)}
+    else:
+        if models is None or data is None:
+            raise ValueError("screen needs models and data (an image folder), or features (a folder of .npy files)")
+        specs = check_models(models, settings)
+        images = image_folder(data, what="data")
+        if len(images.classes) < 2:
+            raise ValueError(f"data folder {str(data)!r} has {len(images.classes)} class folder; scoring needs at "
+                             f"least 2")
+        if reference is None:
+            raise ValueError("reference is required: an image folder (e.g. ImageNet-val), or 'self' to rescale "
+                             "each model by its own features")
+        reference_set = "self" if reference == "self" else image_files(reference, what="reference")
+        if truth is not None:
+            check_ground_truth(truth, [spec.label for spec in specs], _truth_source(ground_truth))
+        tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
+                             shared_phase=not getattr(executor, "extracts_per_unit", False))
+        header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
+                  "reference": _describe_reference(reference_set)}
+
+    rows = []
+    for index, row in enumerate(executor.map(screen_model, tasks)):
+        rows.append(row)
+        status = f"failed: {row['error']}" if row["error"] else (
+            f"{row['seconds'].get('total', 0.0):.2f} s" + (f", cached: {', '.join(row['cached'])}"
+                                                            if row["cached"] else ""))
+        log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
+
+    results = _assemble(rows, scorers, header, settings, truth)
+    if callable(getattr(executor, "summary", None)):
+        results["executor"] = executor.summary()
+    results["seconds"] = time.perf_counter() - started
+    results = json_safe(results)  # what results.json holds: NaN (an undefined tau) as None
+    if out is not None:
+        write_report(results, out)
+    return results
+
+
+def failed(results) -> list:
+    """Names of the models whose row has an error."""
+    return [row["name"] for row in results["models"] if row["error"]]
+
+
+def _executor(executor):
+    if executor is None or (isinstance(executor, str) and executor == "local"):
+        return LocalExecutor()
+    if isinstance(executor, str) and executor == "ray":
+        from .ray_executor import RayExecutor  # Ray is optional: imported only when asked for
+
+        return RayExecutor()
+    if isinstance(executor, str) or not callable(getattr(executor, "map", None)):
+        raise ValueError(f"executor must be 'local', 'ray' or an object with map(function, tasks), got {executor!r}")
+    return executor
+
+
+def _truth_source(ground_truth):
+    return f"ground-truth file {str(ground_truth)!r}" if isinstance(ground_truth, (str, os.PathLike)) else \
+        "the ground truth"
+
+
+def _check_backend(backend, device):
+    try:
+        _backends.resolve(backend, torch.device(device))
+    except (ValueError, RuntimeError) as error:
+        raise ValueError(f"backend {backend!r}: {error}") from None
+
+
+def _describe_reference(reference, files=False):
+    if isinstance(reference, ImageSet):
+        return {"path": reference.root, "images": len(reference)}
+    if reference == "self":
+        return "self"
+    return "per-model files" if files else None
+
+
+def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True):
+    """One task per model; with `shared_phase`, after the shared extraction
+    phase for the models whose scores are not all cached."""
+    stages = [FeaturesStage(images)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet) else [])
+    todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache)] \
+        if shared_phase else []
+    prior, errors = {}, {}
+    if todo:
+        log(f"extracting for {len(todo)} model(s) whose scores are not all in the cache {cache.root}")
+        for label, outcome in run_stages(todo, stages, settings, cache).items():
+            prior[label] = dict(outcome.seconds)
+            for stage in stages:
+                result = outcome.results.get(stage.name)
+                if isinstance(result, BaseException):
+                    errors.setdefault(label, describe(result))
+                elif result is not None and not result.cached:
+                    prior[label][_TIMINGS[stage.name]] = result.seconds
+    return [ModelTask(name=spec.label, scorers=scorers, backend=backend, settings=settings,
+                      cache_root=str(cache.root), spec=spec, data=images, reference=reference,
+                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label)) for spec in specs]
+
+
+def _scores_cached(spec, stages, scorers, settings, cache):
+    from .models import weights_identity
+
+    identity = weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)  # checked by check_models
+    keys = _stage_keys(spec, identity, stages, settings, cache)
+    return keys is not None and all(cache.has("score", score_key(*keys, s)) for s in scorers)
+
+
+def _stage_keys(spec, identity, stages, settings, cache):
+    """(features key, reference key or "self"), or None while the model's
+    data config is unknown (never built with this cache)."""
+    config = remembered_config(cache, spec, identity)
+    if config is None:
+        return None
+    keys = [stage.key(spec, identity, config, settings.precision) for stage in stages]
+    return keys[0], keys[1] if len(keys) > 1 else "self"
+
+
+def cached_stages(task: ModelTask) -> list:
+    """What this process's view of the cache holds for `task`, in the terms
+    of its row's "cached" list: with every score cached, each stage and
+    "scores" (the unit reads nothing else); otherwise the stages whose
+    entries exist. A unit that ran elsewhere and reports fewer recomputed
+    what its machine could not see."""
+    cache = Cache(task.cache_root)
+    if task.files is not None:
+        stages, keys = [], _files_keys(task.files)
+    else:
+        from .models import weights_identity
+
+        stages = [FeaturesStage(task.data)] + ([ReferenceStage(task.reference)]
+                                               if isinstance(task.reference, ImageSet) else [])
+        identity = weights_identity(task.spec, pretrained=task.settings.pretrained, seed=task.settings.seed)
+        keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
+        if keys is None:
+            return []
+    if all(cache.has("score", score_key(*keys, scorer)) for scorer in task.scorers):
+        return [stage.name for stage in stages] + ["scores"]
+    return [stage.name for stage, key in zip(stages, keys) if cache.has(stage.name, key)]
+
+
+def screen_model(task: ModelTask) -> dict:
+    """The work unit: one model's result row (its error in the row when it
+    fails; never raises an Exception)."""
+    start = time.perf_counter()
+    row = empty_row(task.name)
+    row["seconds"].update(task.prior_seconds)
+    try:
+        if task.files is not None:
+            _score_files(task, row)
+        else:
+            _score_model(task, row)
+    except Exception as error:
+        row["error"] = describe(error)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    row["seconds"]["total"] = sum(task.prior_seconds.values()) + time.perf_counter() - start
+    return row
+
+
+def _score_model(task, row):
+    from .models import weights_identity
+
+    cache = Cache(task.cache_root)
+    settings = task.settings
+    row["identity"] = weights_identity(task.spec, pretrained=settings.pretrained, seed=settings.seed)
+    if task.prior_error is not None:
+        # After the identity, so that the row is the same whichever phase
+        # (the shared one, or the unit itself) met the error.
+        row["error"] = task.prior_error
+        return
+    stages = [FeaturesStage(task.data)] + ([ReferenceStage(task.reference)]
+                                           if isinstance(task.reference, ImageSet) else [])
+    keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
+    if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages]):
+        return
+
+    def inputs():
+        outcome = run_stages([task.spec], stages, settings, cache)[task.name]
+        results = [outcome.results[stage.name] for stage in stages]
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        row["seconds"].update(outcome.seconds)
+        for stage, result in zip(stages, results):
+            timing = _TIMINGS[stage.name]
+            if not result.cached:
+                row["seconds"][timing] = result.seconds
+            elif timing not in task.prior_seconds:
+                row["cached"].append(stage.name)
+        features = results[0]
+        reference = results[1] if len(results) > 1 else "self"
+        if isinstance(reference, ReferenceStats):
+            reference.check_dim(features.dim, task.name)
+        skipped = {"data": features.skipped, "reference": reference.skipped if reference != "self" else []}
+        return features.features, features.labels, reference, (features.key, getattr(reference, "key", "self")), \
+            skipped
+
+    _score(task, row, cache, inputs)
+
+
+def _score(task, row, cache, inputs):
+    """Score every scorer whose score is not cached; `inputs()` gives
+    (features, labels, reference stats or "self", keys, skipped images)."""
+    features, labels, reference, keys, skipped = inputs()
+    score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, backend=task.backend,
+              device=task.settings.device)
+
+
+def _file_tasks(folder, reference, scorers, backend, settings, cache):
+    """One task per NAME.npy of a --features folder, every file checked
+    (shapes only: headers are read, not data) before any scoring."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"features folder {str(folder)!r} does not exist or is not a folder")
+    labels_path = folder / "labels.npy"
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"features folder {str(folder)!r} has no labels.npy (N class labels)")
+    labels = np.load(labels_path, mmap_mode="r", allow_pickle=False)
+    if labels.ndim != 1:
+        raise ValueError(f"{str(labels_path)!r} must hold N labels (1-D), got shape {labels.shape}")
+    names = sorted(p.name[:-4] for p in folder.glob("*.npy") if p.name != "labels.npy" and not p.name.startswith(".")
+                   and not p.name.endswith((".reference.npy", ".logits.npy")))
+    if not names:
+        raise ValueError(f"features folder {str(folder)!r} has no NAME.npy feature files besides labels.npy")
+    if reference not in (None, "self"):
+        raise ValueError(f"with features, reference must be 'self' or None (each model's NAME.reference.npy or "
+                         f"NAME.reference_stats.npz), got {reference!r}")
+    tasks = []
+    for name in names:
+        path = folder / f"{name}.npy"
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        if matrix.ndim != 2:
+            raise ValueError(f"{str(path)!r} must hold an N x D feature matrix, got shape {matrix.shape}")
+        if matrix.shape[0] != labels.shape[0]:
+            raise ValueError(f"{str(path)!r} has {matrix.shape[0]} rows but {str(labels_path)!r} has "
+                             f"{labels.shape[0]} labels")
+        reference_file = None
+        if reference is None:
+            reference_file = _reference_file(folder, name, matrix.shape[1])
+        tasks.append(ModelTask(name=name, scorers=scorers, backend=backend, settings=settings,
+                               cache_root=str(cache.root), reference=reference,
+                               files=FeatureFiles(str(path), str(labels_path),
+                                                  str(reference_file) if reference_file else None)))
+    return tasks
+
+
+def _reference_file(folder, name, dim):
+    matrix_path, stats_path = folder / f"{name}.reference.npy", folder / f"{name}.reference_stats.npz"
+    if matrix_path.is_file():
+        matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
+        if matrix.ndim != 2 or matrix.shape[1] != dim:
+            raise ValueError(f"{str(matrix_path)!r} has shape {matrix.shape}, but the reference of {name!r} must be "
+                             f"M x {dim} (its features have {dim} dimensions)")
+        return matrix_path
+    if stats_path.is_file():
+        load_stats_file(stats_path).check_dim(dim, name)
+        return stats_path
+    raise FileNotFoundError(f"model {name!r} has no reference: expected {str(matrix_path)!r} or "
+                            f"{str(stats_path)!r}, or use reference 'self'")
+
+
+def _file_key(path):
+    stat = os.stat(path)
+    return content_key("file", os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _files_keys(files):
+    """(features key, reference key or "self") of a --features model."""
+    features_key = content_key("features-file", _file_key(files.features), _file_key(files.labels))
+    return features_key, _file_key(files.reference) if files.reference else "self"
+
+
+def _score_files(task, row):
+    cache = Cache(task.cache_root)
+    files = task.files
+    features_key, reference_key = _files_keys(files)
+    if cached_row(row, cache, (features_key, reference_key), task.scorers, []):
+        return
+
+    def inputs():
+        features = np.load(files.features, mmap_mode="r", allow_pickle=False)
+        labels = np.load(files.labels, allow_pickle=False)
+        if files.reference is None:
+            reference = "self"
+        elif files.reference.endswith(".npz"):
+            reference = load_stats_file(files.reference)
+        else:
+            start = time.perf_counter()
+            reference = stats_of(np.load(files.reference, mmap_mode="r", allow_pickle=False),
+                                 source=repr(files.reference))
+            row["seconds"]["reference"] = time.perf_counter() - start
+        if reference != "self":
+            reference.check_dim(features.shape[1], task.name)
+        return features, labels, reference, (features_key, reference_key), {"data": [], "reference": []}
+
+    _score(task, row, cache, inputs)
+
+
+def _assemble(rows, scorers, header, settings, truth):
+    classes = {row["name"]: row.pop("_classes", None) for row in rows}
+    skipped = {"data": [], "reference": []}
+    for row in rows:
+        for which, paths in (row.pop("_skipped", None) or {}).items():
+            if paths and not skipped[which]:
+                skipped[which] = list(paths)
+    warnings = zoo_warnings(rows, scorers, classes)
+    for warning in warnings:
+        for row in rows:
+            if row["name"] in warning["models"]:
+                row["warnings"].append(warning["message"])
+    for which in ("data", "reference"):
+        if skipped[which]:
+            shown = ", ".join(skipped[which][:5]) + (", ..." if len(skipped[which]) > 5 else "")
+            warnings.append({"models": [], "message": f"{len(skipped[which])} image(s) of the {which} folder could "
+                                                      f"not be decoded and were skipped: {shown}"})
+    results = {"ped_fast_version": __version__, "device": _device_name(settings.device), "scorers": list(scorers),
+               **header, "models": rows, "warnings": warnings,
+               "skipped_images": {which: len(paths) for which, paths in skipped.items()},
+               "skipped_files": skipped}
+    if truth is not None:
+        results["ground_truth"] = {row["name"]: truth[row["name"]] for row in rows}
+        if sum(not row["error"] for row in rows) >= 2:
+            results["evaluation"] = evaluation(results, truth)
+        else:
+            results["warnings"].append({"models": [], "message": "fewer than 2 models were scored: no ranking "
+                                                                 "measures"})
+    return results
+
+
+def _device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
