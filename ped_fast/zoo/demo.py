@@ -1,0 +1,71 @@
+"""``ped-fast demo``: the whole screening pipeline, offline, on a real zoo.
+
+The zoo, its data and its ground truth come from ped_fast.zoo.demo_zoo:
+checkpoints of several timm architecture families, trained on this machine
+on source tasks other than the target task, and fine-tuned on the target's
+training split for the ground truth (all cached, so only the first run
+trains). The demo screens them like any zoo: every scorer, plain and with
+PED, then says how well each ranked the zoo, whatever the outcome.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from .cache import Cache
+from .report import FILES, format_table
+from .score import display_name
+from .screen import failed, screen
+
+SCORERS = ("sfda", "logme", "nleep", "gbc")
+
+
+def run_demo(out="ped_fast_demo", *, cache=None, device=None, backend="auto", progress=True, write=print) -> int:
+    """Build (or reuse) the demo zoo, screen it into `out`, print the table
+    and the verdict; 0 when every model was scored, else 1."""
+    from .demo_zoo import build_demo
+
+    start = time.perf_counter()
+    cache = Cache.of(cache)
+    zoo = build_demo(cache.root, progress=progress, device=device)
+    results = screen(zoo.specs, zoo.target_train, zoo.reference, scorers=SCORERS, ground_truth=zoo.ground_truth,
+                     out=out, cache=cache, device=device, backend=backend, progress=progress)
+    elapsed = time.perf_counter() - start
+    write(f"Screening {len(zoo.specs)} checkpoints trained on this machine (source tasks other than the target) "
+          f"on {results['data']['images']} target images of {len(results['data']['classes'])} classes; reference "
+          f"set: {results['reference']['images']} images; ground truth: each checkpoint fine-tuned on the target "
+          f"training split and tested on a disjoint split")
+    write("")
+    write(format_table(results))
+    write("")
+    for line in verdict(results):
+        write(line)
+    trained = f"; trained {len(zoo.trained)} checkpoints" if zoo.trained else ""
+    tuned = f", {len(zoo.finetuned)} fine-tuning runs" if zoo.finetuned else ""
+    write(f"\nwrote {', '.join(FILES)} to {out} in {elapsed:.0f} s{trained}{tuned} (cache: {cache.root})")
+    return 1 if failed(results) else 0
+
+
+def verdict(results) -> list:
+    """One line per scorer: did PED rank the zoo better or worse than the
+    plain scorer (weighted tau), and which ranking was best overall."""
+    lines, best = [], None
+    for scorer, kinds in results.get("evaluation", {}).items():
+        plain, moved = kinds["baseline"]["weighted_tau"], kinds["ped"]["weighted_tau"]
+        name = display_name(scorer, "baseline")
+        if not _finite(plain) or not _finite(moved):
+            lines.append(f"{name}: weighted tau undefined (constant scores), no comparison")
+            continue
+        change = "better than" if moved > plain else "worse than" if moved < plain else "the same as"
+        lines.append(f"{display_name(scorer, 'ped')} ranked the zoo {change} {name}: weighted tau {moved:.3f} "
+                     f"vs {plain:.3f}")
+        for kind, tau in (("baseline", plain), ("ped", moved)):
+            if best is None or tau > best[1]:
+                best = (display_name(scorer, kind), tau)
+    if best is not None:
+        lines.append(f"best ranking of this zoo: {best[0]} (weighted tau {best[1]:.3f}; 1 = the fine-tuning order)")
+    return lines
+
+
+def _finite(value):
+    return value is not None and math.isfinite(value)
