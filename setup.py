@@ -76,7 +76,9 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    # ray: screening on a Ray cluster (ped_fast.zoo.ray_executor, the only
+    # module that imports it); in test too, so that CI runs the Ray tests.
+    extras_require={"test": ["pytest", "pytest-benchmark", "ray>=2.9"], "ray": ["ray>=2.9"]},
     entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},
     ext_modules=[cpu_extension, *cuda_extensions()],
     cmdclass={"build_ext": BuildExt},
