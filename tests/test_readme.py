@@ -85,3 +85,15 @@ def test_demo_bad_backend_is_one_line_cli_error():
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 2 and lines[0].startswith("usage:")
         assert lines[1].startswith(f"python -m ped_fast demo: error: --backend {backend}: ") and expected in lines[1]
+
+
+def test_scorer_table_lists_every_registered_scorer():
+    """The README's scorer table is the registry's listing, row for row."""
+    import ped_fast.scorers
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- scorer table:", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    expected = [[f"`{s.name}`", s.source, s.reads, "yes" if s.ped_applies else "no"]
+                for s in ped_fast.scorers.available()]
+    assert rows == expected
