@@ -13,7 +13,7 @@ import sys
 import torch
 
 from . import _backends
-from .scorers import SCORERS
+from .scorers import available
 
 _MODEL_FLAGS = "comma-separated NAME, NAME=PATH or LABEL:NAME[=PATH], or a JSON file of them"
 
@@ -71,7 +71,15 @@ def _parser(prog):
                         help="reference image folder, or 'self' (rescale by the target features); with "
                              "--features, omit it to use each NAME's reference file")
     screen.add_argument("--scorers", default="sfda",
-                        help=f"comma-separated among {', '.join(SCORERS)} (default: sfda)")
+                        help=f"'all', or comma-separated among {', '.join(s.name for s in available())} (default: "
+                             f"sfda); leep and nce read the models' logits and have no PED score")
+    screen.add_argument("--reduce", metavar="pca:K",
+                        help="project each model's features on their K principal axes before PED and scoring (the "
+                             "remedy for saturated scores when D >= N); needs --reference self, or --features with "
+                             "NAME.reference.npy")
+    screen.add_argument("--combine", metavar="SPEC", action="append",
+                        help="a zoo-level combination, minmax:TERM+TERM... (TERM: a screened scorer, or ped_SCORER "
+                             "for its PED score): the mean of the terms min-max normalised across the zoo; repeatable")
     screen.add_argument("--ground-truth", metavar="FILE", help="JSON {model: accuracy}: adds the ranking measures")
     screen.add_argument("--out", metavar="DIR", default="ped_fast_results",
                         help="report folder: results.json, results.csv, ranking.png (default: ped_fast_results)")
@@ -198,7 +206,7 @@ def _run_screen(args):
     settings = _settings(args)
     results = screen(args.models, args.data, args.reference, scorers=args.scorers, ground_truth=args.ground_truth,
                      out=args.out, cache=args.cache, features=args.features, backend=args.backend,
-                     executor=_executor(args), **settings)
+                     executor=_executor(args), reduce=args.reduce, combine=args.combine, **settings)
     print(format_table(results))
     print(f"\nwrote {', '.join(FILES)} to {args.out}")
     bad = failed(results)

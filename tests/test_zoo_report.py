@@ -5,8 +5,10 @@ import math
 
 import pytest
 
+from ped_fast.evaluate import evaluate
 from ped_fast.zoo.demo import verdict
-from ped_fast.zoo.report import format_table, json_safe, load_ground_truth, write_report
+from ped_fast.zoo.report import (MEASURES, evaluation, format_evaluation, format_table, json_safe, load_ground_truth,
+                                 write_report)
 
 
 def results(truth=None):
@@ -56,10 +58,51 @@ def test_report_files(tmp_path):
         assert json.loads(paths[0].read_text())["models"][3]["error"] == "ValueError: bad"
         csv_lines = paths[1].read_text().splitlines()
         assert csv_lines[0] == ("name,dim,n,steps,SFDA,PED+SFDA," + ("accuracy," if truth else "")
-                                + "seconds,identity,warnings,error")
+                                + "seconds,identity,saturated,warnings,error")
         assert csv_lines[4].startswith("broken,64,300,6,,,") and csv_lines[4].endswith("ValueError: bad")
         assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def leep_results():
+    """Two scorers: sfda, saturated for one model, and leep (no PED score;
+    no value for a model without a classifier head)."""
+    def row(name, sfda, leep, saturated=None):
+        return {"name": name, "dim": 8, "n": 6, "steps": 6, "error": None, "warnings": [], "seconds": {"total": 1.0},
+                "identity": name, "cached": [],
+                "scores": {"sfda": {"baseline": sfda, "ped": sfda, "saturated": {"baseline": saturated, "ped": None}},
+                           "leep": {"baseline": leep, "ped": None, "saturated": {"baseline": None, "ped": None}}}}
+
+    return {"scorers": ["sfda", "leep"], "warnings": [],
+            "models": [row("x", 1.0, -0.5, saturated="sfda is 1"), row("y", 0.7, None), row("z", 0.6, -0.9)]}
+
+
+def test_saturated_and_missing_scores_in_table_csv_and_plot(tmp_path):
+    lines = format_table(leep_results()).splitlines()
+    assert lines[0].split()[4:8] == ["SFDA", "PED+SFDA", "LEEP", "PED+LEEP"]
+    assert lines[1].split()[4:8] == ["1.0000*", "1.0000", "-0.5000", "n/a"]
+    assert lines[2].split()[6:8] == ["n/a", "n/a"]
+    assert len({len(line) for line in lines[:4]}) == 1  # the marker keeps the columns aligned
+    assert "value*: saturated" in lines[4]
+    paths = write_report(leep_results(), tmp_path)
+    csv_lines = paths[1].read_text().splitlines()
+    assert csv_lines[1].split(",")[4:8] == ["1.0", "1.0", "-0.5", "n/a"]
+    assert csv_lines[1].split(",")[-3] == "SFDA" and csv_lines[2].split(",")[-3] == ""
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluation_skips_missing_scores_and_adds_combined():
+    data = leep_results()
+    data["combined"] = {"minmax:sfda+leep": {"x": 0.5, "y": None, "z": 0.25}}
+    truth = {"x": 0.9, "y": 0.2, "z": 0.5}
+    table = evaluation(data, truth)
+    assert table["leep"]["ped"] is None
+    expected = evaluate({"x": -0.5, "z": -0.9}, {"x": 0.9, "z": 0.5}, ks=(1,))
+    assert table["leep"]["baseline"] == {k: expected.get(k) for k in MEASURES}
+    expected = evaluate({"x": 0.5, "z": 0.25}, {"x": 0.9, "z": 0.5}, ks=(1,))
+    assert table["minmax:sfda+leep"] == {"combined": {k: expected.get(k) for k in MEASURES}}
+    lines = format_evaluation(table).splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["SFDA", "PED+SFDA", "LEEP", "minmax:sfda+leep"]
 
 
 def test_json_safe_turns_nan_into_null():

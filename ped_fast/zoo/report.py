@@ -44,8 +44,12 @@ def check_ground_truth(ground_truth, names, source="the ground truth"):
 
 def evaluation(results, ground_truth) -> dict:
     """{scorer: {"baseline": measures, "ped": measures}} for the finished
-    rows of `results`; measures are MEASURES (rel@3 is None with fewer than
-    three models). Needs at least two finished models."""
+    rows of `results`, and {SPEC: {"combined": measures}} for each of its
+    "combined" scores; measures are MEASURES (rel@3 is None with fewer than
+    three models). "ped" is None for a scorer without PED scores (leep,
+    nce); a model without a score (no classifier head) is left out of that
+    score's measures, which are all None with fewer than two models left.
+    Needs at least two finished models."""
     rows = [row for row in results["models"] if not row["error"]]
     check_ground_truth(ground_truth, [row["name"] for row in rows])
     if len(rows) < 2:
@@ -54,11 +58,34 @@ def evaluation(results, ground_truth) -> dict:
     ks = tuple(k for k in (1, 3) if k <= len(rows))
     out = {}
     for scorer in results["scorers"]:
-        out[scorer] = {}
-        for kind in ("baseline", "ped"):
-            measures = evaluate({row["name"]: row["scores"][scorer][kind] for row in rows}, accuracies, ks=ks)
-            out[scorer][kind] = {name: measures.get(name) for name in MEASURES}
+        out[scorer] = {kind: _measures({row["name"]: row["scores"][scorer][kind] for row in rows}, accuracies, ks)
+                       if kind in kinds(results, scorer) else None for kind in ("baseline", "ped")}
+    for spec, values in results.get("combined", {}).items():
+        out[spec] = {"combined": _measures(values, accuracies, ks)}
     return out
+
+
+def _measures(scores, accuracies, ks):
+    scores = {name: value for name, value in scores.items() if value is not None and name in accuracies}
+    if len(scores) < 2:
+        return dict.fromkeys(MEASURES)
+    measures = evaluate(scores, {name: accuracies[name] for name in scores}, ks=tuple(k for k in ks
+                                                                                       if k <= len(scores)))
+    return {name: measures.get(name) for name in MEASURES}
+
+
+def kinds(results, scorer) -> tuple:
+    """("baseline", "ped"), or ("baseline",) for a scorer whose finished
+    rows have no PED score (PED does not apply to leep and nce)."""
+    rows = [row for row in results["models"] if not row["error"]]
+    has_ped = any(row["scores"][scorer]["ped"] is not None for row in rows)
+    return ("baseline", "ped") if has_ped else ("baseline",)
+
+
+def _saturated(score, kind):
+    """The reason `score`'s `kind` value saturated, or None (results from
+    before saturation was recorded have no "saturated")."""
+    return (score.get("saturated") or {}).get(kind)
 
 
 def write_report(results, out) -> list:
@@ -95,10 +122,12 @@ def write_csv(results, path):
     """One line per model: its scores, plain and PED, per scorer."""
     scorers = results["scorers"]
     truth = results.get("ground_truth") or {}
+    combined = results.get("combined", {})
     header = ["name", "dim", "n", "steps"]
     for scorer in scorers:
         header += [display_name(scorer, "baseline"), display_name(scorer, "ped")]
-    header += (["accuracy"] if truth else []) + ["seconds", "identity", "warnings", "error"]
+    header += list(combined)
+    header += (["accuracy"] if truth else []) + ["seconds", "identity", "saturated", "warnings", "error"]
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "w", newline="") as f:
@@ -106,11 +135,19 @@ def write_csv(results, path):
         writer.writerow(header)
         for row in results["models"]:
             line = [row["name"], row["dim"], row["n"], row["steps"]]
+            saturated = []
             for scorer in scorers:
-                score = row["scores"].get(scorer, {})
-                line += [score.get("baseline", ""), score.get("ped", "")]
+                score = row["scores"].get(scorer)
+                if score is None:  # a failed model
+                    line += ["", ""]
+                    continue
+                for kind in ("baseline", "ped"):
+                    line.append("n/a" if score[kind] is None else score[kind])
+                    if _saturated(score, kind):
+                        saturated.append(display_name(scorer, kind))
+            line += [values.get(row["name"]) for values in combined.values()]
             line += ([truth.get(row["name"], "")] if truth else [])
-            line += [round(row["seconds"].get("total", 0.0), 3), row.get("identity") or "",
+            line += [round(row["seconds"].get("total", 0.0), 3), row.get("identity") or "", " | ".join(saturated),
                      " | ".join(row["warnings"]), row["error"] or ""]
             writer.writerow(["" if v is None else v for v in line])
     os.replace(temporary, path)
@@ -133,10 +170,15 @@ def plot_ranking(results, path):
     figure, axes = plt.subplots(len(scorers), 2, figsize=(11, height * len(scorers)), squeeze=False,
                                 layout="constrained")
     for axes_row, scorer in zip(axes, scorers):
+        shown = kinds(results, scorer) if rows else ()
         for axis, kind in zip(axes_row, ("baseline", "ped")):
             title = display_name(scorer, kind)
-            scores = [row["scores"][scorer][kind] for row in rows]
-            names = [row["name"] for row in rows]
+            scored = [row for row in rows if row["scores"][scorer][kind] is not None] if kind in shown else []
+            if not scored:  # PED does not apply to the scorer, or no model has its score
+                axis.axis("off")
+                continue
+            scores = [row["scores"][scorer][kind] for row in scored]
+            names = [row["name"] for row in scored]
             if truth:
                 _scatter(axis, names, scores, [truth[n] for n in names], title,
                          results["evaluation"][scorer][kind]["weighted_tau"])
@@ -188,19 +230,29 @@ def format_table(results) -> str:
     ranking measures (with ground truth) and the warnings."""
     scorers = results["scorers"]
     truth = results.get("ground_truth") or {}
+    combined = results.get("combined", {})
     width = max([5] + [len(row["name"]) for row in results["models"]])
-    columns = [display_name(s, k) for s in scorers for k in ("baseline", "ped")]
-    header = f"{'model':<{width}} {'D':>5} {'N':>6} {'steps':>5} " + " ".join(f"{c:>10}" for c in columns)
+    columns = [display_name(s, k) for s in scorers for k in ("baseline", "ped")] + list(combined)
+    widths = [max(10, len(c)) for c in columns]
+    header = f"{'model':<{width}} {'D':>5} {'N':>6} {'steps':>5} " + " ".join(f"{c:>{w}}" for c, w in zip(columns,
+                                                                                                        widths))
     header += (f" {'accuracy':>9}" if truth else "") + f" {'seconds':>8}"
-    lines = [header]
+    lines, marked = [header], False
     for row in results["models"]:
         if row["error"]:
             lines.append(f"{row['name']:<{width}} failed: {row['error']}")
             continue
-        values = " ".join(f"{row['scores'][s][k]:>10.4f}" for s in scorers for k in ("baseline", "ped"))
-        line = f"{row['name']:<{width}} {row['dim']:>5} {row['n']:>6} {row['steps']:>5} {values}"
+        cells = [_cell(row["scores"][s][k], _saturated(row["scores"][s], k)) for s in scorers
+                 for k in ("baseline", "ped")]
+        cells += [_cell(values.get(row["name"]), None) for values in combined.values()]
+        cells = [f"{cell:>{w}}" for cell, w in zip(cells, widths)]
+        marked = marked or any(_saturated(row["scores"][s], k) for s in scorers for k in ("baseline", "ped"))
+        steps = "-" if row["steps"] is None else row["steps"]
+        line = f"{row['name']:<{width}} {row['dim']:>5} {row['n']:>6} {steps:>5} {' '.join(cells)}"
         line += (f" {truth[row['name']]:>9.4g}" if truth else "") + f" {row['seconds'].get('total', 0.0):>8.2f}"
         lines.append(line + ("  *" if row["warnings"] else ""))
+    if marked:
+        lines.append("value*: saturated, it carries no ranking information (the reason is among the warnings)")
     if results.get("evaluation"):
         lines += ["", format_evaluation(results["evaluation"])]
     notes = [w["message"] for w in results.get("warnings", [])]
@@ -211,13 +263,29 @@ def format_table(results) -> str:
 
 
 def format_evaluation(table) -> str:
-    """The ranking measures, one line per scorer and kind (plain, PED)."""
-    lines = [f"{'ranking by':<12} " + " ".join(f"{m:>12}" for m in MEASURES)]
-    for scorer, kinds in table.items():
-        for kind in ("baseline", "ped"):
-            values = " ".join(f"{_number(kinds[kind][m]):>12}" for m in MEASURES)
-            lines.append(f"{display_name(scorer, kind):<12} {values}")
+    """The ranking measures, one line per scorer and kind (plain, PED; none
+    for a PED score that does not exist) and per combination."""
+    names = {(scorer, kind): _row_label(scorer, kind) for scorer, measures in table.items() for kind in measures}
+    width = max([12] + [len(name) for name in names.values()])
+    lines = [f"{'ranking by':<{width}} " + " ".join(f"{m:>12}" for m in MEASURES)]
+    for (scorer, kind), name in names.items():
+        measures = table[scorer][kind]
+        if measures is not None:
+            lines.append(f"{name:<{width}} " + " ".join(f"{_number(measures[m]):>12}" for m in MEASURES))
     return "\n".join(lines)
+
+
+def _row_label(scorer, kind):
+    """The row label of a score: display_name's, or a combination's SPEC."""
+    return scorer if kind == "combined" else display_name(scorer, kind)
+
+
+def _cell(value, saturated):
+    """A table cell of width 10: the value, with * in place of its leading
+    space when it saturated; "n/a" for a score that does not exist."""
+    if value is None:
+        return f"{'n/a':>10}"
+    return f"{value:>9.4f}*" if saturated else f"{value:>10.4f}"
 
 
 def _number(value):

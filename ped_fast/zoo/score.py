@@ -1,10 +1,12 @@
-"""Scoring one model: PED and each scorer, plain and with PED, from one
-model's features; cached per (features, reference, scorer); and the warnings
-that say when a score means little.
+"""Scoring one model: each scorer, plain and with PED, from one model's
+features (or, for the scorers that read the source model's predictions,
+from its logits); cached per (features, reference, scorer, reduce); the
+warnings that say when a score means little; and the zoo-level
+combinations of scores (--combine).
 
-Every score goes through ``ped_fast.ped_score(..., return_baseline=True)``,
-which scores the plain and the PED-moved features sharing what the two have
-in common.
+Every features score goes through ``ped_fast.ped_score(...,
+return_baseline=True)``, which scores the plain and the PED-moved features
+sharing what the two have in common and says which scores saturated.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import numpy as np
 import torch
 
 from ..score import ped_score
-from ..scorers import SCORERS, saturation
+from ..scorers import available, get, saturation
 from .cache import content_key
+from .reference import ReferenceStats
 
 # Part of every score's cache key: bump it when a change here (or in
-# ped_score's defaults) would change a cached score.
-SCORE_VERSION = 2
+# ped_score's defaults) would change a cached score. 3: entries hold the
+# saturation reasons.
+SCORE_VERSION = 3
 # Scores that agree to this relative precision are reported as tied: float64
 # scores of different models agree this closely only when the models cannot
 # be told apart by the scorer.
@@ -28,39 +32,80 @@ _TIE = 1e-9
 
 
 def check_scorers(scorers) -> tuple:
-    """Validated scorer names, from a comma-separated string or a sequence."""
+    """Validated scorer names, from a comma-separated string or a sequence;
+    "all" is every registered scorer (ped_fast.scorers.available())."""
+    names = tuple(record.name for record in available())
     if isinstance(scorers, str):
-        scorers = [s.strip() for s in scorers.split(",") if s.strip()]
+        scorers = names if scorers.strip() == "all" else [s.strip() for s in scorers.split(",") if s.strip()]
     scorers = tuple(scorers)
-    unknown = [s for s in scorers if s not in SCORERS]
+    unknown = [s for s in scorers if s not in names]
     if not scorers or unknown:
-        raise ValueError(f"scorers {list(scorers)}: expected one or more of {', '.join(SCORERS)}")
+        raise ValueError(f"scorers {list(scorers)}: expected 'all' or one or more of {', '.join(names)}")
     if len(set(scorers)) != len(scorers):
         raise ValueError(f"scorers lists a name twice: {list(scorers)}")
     return scorers
 
 
-def score_key(features_key, reference_key, scorer) -> str:
-    """Cache key of one score: the features' and the reference statistics'
-    keys (reference_key "self" for rescale='self') and the scorer."""
-    return content_key("score", SCORE_VERSION, features_key, reference_key, scorer)
+def score_key(features_key, reference_key, scorer, reduce=None) -> str:
+    """Cache key of one score: the features' and the reference's keys
+    (reference_key "self" for rescale='self'), the scorer and `reduce`.
+    A scorer that reads the source model's logits depends on neither the
+    reference nor `reduce` (the features key covers the logits)."""
+    if not get(scorer).ped_applies:
+        return content_key("score", SCORE_VERSION, features_key, "logits", scorer)
+    return content_key("score", SCORE_VERSION, features_key, reference_key, scorer,
+                       *(() if reduce is None else (reduce,)))
 
 
-def score_features(features, labels, scorer, *, reference, backend="auto", device="cpu") -> dict:
+def score_features(features, labels, scorer, *, reference, backend="auto", device="cpu", reduce=None) -> dict:
     """One scorer, plain and with PED, on one model's features.
 
     features: N x D; labels: N class indices; reference: (mean, std) of the
-    model's reference features (float64 vectors of length D), or "self" to
-    rescale by the features' own moments. device: where the features are
-    scored (a CUDA device runs PED and the scorer on the GPU backends).
-    Returns {"baseline", "ped", "steps", "seconds"}."""
+    model's reference features (float64 vectors of length D), the M x D
+    reference features, or "self" to rescale by the features' own moments.
+    device: where the features are scored (a CUDA device runs PED and the
+    scorer on the GPU backends). reduce: None or "pca:K" (ped_score's).
+    Returns {"baseline", "ped", "steps", "seconds", "saturated"}, saturated
+    being {"baseline": reason or None, "ped": reason or None}."""
     start = time.perf_counter()
     x = torch.as_tensor(np.asarray(features)).to(device)
     y = torch.as_tensor(np.asarray(labels)).to(device)
-    options = {"rescale": "self"} if isinstance(reference, str) and reference == "self" else {"reference": reference}
-    result = ped_score(x, y, scorer, return_baseline=True, backend=backend, **options)
+    if isinstance(reference, str) and reference == "self":
+        options = {"rescale": "self"}
+    elif isinstance(reference, tuple):
+        options = {"reference": reference}
+    else:
+        options = {"reference": torch.as_tensor(np.asarray(reference)).to(device)}
+    result = ped_score(x, y, scorer, return_baseline=True, backend=backend, reduce=reduce, **options)
     return {"baseline": float(result.baseline), "ped": float(result.ped), "steps": int(result.result.steps),
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start,
+            "saturated": {kind: result.saturation.get(kind) for kind in ("baseline", "ped")}}
+
+
+def score_logits(logits, labels, scorer, *, backend="auto", device="cpu") -> dict:
+    """A scorer that reads the source model's predictions (leep, nce), from
+    its N x K logits; PED does not apply ("ped" is None). logits None (a
+    model without a classifier head): every value None and a "note" saying
+    why. Same keys as score_features."""
+    start = time.perf_counter()
+    nothing = {"baseline": None, "ped": None, "steps": None, "saturated": {"baseline": None, "ped": None}}
+    if logits is None:
+        return dict(nothing, seconds=0.0, note=f"{scorer.upper()}: no score, the model has no classifier head (it "
+                                              f"reads the source model's predictions)")
+    y = torch.as_tensor(np.asarray(labels)).to(device)
+    record = get(scorer)
+    # A copy: the cache's logits are read-only memory maps, which torch warns about.
+    inputs = torch.as_tensor(np.array(logits)).to(device)
+    options = {"backend": backend} if record.takes_backend else {}
+    if record.options is None or "logits" in record.options:
+        options["logits"] = True
+    else:  # a registered scorer that reads probabilities only
+        inputs = torch.softmax(inputs.to(torch.float64), dim=1)
+    value = float(record.function(inputs, y, **options))
+    classes = int(torch.unique(y).numel())
+    reason = saturation(scorer, value, samples=int(y.shape[0]), dimensions=int(np.shape(logits)[1]), classes=classes)
+    return dict(nothing, baseline=value, seconds=time.perf_counter() - start,
+                saturated={"baseline": reason, "ped": None})
 
 
 def empty_row(name) -> dict:
@@ -69,34 +114,46 @@ def empty_row(name) -> dict:
             "error": None, "identity": None, "cached": []}
 
 
-def cached_row(row, cache, keys, scorers, stages) -> bool:
+def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
     """Fill `row` from the cache when every scorer's score is there (then
     the `stages` before scoring were skipped too); keys: (features key,
     reference key or "self")."""
-    entries = [cache.get("score", score_key(*keys, scorer)) for scorer in scorers]
+    entries = [cache.get("score", score_key(*keys, scorer, reduce)) for scorer in scorers]
     if any(entry is None for entry in entries):
         return False
     for scorer, entry in zip(scorers, entries):
         _take_score(row, scorer, entry.meta)
     row["cached"] = [*stages, "scores"]
-    row["_skipped"], row["_classes"] = entries[0].meta["skipped"], entries[0].meta["classes"]
+    row["_skipped"] = entries[0].meta["skipped"]
     return True
 
 
-def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *, backend="auto", device="cpu"):
+def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *, logits=None, backend="auto",
+              device="cpu", reduce=None):
     """Fill `row` with one model's scores, plain and with PED, computing
     (and caching) those not in the cache. features: N x D (read into memory
-    here: one model's at a time); reference: ReferenceStats or "self";
-    skipped: {"data": [...], "reference": [...]} undecodable images."""
+    here: one model's at a time); reference: ReferenceStats, M x D
+    reference features, or "self"; logits: N x K or None (no classifier
+    head), for the scorers that read predictions; skipped: {"data": [...],
+    "reference": [...]} undecodable images; reduce: None or "pca:K"."""
     classes = int(np.unique(labels).size)
-    row["_skipped"], row["_classes"] = skipped, classes
+    row["_skipped"] = skipped
     features = np.array(features)
-    reference_arg = "self" if reference == "self" else (reference.mean, reference.std)
+    if isinstance(reference, str):
+        reference_arg = reference
+    elif isinstance(reference, ReferenceStats):
+        reference_arg = (reference.mean, reference.std)
+    else:
+        reference_arg = reference
     for scorer in scorers:
-        key = score_key(*keys, scorer)
+        key = score_key(*keys, scorer, reduce)
         entry = cache.get("score", key)
         if entry is None:
-            value = score_features(features, labels, scorer, reference=reference_arg, backend=backend, device=device)
+            if get(scorer).ped_applies:
+                value = score_features(features, labels, scorer, reference=reference_arg, backend=backend,
+                                       device=device, reduce=reduce)
+            else:
+                value = score_logits(logits, labels, scorer, backend=backend, device=device)
             meta = dict(value, dim=int(features.shape[1]), n=int(features.shape[0]), classes=classes,
                         skipped=skipped, scorer=scorer, model=row["name"])
             cache.put("score", key, meta)
@@ -109,25 +166,29 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
 
 
 def _take_score(row, scorer, meta):
-    row["scores"][scorer] = {"baseline": meta["baseline"], "ped": meta["ped"]}
-    row["dim"], row["n"], row["steps"] = meta["dim"], meta["n"], meta["steps"]
+    row["scores"][scorer] = {"baseline": meta["baseline"], "ped": meta["ped"], "saturated": meta["saturated"]}
+    row["dim"], row["n"] = meta["dim"], meta["n"]
+    if meta["steps"] is not None:  # None for the scorers PED does not apply to
+        row["steps"] = meta["steps"]
+    if meta.get("note"):
+        row["warnings"].append(meta["note"])
 
 
-def zoo_warnings(rows, scorers, classes) -> list:
+def zoo_warnings(rows, scorers) -> list:
     """Warnings about the screen's finished rows: scores that carry no
-    ranking information (the scorer's saturation check, e.g. SFDA at 1.0)
-    and ties among the top models. classes: {model name: number of classes
-    it was scored on}. Each warning is {"models": [names], "message": text};
-    the screen adds the message to each named model's row too."""
+    ranking information (each row's scores[S]["saturated"], from the
+    scorer's saturation check, e.g. SFDA at 1.0) and ties among the top
+    models. Each warning is {"models": [names], "message": text}; the
+    screen adds the message to each named model's row too."""
     rows = [row for row in rows if not row.get("error")]
     out = []
     for scorer in scorers:
         for kind in ("baseline", "ped"):
             title = display_name(scorer, kind)
-            values = {row["name"]: row["scores"][scorer][kind] for row in rows}
-            reasons = {row["name"]: saturation(scorer, values[row["name"]], samples=row["n"], dimensions=row["dim"],
-                                               classes=classes[row["name"]]) for row in rows}
-            saturated = [name for name, reason in reasons.items() if reason]
+            values = {row["name"]: row["scores"][scorer][kind] for row in rows
+                      if row["scores"][scorer][kind] is not None}
+            reasons = {row["name"]: row["scores"][scorer]["saturated"][kind] for row in rows}
+            saturated = [name for name in values if reasons[name]]
             if saturated:
                 out.append({"models": saturated,
                             "message": f"{title}: {reasons[saturated[0]]} ({len(saturated)} model(s): "
@@ -139,6 +200,56 @@ def zoo_warnings(rows, scorers, classes) -> list:
                             "message": f"{title}: {len(tied)} models tie for the top score {best:.6g} "
                                        f"({', '.join(tied)}); the ranking cannot choose among them"})
     return out
+
+
+def check_combine(combine, scorers) -> tuple:
+    """Validated --combine specs: None, one SPEC string or a sequence of
+    them. SPEC is "minmax:TERM+TERM[+...]", TERM a screened scorer's name
+    (its plain score) or "ped_" + the name (its PED score); see
+    docs/screening.md §5."""
+    if combine is None:
+        return ()
+    specs = (combine,) if isinstance(combine, str) else tuple(combine)
+    for spec in specs:
+        method, _, terms = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+        if method != "minmax" or not terms:
+            raise ValueError(f"combine {spec!r}: expected 'minmax:TERM+TERM...' with each TERM a screened scorer "
+                             f"(its plain score) or ped_SCORER (its PED score)")
+        for term in terms.split("+"):
+            scorer, kind = _term(term)
+            if scorer not in scorers:
+                raise ValueError(f"combine {spec!r}: {term!r} is not a screened score; the screened scorers are "
+                                 f"{', '.join(scorers)} (ped_NAME for a PED score)")
+            if kind == "ped" and not get(scorer).ped_applies:
+                raise ValueError(f"combine {spec!r}: {term!r}: PED does not apply to {scorer!r} (it reads the source "
+                                 f"model's predictions), so it has no PED score")
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"combine lists a spec twice: {list(specs)}")
+    return specs
+
+
+def combine_scores(rows, spec) -> dict:
+    """{model: combined value} of one checked SPEC over the finished rows:
+    each named score min-max normalised across the models that have every
+    named score ((v - min) / (max - min); 0 for all when the score is the
+    same for every model), then averaged. Models lacking a named score (a
+    failed model, or a model without a classifier head for leep/nce) get
+    None."""
+    terms = [_term(term) for term in spec.partition(":")[2].split("+")]
+    rows = [row for row in rows if not row.get("error")]
+    complete = [row for row in rows if all(row["scores"][s][k] is not None for s, k in terms)]
+    total = {row["name"]: 0.0 for row in complete}
+    for scorer, kind in terms:
+        values = [row["scores"][scorer][kind] for row in complete]
+        low, span = min(values, default=0.0), max(values, default=0.0) - min(values, default=0.0)
+        for row, value in zip(complete, values):
+            total[row["name"]] += (value - low) / span if span > 0 else 0.0
+    return {row["name"]: total[row["name"]] / len(terms) if row["name"] in total else None for row in rows}
+
+
+def _term(term):
+    """(scorer, "baseline" or "ped") of one --combine TERM."""
+    return (term[4:], "ped") if term.startswith("ped_") else (term, "baseline")
 
 
 def display_name(scorer, kind) -> str:

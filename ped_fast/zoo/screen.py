@@ -29,12 +29,14 @@ import numpy as np
 import torch
 
 from .. import __version__, _backends
+from ..score import _REDUCE  # ped_score's own grammar of reduce
 from .cache import Cache, content_key
 from .extract import FeaturesStage, Settings, check_models, describe, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
 from .reference import ReferenceStage, ReferenceStats, load_stats_file, stats_of
 from .report import check_ground_truth, evaluation, json_safe, load_ground_truth, write_report
-from .score import cached_row, check_scorers, empty_row, score_key, score_row, zoo_warnings
+from .score import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
+                    zoo_warnings)
 
 # The row's "seconds" entry of each extraction stage.
 _TIMINGS = {"features": "extract", "reference": "reference"}
@@ -42,12 +44,14 @@ _TIMINGS = {"features": "extract", "reference": "reference"}
 
 @dataclass(frozen=True)
 class FeatureFiles:
-    """One model of a --features folder: its N x D features file and
+    """One model of a --features folder: its N x D features file,
     optionally its reference (an M x D .reference.npy or a
-    .reference_stats.npz with mean and std)."""
+    .reference_stats.npz with mean and std) and its N x K logits
+    (.logits.npy, for the scorers that read predictions)."""
     features: str
     labels: str
     reference: str | None = None
+    logits: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ModelTask:
     files: FeatureFiles | None = None
     prior_seconds: dict = field(default_factory=dict)
     prior_error: str | None = None
+    reduce: str | None = None
 
 
 class LocalExecutor:
@@ -82,7 +87,8 @@ class LocalExecutor:
 
 def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
-           workers=None, models_per_pass=8, progress=True, executor=None, log=None) -> dict:
+           workers=None, models_per_pass=8, progress=True, executor=None, log=None, reduce=None,
+           combine=None) -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -90,14 +96,23 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         image folder (ImageFolder layout).
     features: instead of models + data, a folder with labels.npy and one
         NAME.npy (N x D) per model, optionally NAME.reference.npy (M x D) or
-        NAME.reference_stats.npz (mean, std).
+        NAME.reference_stats.npz (mean, std), and NAME.logits.npy (N x K,
+        for leep and nce).
     reference: an image folder (the reference set, labels ignored) whose
         feature statistics rescale PED; "self" to rescale each model by its
         own target features; None only with `features` (each model's
         reference file).
-    scorers: names among ped_fast.scorers.SCORERS (a sequence or a
-        comma-separated string). ground_truth: {model: accuracy} or a JSON
+    scorers: registered scorer names (ped_fast.scorers.available(); a
+        sequence or a comma-separated string), or "all". Scorers that read
+        the source model's predictions (leep, nce) score its cached logits
+        and have no PED score. ground_truth: {model: accuracy} or a JSON
         file of it; adds the ranking measures ("evaluation").
+    reduce: None or "pca:K", ped_score's: project each model's features on
+        their K principal axes before PED and scoring. It needs reference
+        features, so reference "self" or (with `features`) NAME.reference.npy
+        matrices; streamed (mean, std) statistics are refused.
+    combine: None, or one or more "minmax:TERM+TERM..." specs, zoo-level
+        combinations of the scores ("combined"; docs/screening.md §5).
     cache: a Cache, a folder, or None (PED_FAST_CACHE or ~/.cache/ped_fast).
     executor: runs the per-model work units: "local" (default, one after
         another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
@@ -111,6 +126,8 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     """
     started = time.perf_counter()
     scorers = check_scorers(scorers)
+    combine = check_combine(combine, scorers)
+    _check_reduce(reduce, reference, features)
     settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                              precision=precision, workers=workers, models_per_pass=models_per_pass, progress=progress)
     _check_backend(backend, settings.device)
@@ -123,7 +140,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     if features is not None:
         if models is not None or data is not None:
             raise ValueError("give either features (a folder of .npy files) or models and data, not both")
-        tasks = _file_tasks(features, reference, scorers, backend, settings, cache)
+        tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce)
         if truth is not None:
             check_ground_truth(truth, [task.name for task in tasks], _truth_source(ground_truth))
         header = {"data": {"features": str(features)}, "reference": _describe_reference(reference, files=True)}
@@ -142,7 +159,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         if truth is not None:
             check_ground_truth(truth, [spec.label for spec in specs], _truth_source(ground_truth))
         tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
-                             shared_phase=not getattr(executor, "extracts_per_unit", False))
+                             shared_phase=not getattr(executor, "extracts_per_unit", False), reduce=reduce)
         header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
                   "reference": _describe_reference(reference_set)}
 
@@ -154,7 +171,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
                                                             if row["cached"] else ""))
         log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
 
-    results = _assemble(rows, scorers, header, settings, truth)
+    results = _assemble(rows, scorers, header, settings, truth, combine)
     if callable(getattr(executor, "summary", None)):
         results["executor"] = executor.summary()
     results["seconds"] = time.perf_counter() - started
@@ -167,6 +184,23 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
 def failed(results) -> list:
     """Names of the models whose row has an error."""
     return [row["name"] for row in results["models"] if row["error"]]
+
+
+def _check_reduce(reduce, reference, features):
+    """reduce: None or "pca:K" (checked before any work, not per model),
+    and it needs reference features (or "self"): ped_score cannot project
+    (mean, std) statistics on principal axes."""
+    if reduce is None:
+        return
+    match = _REDUCE.match(reduce) if isinstance(reduce, str) else None
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"reduce must be None or 'pca:K' with K a positive integer, got {reduce!r}")
+    if isinstance(reference, str) and reference == "self":
+        return
+    if features is None:
+        raise ValueError(f"reduce {reduce!r} needs reference 'self' or, with features, NAME.reference.npy "
+                         f"matrices: a reference image folder gives streamed (mean, std) statistics, which cannot be "
+                         f"projected on principal axes")
 
 
 def _executor(executor):
@@ -201,11 +235,11 @@ def _describe_reference(reference, files=False):
     return "per-model files" if files else None
 
 
-def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True):
+def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None):
     """One task per model; with `shared_phase`, after the shared extraction
     phase for the models whose scores are not all cached."""
     stages = [FeaturesStage(images)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet) else [])
-    todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache)] \
+    todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache, reduce)] \
         if shared_phase else []
     prior, errors = {}, {}
     if todo:
@@ -220,15 +254,16 @@ def _model_tasks(specs, images, reference, scorers, backend, settings, cache, lo
                     prior[label][_TIMINGS[stage.name]] = result.seconds
     return [ModelTask(name=spec.label, scorers=scorers, backend=backend, settings=settings,
                       cache_root=str(cache.root), spec=spec, data=images, reference=reference,
-                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label)) for spec in specs]
+                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=reduce)
+            for spec in specs]
 
 
-def _scores_cached(spec, stages, scorers, settings, cache):
+def _scores_cached(spec, stages, scorers, settings, cache, reduce):
     from .models import weights_identity
 
     identity = weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)  # checked by check_models
     keys = _stage_keys(spec, identity, stages, settings, cache)
-    return keys is not None and all(cache.has("score", score_key(*keys, s)) for s in scorers)
+    return keys is not None and all(cache.has("score", score_key(*keys, s, reduce)) for s in scorers)
 
 
 def _stage_keys(spec, identity, stages, settings, cache):
@@ -259,7 +294,7 @@ def cached_stages(task: ModelTask) -> list:
         keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
         if keys is None:
             return []
-    if all(cache.has("score", score_key(*keys, scorer)) for scorer in task.scorers):
+    if all(cache.has("score", score_key(*keys, scorer, task.reduce)) for scorer in task.scorers):
         return [stage.name for stage in stages] + ["scores"]
     return [stage.name for stage, key in zip(stages, keys) if cache.has(stage.name, key)]
 
@@ -297,7 +332,7 @@ def _score_model(task, row):
     stages = [FeaturesStage(task.data)] + ([ReferenceStage(task.reference)]
                                            if isinstance(task.reference, ImageSet) else [])
     keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
-    if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages]):
+    if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages], task.reduce):
         return
 
     def inputs():
@@ -318,21 +353,22 @@ def _score_model(task, row):
         if isinstance(reference, ReferenceStats):
             reference.check_dim(features.dim, task.name)
         skipped = {"data": features.skipped, "reference": reference.skipped if reference != "self" else []}
-        return features.features, features.labels, reference, (features.key, getattr(reference, "key", "self")), \
-            skipped
+        return features.features, features.labels, features.logits, reference, \
+            (features.key, getattr(reference, "key", "self")), skipped
 
     _score(task, row, cache, inputs)
 
 
 def _score(task, row, cache, inputs):
     """Score every scorer whose score is not cached; `inputs()` gives
-    (features, labels, reference stats or "self", keys, skipped images)."""
-    features, labels, reference, keys, skipped = inputs()
-    score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, backend=task.backend,
-              device=task.settings.device)
+    (features, labels, logits or None, reference stats, reference features
+    or "self", keys, skipped images)."""
+    features, labels, logits, reference, keys, skipped = inputs()
+    score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, logits=logits,
+              backend=task.backend, device=task.settings.device, reduce=task.reduce)
 
 
-def _file_tasks(folder, reference, scorers, backend, settings, cache):
+def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=None):
     """One task per NAME.npy of a --features folder, every file checked
     (shapes only: headers are read, not data) before any scoring."""
     folder = Path(folder)
@@ -363,10 +399,21 @@ def _file_tasks(folder, reference, scorers, backend, settings, cache):
         reference_file = None
         if reference is None:
             reference_file = _reference_file(folder, name, matrix.shape[1])
+            if reduce is not None and reference_file.suffix == ".npz":
+                raise ValueError(f"reduce {reduce!r} needs reference features, but model {name!r} has only "
+                                 f"(mean, std) statistics {str(reference_file)!r}: give {name}.reference.npy "
+                                 f"(M x D) or reference 'self'")
+        logits_path = folder / f"{name}.logits.npy"
+        if logits_path.is_file():
+            logits = np.load(logits_path, mmap_mode="r", allow_pickle=False)
+            if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+                raise ValueError(f"{str(logits_path)!r} has shape {logits.shape}, but the logits of {name!r} must be "
+                                 f"{labels.shape[0]} x K (one row per label)")
         tasks.append(ModelTask(name=name, scorers=scorers, backend=backend, settings=settings,
-                               cache_root=str(cache.root), reference=reference,
+                               cache_root=str(cache.root), reference=reference, reduce=reduce,
                                files=FeatureFiles(str(path), str(labels_path),
-                                                  str(reference_file) if reference_file else None)))
+                                                  str(reference_file) if reference_file else None,
+                                                  str(logits_path) if logits_path.is_file() else None)))
     return tasks
 
 
@@ -391,8 +438,10 @@ def _file_key(path):
 
 
 def _files_keys(files):
-    """(features key, reference key or "self") of a --features model."""
-    features_key = content_key("features-file", _file_key(files.features), _file_key(files.labels))
+    """(features key, reference key or "self") of a --features model; the
+    features key covers the logits file when there is one."""
+    features_key = content_key("features-file", _file_key(files.features), _file_key(files.labels),
+                               *([_file_key(files.logits)] if files.logits else []))
     return features_key, _file_key(files.reference) if files.reference else "self"
 
 
@@ -400,36 +449,38 @@ def _score_files(task, row):
     cache = Cache(task.cache_root)
     files = task.files
     features_key, reference_key = _files_keys(files)
-    if cached_row(row, cache, (features_key, reference_key), task.scorers, []):
+    if cached_row(row, cache, (features_key, reference_key), task.scorers, [], task.reduce):
         return
 
     def inputs():
         features = np.load(files.features, mmap_mode="r", allow_pickle=False)
         labels = np.load(files.labels, allow_pickle=False)
+        logits = np.load(files.logits, mmap_mode="r", allow_pickle=False) if files.logits else None
         if files.reference is None:
             reference = "self"
         elif files.reference.endswith(".npz"):
             reference = load_stats_file(files.reference)
+        elif task.reduce is not None:  # reduce projects the reference features themselves
+            reference = np.load(files.reference, allow_pickle=False)
         else:
             start = time.perf_counter()
             reference = stats_of(np.load(files.reference, mmap_mode="r", allow_pickle=False),
                                  source=repr(files.reference))
             row["seconds"]["reference"] = time.perf_counter() - start
-        if reference != "self":
+        if isinstance(reference, ReferenceStats):
             reference.check_dim(features.shape[1], task.name)
-        return features, labels, reference, (features_key, reference_key), {"data": [], "reference": []}
+        return features, labels, logits, reference, (features_key, reference_key), {"data": [], "reference": []}
 
     _score(task, row, cache, inputs)
 
 
-def _assemble(rows, scorers, header, settings, truth):
-    classes = {row["name"]: row.pop("_classes", None) for row in rows}
+def _assemble(rows, scorers, header, settings, truth, combine=()):
     skipped = {"data": [], "reference": []}
     for row in rows:
         for which, paths in (row.pop("_skipped", None) or {}).items():
             if paths and not skipped[which]:
                 skipped[which] = list(paths)
-    warnings = zoo_warnings(rows, scorers, classes)
+    warnings = zoo_warnings(rows, scorers)
     for warning in warnings:
         for row in rows:
             if row["name"] in warning["models"]:
@@ -443,6 +494,8 @@ def _assemble(rows, scorers, header, settings, truth):
                **header, "models": rows, "warnings": warnings,
                "skipped_images": {which: len(paths) for which, paths in skipped.items()},
                "skipped_files": skipped}
+    if combine:
+        results["combined"] = {spec: combine_scores(rows, spec) for spec in combine}
     if truth is not None:
         results["ground_truth"] = {row["name"]: truth[row["name"]] for row in rows}
         if sum(not row["error"] for row in rows) >= 2:
