@@ -14,7 +14,7 @@ from ped_fast import triton as triton_launcher
 # ------------------------------------------------- GPU tests: fail or skip
 
 
-@pytest.mark.parametrize("available,gpu_expected,opted_out", itertools.product([False, True], repeat=3))
+@pytest.mark.parametrize("available,gpu_expected,opted_out", list(itertools.product([False, True], repeat=3)))
 def test_gpu_test_outcome(available, gpu_expected, opted_out):
     # A usable backend always runs (Triton's interpreter included); an
     # unusable one fails where a GPU is expected, unless it was left out on
