@@ -228,6 +228,17 @@ def _saturation(entry, baseline, moved, result, labels):
     return out
 
 
+def parse_reduce(spec):
+    """K of a reduce spec "pca:K"; ValueError naming what came when it is
+    not of that form. Whether K fits the features (1 <= K <= min(N - 1, D))
+    is checked where they are known. Public so that callers (the zoo) can
+    check the form before any work."""
+    match = _REDUCE.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"reduce must be None or 'pca:K' with K a positive integer, got {spec!r}")
+    return int(match.group(1))
+
+
 def _reduce(features, reference, spec, inplace):
     """(features, reference) projected on the K principal axes of the
     centred features, in float64 (docs/spec.md §3): the axes are the
@@ -237,15 +248,12 @@ def _reduce(features, reference, spec, inplace):
     features' mean and projected on the same axes, so that PED rescales by
     the reference's spread along the axes it scores. The caller's array
     type and device are kept."""
-    match = _REDUCE.match(spec) if isinstance(spec, str) else None
-    if match is None:
-        raise ValueError(f"reduce must be None or 'pca:K' with K a positive integer, got {spec!r}")
+    k = parse_reduce(spec)
     if inplace is True:
         raise ValueError("inplace=True cannot be combined with reduce: PED moves the reduced copy, not the caller's "
                          "features")
     x, as_numpy = features_tensor(features)
     n, dim = x.shape
-    k = int(match.group(1))
     if not 1 <= k <= min(n - 1, dim):
         raise ValueError(f"reduce='pca:{k}' needs 1 <= K <= min(N - 1, D) = {min(n - 1, dim)} (centred N x D features "
                          f"have at most N - 1 principal axes with variance)")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import __version__, _backends
-from ..score import _REDUCE  # ped_score's own grammar of reduce
+from ..score import parse_reduce
 from .cache import Cache, content_key
 from .extract import FeaturesStage, Settings, check_models, describe, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
@@ -192,8 +192,7 @@ def _check_reduce(reduce, reference, features):
     (mean, std) statistics on principal axes."""
     if reduce is None:
         return
-    match = _REDUCE.match(reduce) if isinstance(reduce, str) else None
-    if match is None or int(match.group(1)) < 1:
+    if parse_reduce(reduce) < 1:
         raise ValueError(f"reduce must be None or 'pca:K' with K a positive integer, got {reduce!r}")
     if isinstance(reference, str) and reference == "self":
         return
