@@ -20,19 +20,13 @@ images (the timings then mean nothing).
 import time
 
 import pytest
-import timm
 import torch
 
-from data import SHAPE_SET
+from data import tiny_zoo
 from ped_fast.zoo import failed, screen
-from ped_fast.zoo.images import write_image_folder
-from ped_fast.zoo.models import save_model_dir
 
 ray = pytest.importorskip("ray", reason="the Ray benchmark needs pip install -e '.[ray]'")
 
-SCALE = 1 if SHAPE_SET == "full" else 10
-SMALL_CONFIG = {"input_size": (3, 64, 64), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
-                "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center"}
 ARCHITECTURES = ("test_resnet", "test_convnext", "test_efficientnet", "test_convnext2")
 NOOP_CALLS = 20
 ROUNDS = 2
@@ -41,14 +35,7 @@ ROUNDS = 2
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-zoo")
-    write_image_folder(root / "data", classes=10, per_class=40 // SCALE, size=64)
-    specs = []
-    for seed, architecture in enumerate(ARCHITECTURES):
-        torch.manual_seed(seed)
-        save_model_dir(timm.create_model(architecture), root / architecture, architecture=architecture,
-                       pretrained_cfg=SMALL_CONFIG)
-        specs.append(f"{architecture}={root / architecture}")
-    return root, specs
+    return root, tiny_zoo(root, ARCHITECTURES, per_class=40)
 
 
 def test_ray_against_local(benchmark, zoo, tmp_path):

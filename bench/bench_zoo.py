@@ -27,15 +27,12 @@ import pytest
 import timm
 import torch
 
-from data import SHAPE_SET
+from data import IMAGE_SCALE as SCALE
+from data import SHAPE_SET, SMALL_CONFIG, tiny_zoo
 from ped_fast.zoo import extract, image_folder, screen
 from ped_fast.zoo.images import load_rgb, write_image_folder
-from ped_fast.zoo.models import save_model_dir
 
 FULL = SHAPE_SET == "full"
-SCALE = 1 if FULL else 10
-SMALL_CONFIG = {"input_size": (3, 64, 64), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
-                "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center"}
 ARCHITECTURES = ("test_resnet", "test_convnext", "test_efficientnet")
 BATCH = 64
 ROUNDS = 5
@@ -44,14 +41,7 @@ ROUNDS = 5
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
-    write_image_folder(root / "data", classes=10, per_class=100 // SCALE, size=64)
-    specs = []
-    for seed, architecture in enumerate(ARCHITECTURES):
-        torch.manual_seed(seed)
-        save_model_dir(timm.create_model(architecture), root / architecture, architecture=architecture,
-                       pretrained_cfg=SMALL_CONFIG)
-        specs.append(f"{architecture}={root / architecture}")
-    return root, specs
+    return root, tiny_zoo(root, ARCHITECTURES, per_class=100)
 
 
 def bare_baseline(specs, data):

@@ -45,3 +45,30 @@ def make_features(n, d, c, dtype=torch.float32, seed=0, siblings=10):
 
 def as_numpy(*tensors):
     return tuple(np.asarray(t) for t in tensors)
+
+
+# The screening benchmarks (bench_zoo.py, bench_ray.py): images are scaled
+# down 10x at PED_FAST_BENCH_SHAPES=tiny, and timm's tiny test models get a
+# 64 x 64 transform.
+IMAGE_SCALE = 1 if SHAPE_SET == "full" else 10
+SMALL_CONFIG = {"input_size": (3, 64, 64), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
+                "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center"}
+
+
+def tiny_zoo(root, architectures, per_class):
+    """A 10-class image folder root/data (per_class images each, 64 x 64,
+    scaled by IMAGE_SCALE) and one seeded checkpoint folder per
+    architecture; returns the model specs."""
+    import timm
+
+    from ped_fast.zoo.images import write_image_folder
+    from ped_fast.zoo.models import save_model_dir
+
+    write_image_folder(root / "data", classes=10, per_class=per_class // IMAGE_SCALE, size=64)
+    specs = []
+    for seed, architecture in enumerate(architectures):
+        torch.manual_seed(seed)
+        save_model_dir(timm.create_model(architecture), root / architecture, architecture=architecture,
+                       pretrained_cfg=SMALL_CONFIG)
+        specs.append(f"{architecture}={root / architecture}")
+    return specs

@@ -119,3 +119,15 @@ def run_steps(launcher, mu, radius, steps, **params):
         if bounds is not None:
             bounds.advance(forces.delta)
     return out
+
+
+def bench_module(name):
+    """bench/NAME.py loaded by path (bench/ is no package), e.g. the
+    transcriptions of the published scorers that the tests compare with."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -13,13 +13,11 @@ Tolerances:
   summation orders in cuBLAS/cuSOLVER).
 """
 import importlib
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, bench_module
 
 import ped_fast
 from ped_fast import scorers
@@ -29,15 +27,7 @@ parc_module = importlib.import_module("ped_fast.scorers.parc")
 knn_module = importlib.import_module("ped_fast.scorers.knn")
 
 
-def _load_baselines():
-    path = pathlib.Path(__file__).parent.parent / "bench" / "baselines_scorers.py"
-    spec = importlib.util.spec_from_file_location("baselines_scorers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-published = _load_baselines()
+published = bench_module("baselines_scorers")
 
 
 @pytest.fixture

@@ -18,16 +18,14 @@ Tolerances:
   loops), worth ~1e-14 per E-step, and EM is a contraction near its optimum.
 """
 import importlib
-import importlib.util
 import math
-import pathlib
 import re
 
 import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
-from conftest import GOLDEN, TOLERANCE, assert_close, golden_case, make_classes
+from conftest import GOLDEN, TOLERANCE, assert_close, bench_module, golden_case, make_classes
 
 import ped_fast
 from ped_fast import cpu as cpu_launcher
@@ -44,15 +42,7 @@ CASES = sorted(GOLDEN)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _load_baselines():
-    path = pathlib.Path(__file__).parent.parent / "bench" / "baselines_scorers.py"
-    spec = importlib.util.spec_from_file_location("baselines_scorers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-published = _load_baselines()
+published = bench_module("baselines_scorers")
 
 
 def small_problem(n=240, d=12, c=4, seed=0, **kw):
