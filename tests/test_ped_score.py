@@ -2,7 +2,8 @@
 call, saturation flags and reduce="pca:K".
 
 Tolerances:
-- golden, float64: 1e-7 relative (the issue's bar; measured ~1e-14).
+- golden, float64: 1e-9 relative, the golden cases' own bar (the first
+  issue asked for 1e-7; measured ~1e-14).
 - golden, float32: 1e-3 absolute (the issue's bar).
 - shared computation (return_baseline=True) against separate scorer calls:
   1e-10 relative. The shared path forms the moved features' statistics as
@@ -35,11 +36,11 @@ def test_golden(case, name):
     data, expected = golden_case(case)
     out = ped_score(data["X"], data["y"], name, reference=data["G"], return_baseline=True, **expected["params"])
     assert isinstance(out, PEDScore)
-    assert_close(out.ped, expected[f"ped_{name}"], 1e-7, f"ped_{name} on {case}")
-    assert_close(out.baseline, expected[name], 1e-7, f"{name} on {case}")
+    assert_close(out.ped, expected[f"ped_{name}"], 1e-9, f"ped_{name} on {case}")
+    assert_close(out.baseline, expected[name], 1e-9, f"{name} on {case}")
     assert out.result.steps == expected["steps_taken"]
     alone = ped_score(data["X"], data["y"], name, reference=data["G"], **expected["params"])
-    assert_close(alone, expected[f"ped_{name}"], 1e-7, f"ped_{name} on {case}, without baseline")
+    assert_close(alone, expected[f"ped_{name}"], 1e-9, f"ped_{name} on {case}, without baseline")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -2,9 +2,10 @@
 formulations (docs/spec.md §2).
 
 Tolerances:
-- golden, float64: 1e-7 relative (the issue's bar). The published code and
-  ours differ in summation order and in solving B^-1 by Cholesky instead of
-  a generalized eigendecomposition; measured agreement is ~1e-14.
+- golden, float64: 1e-9 relative, the golden cases' own bar (the first
+  issue asked for 1e-7). The published code and ours differ in summation
+  order and in solving B^-1 by Cholesky instead of a generalized
+  eigendecomposition; measured agreement is ~1e-14.
 - golden, float32: 1e-3 absolute (the issue's bar); measured ~2e-7.
 - against the numpy transcriptions of the published code in
   bench/baselines_scorers.py on other inputs: 1e-9 relative, the golden
@@ -58,7 +59,7 @@ def small_problem(n=240, d=12, c=4, seed=0, **kw):
 def test_golden_float64(case, name):
     data, expected = golden_case(case)
     score = SCORERS[name](data["X"], data["y"])
-    assert_close(score, expected[name], 1e-7, f"{name} on {case}")
+    assert_close(score, expected[name], 1e-9, f"{name} on {case}")
 
 
 @pytest.mark.parametrize("case", CASES)
