@@ -54,14 +54,25 @@ def check_inplace(inplace, value, name="features"):
             raise ValueError(f"inplace=True but {name} is a read-only array")
         if any(stride < 0 for stride in value.strides):
             raise ValueError(f"inplace=True needs non-negative strides, but {name} has strides {value.strides}")
-        strides = [s for s, n in zip(value.strides, value.shape) if n > 1]
+        # In elements, as torch counts them.
+        strides = [s // value.itemsize for s in value.strides]
     elif isinstance(value, torch.Tensor):
-        strides = [s for s, n in zip(value.stride(), value.shape) if n > 1]
+        strides = list(value.stride())
     else:
         raise TypeError(f"inplace=True needs a numpy array or torch tensor, got {type(value).__name__}")
-    if 0 in strides:
+    dims = sorted((stride, size) for stride, size in zip(strides, value.shape) if size > 1)
+    if any(stride == 0 for stride, _ in dims):
         raise ValueError(f"inplace=True but {name} is a broadcast view (a stride of 0): several elements share "
                          "one memory location; pass a copy, or inplace=False")
+    # No two elements share memory when each stride, in increasing order,
+    # steps over everything the smaller ones span.
+    span = 1
+    for stride, size in dims:
+        if stride < span:
+            raise ValueError(f"inplace=True but {name} is a view whose elements overlap in memory (shape "
+                             f"{tuple(value.shape)}, strides {tuple(strides)} in elements); pass a copy, or "
+                             "inplace=False")
+        span = stride * size
 
 
 def to_user(tensor, as_numpy):
@@ -80,14 +91,15 @@ def features_tensor(features, name="features"):
     return x, as_numpy
 
 
-def labels_tensor(labels, n, device):
+def labels_tensor(labels, n, device, rows_name="features"):
     """(index int64 on `device`, classes, as_numpy): classes are the sorted
-    unique labels and index[i] is the position of labels[i] among them."""
+    unique labels and index[i] is the position of labels[i] among them;
+    `rows_name` is the argument whose N rows the labels must match."""
     y, as_numpy = to_tensor(labels, "labels")
     if y.dim() != 1:
         raise ValueError(f"labels must be 1-D with one label per sample, got shape {tuple(y.shape)}")
     if y.shape[0] != n:
-        raise ValueError(f"labels has {y.shape[0]} entries but features has {n} rows")
+        raise ValueError(f"labels has {y.shape[0]} entries but {rows_name} has {n} rows")
     if y.dtype.is_complex:
         raise TypeError(f"labels must be integers, got {str(y.dtype).replace('torch.', '')}")
     if y.dtype.is_floating_point:

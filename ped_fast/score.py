@@ -182,19 +182,21 @@ def _separate(entry, features, labels, run_ped, return_baseline, options, backen
 def _shared(entry, features, labels, run_ped, return_baseline, options, backend):
     """The scorer's shared work (ped_fast.scorers.SharedWork) prepared from
     the input, then each score from it."""
-    dtype = options.pop("dtype", torch.float64)
+    dtype = options.get("dtype", torch.float64)
+    shared_options = {k: v for k, v in options.items() if k != "dtype"}
     # The input is read (and validated) before ped(), which may overwrite it
     # when inplace=True.
     prep = prepare(features, labels, dtype, backend, entry.name)
     moments = class_moments(prep)
-    state = entry.shared.prepare(prep, moments, options)
+    state = entry.shared.prepare(prep, moments, shared_options)
     baseline = float(entry.shared.score(state, prep.x, moments, False)) if return_baseline else None
     result = run_ped()
     moved, _ = to_tensor(result.features, "features")
     moved_moments = _shared_moments(prep, moved, moments.variances)
     if moved_moments is None:
         del state
-        return baseline, _call(entry, moved, labels, dict(options, dtype=prep.dtype), backend), result
+        # The caller's options unchanged: a registered scorer need not take dtype.
+        return baseline, _call(entry, moved, labels, options, backend), result
     return baseline, float(entry.shared.score(state, moved, moved_moments, True)), result
 
 

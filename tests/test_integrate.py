@@ -78,17 +78,20 @@ def in_place_refusals():
     read_only = features()
     read_only.flags.writeable = False
     broadcast = torch.zeros(1, 3, dtype=torch.float64).expand(4, 3)
+    overlapping = torch.zeros(13, dtype=torch.float64).as_strided((4, 3), (2, 1))  # rows share elements
     return [
         (read_only, ValueError, "inplace=True but features is a read-only array"),
         (features()[::-1], ValueError, r"inplace=True needs non-negative strides, but features has strides"),
         (features().tolist(), TypeError, "inplace=True needs a numpy array or torch tensor, got list"),
         (broadcast, ValueError, r"inplace=True but features is a broadcast view \(a stride of 0\)"),
+        (overlapping, ValueError, r"inplace=True but features is a view whose elements overlap in memory \(shape "
+                                  r"\(4, 3\), strides \(2, 1\) in elements\)"),
     ]
 
 
 @pytest.mark.parametrize("entry", ["ops.integrate", "ped"])
 @pytest.mark.parametrize("value,error,message", in_place_refusals(),
-                         ids=["read-only", "reversed", "list", "broadcast"])
+                         ids=["read-only", "reversed", "list", "broadcast", "overlapping"])
 def test_in_place_refusals_are_the_same_everywhere(entry, value, error, message):
     """Before, ops.integrate wrote into a read-only array, left a reversed
     view unchanged (it wrote into a copy) and returned a list unchanged."""

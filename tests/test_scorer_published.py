@@ -223,7 +223,7 @@ def test_probabilities_are_checked(name):
         bad = p.copy()
         bad[5, 0] = np.nan
         function(bad, y, logits=True)
-    with pytest.raises(ValueError, match="labels has 1199 entries"):
+    with pytest.raises(ValueError, match="labels has 1199 entries but probabilities has 1200 rows"):
         function(p, y[1:])
     with pytest.raises(TypeError, match="logits must be True or False"):
         function(p, y, logits=1)

@@ -118,6 +118,24 @@ def test_registered_shared_work_is_prepared_once(cleanup):
     assert_close(out.ped, between_over_within(out.result.features, y), 1e-12, "shared PED score")
 
 
+def test_shared_scorer_without_dtype_when_the_shortcut_does_not_apply(cleanup):
+    """When rounding of the moved features changes a class's spread, the
+    scorer runs on the moved features itself, with the caller's options:
+    a registered scorer that takes no dtype must not be handed one."""
+    x, y, g = problem()
+
+    def spread_ratio(features, labels):
+        f = np.asarray(features, dtype=np.float64)
+        return float(f.var(0).sum())
+
+    cleanup.append("spread_ratio")
+    register("spread_ratio", spread_ratio,
+             shared=SharedWork(lambda prep, moments, options: None, lambda state, x, moments, last: 0.0))
+    out = ped_fast.ped_score(x.astype(np.float32), y, "spread_ratio", reference=g, nsigma=1e6, time_step=10.0,
+                             return_baseline=True)
+    assert out.ped == spread_ratio(out.result.features, y)
+
+
 def test_registered_saturation_reaches_the_result(cleanup):
     x, y, g = problem()
     cleanup.append("always_one")

@@ -39,7 +39,7 @@ def leep(probabilities, labels, *, logits=False, dtype=torch.float64, backend="a
     """
     dtype = compute_dtype(dtype)
     theta = probabilities_tensor(probabilities, logits, dtype, "leep")
-    index, classes, _ = labels_tensor(labels, theta.shape[0], theta.device)
+    index, classes, _ = labels_tensor(labels, theta.shape[0], theta.device, "probabilities")
     check_classes(classes, "leep")
     _backends.resolve(backend, theta.device)
     n, sources = theta.shape

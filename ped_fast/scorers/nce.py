@@ -34,7 +34,7 @@ def nce(probabilities, labels, *, logits=False, dtype=torch.float64, backend="au
     """
     dtype = compute_dtype(dtype)
     source = _source_labels(probabilities, logits)
-    index, classes, _ = labels_tensor(labels, source.shape[0], source.device)
+    index, classes, _ = labels_tensor(labels, source.shape[0], source.device, "probabilities")
     check_classes(classes, "nce")
     _backends.resolve(backend, source.device)
     n = source.shape[0]
