@@ -28,6 +28,21 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     assert default_root().parts[-2:] == (".cache", "ped_fast")
 
 
+def test_relative_root_is_made_absolute(tmp_path, monkeypatch):
+    """With a relative root, put() did not recognise its own memory-mapped
+    file (numpy reports it by absolute name), copied it and left the
+    full-size temporary behind; Ray workers would also resolve it elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    cache = Cache("relative")
+    assert cache.root == tmp_path / "relative"
+    streamed = cache.new_array("features", "k1", "x", (4, 2), np.float32)
+    streamed[:] = 1.0
+    cache.put("features", "k1", {}, {"x": streamed})
+    assert sorted(p.name for p in (tmp_path / "relative" / "features").iterdir()) == ["k1.json", "k1.x.npy"]
+    monkeypatch.setenv("PED_FAST_CACHE", "env-relative")
+    assert default_root() == tmp_path / "env-relative"
+
+
 def test_put_then_get_round_trips_arrays_and_memmaps(tmp_path):
     cache = Cache(tmp_path)
     streamed = cache.new_array("features", "k1", "x", (5, 3), np.float32)
@@ -95,9 +110,11 @@ def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
     dead = folder / f".tmp-{host}-{dead_pid}-abcd1234-k.x.npy"
     live = cache.new_array("features", "k2", "x", (2, 2), np.float32)
     other_host = folder / f".tmp-elsewhere-{dead_pid}-abcd1234-k.x.npy"
-    dead.write_bytes(b"partial")
-    other_host.write_bytes(b"partial")
+    # A host whose name extends this one's: its "-31337" is no pid here.
+    longer_host = folder / f".tmp-{host}-31337-{dead_pid}-abcd1234-k.x.npy"
+    for path in (dead, other_host, longer_host):
+        path.write_bytes(b"partial")
     cache.sweep()
     assert not dead.exists()
-    assert other_host.exists()  # another machine's writer may still be running
+    assert other_host.exists() and longer_host.exists()  # another machine's writer may still be running
     assert Path(live.filename).exists()  # this process is still writing it

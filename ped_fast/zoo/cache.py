@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import uuid
 import warnings
@@ -36,7 +37,7 @@ _FORMAT = 1
 def default_root() -> Path:
     """$PED_FAST_CACHE, else ~/.cache/ped_fast."""
     value = os.environ.get(ENV)
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "ped_fast"
+    return Path(value).expanduser().absolute() if value else Path.home() / ".cache" / "ped_fast"
 
 
 def content_key(*parts) -> str:
@@ -73,7 +74,10 @@ class Cache:
     """Content-keyed entries under `root` (default: :func:`default_root`)."""
 
     def __init__(self, root=None):
-        self.root = Path(root).expanduser() if root is not None else default_root()
+        # Absolute: memory-mapped arrays report absolute file names (put()
+        # recognises its own files by them), and Ray workers resolve the
+        # root in their own working folders.
+        self.root = Path(root).expanduser().absolute() if root is not None else default_root()
 
     @classmethod
     def of(cls, cache):
@@ -212,10 +216,12 @@ def _fsync_dir(folder):
 
 
 def _remove_stale_temporaries(folder: Path):
-    host = socket.gethostname()
-    for path in folder.glob(f"{_TEMP_PREFIX}{host}-*"):
-        pid = path.name[len(_TEMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    # The whole name must match (_temporary_name): a prefix match would also
+    # take host "node-31337"'s files for host "node"'s.
+    own = re.compile(rf"{re.escape(_TEMP_PREFIX + socket.gethostname())}-(\d+)-[0-9a-f]{{8}}-.+")
+    for path in folder.glob(f"{_TEMP_PREFIX}*"):
+        match = own.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
             path.unlink(missing_ok=True)
 
 
