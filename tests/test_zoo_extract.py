@@ -99,3 +99,35 @@ def test_workers_and_precision(zoo, tmp_path):
 def test_bad_settings(zoo, tmp_path, name, value, message):
     with pytest.raises(ValueError, match=message):
         extract(zoo["a"], zoo["data"], cache=tmp_path, progress=False, **{name: value})
+
+
+def test_a_remembered_config_the_model_disagrees_with_is_replaced(zoo, tmp_path):
+    """The config remembered for a model lets a re-run skip building it;
+    once the model is built anyway, its own config decides (a timm upgrade
+    may have changed it), and the remembered one is rewritten."""
+    from ped_fast.zoo import Cache, parse_spec, weights_identity
+
+    cache = Cache(tmp_path / "c")
+    spec = parse_spec(zoo["a"])
+    identity = weights_identity(spec)
+    stale = extract_module.canonical_config(dict(SMALL_CONFIG, input_size=(3, 16, 16), crop_pct=0.5))
+    cache.put("config", extract_module.data_config_key(spec, identity),
+              {"model": spec.name, "identity": identity, "data_config": stale})
+    got = extract(zoo["a"], zoo["data"], cache=cache, progress=False)["a"]
+    own = extract_module.canonical_config(load_model(spec).data_config)
+    assert extract_module.remembered_config(cache, spec, identity) == own != stale
+    data = image_folder(zoo["data"])
+    want = timm_features(load_model(spec).model, [data.file(i) for i in range(len(data))], own)
+    np.testing.assert_array_equal(got.features, want)
+
+
+def test_a_failed_stage_keeps_no_traceback():
+    """A stored exception's traceback holds the frames of the failed forward
+    pass and so its activations: they must be freed while other models run."""
+    try:
+        raise RuntimeError("out of memory")
+    except RuntimeError as caught:
+        error = caught
+    outcome = extract_module.Outcome(spec=None)
+    outcome.fail([extract_module.FeaturesStage(None)], error)
+    assert outcome.results["features"] is error and error.__traceback__ is None

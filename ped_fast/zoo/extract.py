@@ -156,6 +156,9 @@ class Outcome:
     seconds: dict = field(default_factory=dict)
 
     def fail(self, stages, error):
+        # Without its traceback: the frames of a failed forward pass hold
+        # its activations, which must be freed for the models still running.
+        error = error.with_traceback(None)
         for stage in stages:
             self.results[stage.name] = error
 
@@ -253,8 +256,11 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
             outcome.fail(todo, error)
             continue
         outcome.seconds["load"] = time.perf_counter() - start
-        if outcome.data_config is None:
-            outcome.data_config = canonical_config(loaded.data_config)
+        config = canonical_config(loaded.data_config)
+        if outcome.data_config != config:
+            # Not remembered yet, or remembered differently from what the
+            # model now says (e.g. after a timm upgrade): the model decides.
+            outcome.data_config = config
             cache.put("config", data_config_key(spec, outcome.identity),
                       {"model": spec.name, "identity": outcome.identity, "data_config": outcome.data_config})
             todo = _missing(outcome, stages, settings, cache)
@@ -395,7 +401,7 @@ def _run_pass(stage, group, settings, cache):
                         try:
                             sinks[label].add(index, *_forward(loaded.model, batch, settings.precision))
                         except Exception as error:
-                            outcome.results[stage.name] = error
+                            outcome.fail([stage], error)
                             sinks.pop(label).abandon()
                             active.remove(member)
                             if device.type == "cuda":
@@ -416,7 +422,7 @@ def _run_pass(stage, group, settings, cache):
                 outcome.results[stage.name] = sinks.pop(label).finish(skipped, spent[label] + decoding / len(group),
                                                                       meta)
             except Exception as error:
-                outcome.results[stage.name] = error
+                outcome.fail([stage], error)
     finally:
         for sink in sinks.values():
             sink.abandon()
