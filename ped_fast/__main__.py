@@ -14,6 +14,7 @@ import torch
 
 from . import _backends
 from .scorers import available
+from .zoo.finetune import Recipe
 
 _MODEL_FLAGS = "comma-separated NAME, NAME=PATH or LABEL:NAME[=PATH], or a JSON file of them"
 
@@ -28,7 +29,7 @@ def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
     if backend:
         group.add_argument("--backend", default="auto", help="PED backend (default: auto, the fastest available)")
     if models:
-        group.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+        group.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
         group.add_argument("--no-pretrained", action="store_true",
                            help="build plain NAME specs with seeded random weights (tests, offline trials)")
         group.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
@@ -107,11 +108,14 @@ def _parser(prog):
                           help="test image folder (the same classes, other images)")
     finetune.add_argument("--out", metavar="FILE", default="ground_truth.json",
                           help="ground-truth JSON to write (default: ground_truth.json)")
-    finetune.add_argument("--epochs", type=int, default=3, help="passes over the training split (default: 3)")
-    finetune.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    # The defaults are the Recipe's, so the command and the API agree.
+    finetune.add_argument("--epochs", type=int, default=Recipe.epochs,
+                          help="passes over the training split (default: %(default)s)")
+    finetune.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate (default: %(default)s)")
     finetune.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     finetune.add_argument("--augmentation", default="none", choices=["none", "light"])
     _common(finetune, cache=False, extraction=False)
+    finetune.set_defaults(batch_size=Recipe.batch_size)
 
     demo = verbs.add_parser("demo", help="screen a zoo trained on this machine, offline (cache: $PED_FAST_CACHE)")
     demo.add_argument("--out", metavar="DIR", default="ped_fast_demo",

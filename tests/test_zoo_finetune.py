@@ -155,6 +155,23 @@ def test_bad_folders(tmp_path, folders, checkpoint):
         finetune_zoo([spec], tmp_path / "empty", folders[1], progress=False)
 
 
+def test_an_unusable_device_is_one_error_before_any_model(folders, checkpoint):
+    """Before, each model failed on its own with torch's error, and the
+    ground-truth file was written empty."""
+    with pytest.raises(ValueError, match="device 'mps' |device must be 'cpu' or a CUDA device, got 'mps'"):
+        finetune_zoo([f"a:test_resnet={checkpoint}", f"b:test_resnet={checkpoint}"], folders[0], folders[1], device="mps", progress=False)
+
+
+def test_the_command_defaults_are_the_recipe():
+    from ped_fast.__main__ import _parser
+
+    parser, _ = _parser("ped-fast")
+    args = parser.parse_args(["finetune", "--models", "m", "--data", "d", "--test", "t"])
+    recipe = Recipe()
+    assert (args.epochs, args.lr, args.batch_size, args.optimizer, args.augmentation) == (
+        recipe.epochs, recipe.lr, recipe.batch_size, recipe.optimizer, recipe.augmentation)
+
+
 def test_finetune_zoo_writes_ground_truth_and_goes_on_after_a_failure(tmp_path, folders, checkpoint):
     out = tmp_path / "gt" / "truth.json"
     specs = [f"a:test_resnet={checkpoint}", f"bad:test_resnet={tmp_path / 'missing.safetensors'}",

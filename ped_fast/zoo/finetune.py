@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .extract import resolve_device
 from .models import LoadedModel, load_model, parse_models, parse_spec
 
 
@@ -132,10 +133,6 @@ def _shift(images, generator):
     return out
 
 
-def _device(device):
-    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-
-
 def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True, desc="train") -> float:
     """Train every weight of `model` (in place, left in eval mode on
     `device`) on `dataset` (any torch Dataset of (image tensor, label))
@@ -147,7 +144,7 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
 
     if len(dataset) == 0:
         raise ValueError("dataset is empty; training needs at least one (image, label) pair")
-    device = _device(device)
+    device = resolve_device(device)
     batch = min(recipe.batch_size, len(dataset))
     steps = recipe.epochs * (len(dataset) // batch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
@@ -187,7 +184,7 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
 
 def accuracy(model, dataset, *, batch_size=256, device=None) -> float:
     """Top-1 accuracy of `model` (in eval mode) on `dataset`."""
-    device = _device(device)
+    device = resolve_device(device)
     correct = 0
     with torch.inference_mode():
         # An own generator: DataLoader draws a base seed from the global
@@ -245,7 +242,10 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
     from tqdm.auto import tqdm
 
     specs = parse_models(specs)
-    _splits(train_dir, test_dir, None)  # bad folders are the caller's error, not every model's
+    # Bad folders and an unusable device are the caller's error, said once,
+    # not every model's.
+    _splits(train_dir, test_dir, None)
+    device = resolve_device(device)
     accuracies, errors = {}, {}
     for spec in tqdm(specs, desc="fine-tuning", unit="model", disable=not progress):
         try:
