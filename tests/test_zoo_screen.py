@@ -110,12 +110,21 @@ def test_failing_model_is_an_error_row(zoo, tmp_path, monkeypatch):
 
 
 def test_scorer_exception_is_an_error_row(zoo, tmp_path, monkeypatch):
+    """The second scorer fails: the row is an error row with empty scores
+    (as results.json documents), not the first scorer's score beside an
+    error."""
+    original = score_module.score_features
+
     def broken(features, labels, scorer, **options):
-        raise np.linalg.LinAlgError("singular matrix (simulated)")
+        if scorer == "gbc":
+            raise np.linalg.LinAlgError("singular matrix (simulated)")
+        return original(features, labels, scorer, **options)
 
     monkeypatch.setattr(score_module, "score_features", broken)
-    results = screen(zoo["specs"][:1], zoo["data"], "self", cache=tmp_path, progress=False)
+    results = screen(zoo["specs"][:1], zoo["data"], "self", scorers=("sfda", "gbc"), cache=tmp_path,
+                     progress=False)
     assert results["models"][0]["error"] == "LinAlgError: singular matrix (simulated)"
+    assert results["models"][0]["scores"] == {}
     assert failed(results) == ["a"]
 
 

@@ -311,6 +311,7 @@ def screen_model(task: ModelTask) -> dict:
             _score_model(task, row)
     except Exception as error:
         row["error"] = describe(error)
+        row["scores"] = {}  # an error row scores nothing, whichever scorer failed
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     row["seconds"]["total"] = sum(task.prior_seconds.values()) + time.perf_counter() - start
