@@ -54,6 +54,18 @@ class PEDResult:
     backend: str = ""
 
 
+def check_parameters(*, time_step=0.1, nsigma=0.6, force_constant=1.0, exit_ratio=0.5, max_steps=6, eps=1e-3,
+                     rescale="reference"):
+    """ped()'s hyper-parameters checked (errors name each one) and returned
+    as (time_step, nsigma, force_constant, exit_ratio, max_steps, eps);
+    callers that do other work before ped() (ped_score) check them first."""
+    if rescale not in RESCALE_OPTIONS:
+        raise ValueError(f"rescale must be 'reference', 'self' or None, got {rescale!r}")
+    return (check_number(time_step, "time_step"), check_number(nsigma, "nsigma"),
+            check_number(force_constant, "force_constant"), check_number(exit_ratio, "exit_ratio"),
+            check_count(max_steps, "max_steps"), check_number(eps, "eps", strict=True))
+
+
 def ped(
     features,
     labels,
@@ -82,14 +94,9 @@ def ped(
     inplace: write the moved features into `features` itself, allocating no
         copy of it.
     """
-    time_step = check_number(time_step, "time_step")
-    nsigma = check_number(nsigma, "nsigma")
-    force_constant = check_number(force_constant, "force_constant")
-    exit_ratio = check_number(exit_ratio, "exit_ratio")
-    eps = check_number(eps, "eps", strict=True)
-    max_steps = check_count(max_steps, "max_steps")
-    if rescale not in RESCALE_OPTIONS:
-        raise ValueError(f"rescale must be 'reference', 'self' or None, got {rescale!r}")
+    time_step, nsigma, force_constant, exit_ratio, max_steps, eps = check_parameters(
+        time_step=time_step, nsigma=nsigma, force_constant=force_constant, exit_ratio=exit_ratio,
+        max_steps=max_steps, eps=eps, rescale=rescale)
     check_inplace(inplace, features)
 
     x, as_numpy = features_tensor(features)

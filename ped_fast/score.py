@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ped import PEDResult, ped
-from ._validate import all_finite, features_tensor, raise_non_finite, to_tensor
+from .ped import PEDResult, check_parameters, ped
+from ._validate import all_finite, check_inplace, features_tensor, raise_non_finite, to_tensor
 from .scorers import _registry
 from .scorers._input import ClassMoments, class_moments, prepare
 from .scorers._linalg import matmul, principal_axes
@@ -118,19 +118,24 @@ def ped_score(features, labels, scorer="sfda", *, reference=None, return_baselin
     the shared computation is used only while the moved features keep the
     input's within-class spread.
     """
+    # Every argument is checked before any work (a baseline score, a PCA).
     _check_ped_options(ped_options)
+    check_parameters(**{k: v for k, v in ped_options.items() if k != "inplace"})
+    check_inplace(ped_options.get("inplace", False), features)
     if not isinstance(return_baseline, bool):
         raise TypeError(f"return_baseline must be True or False, got {return_baseline!r}")
     options = dict(scorer_options or {})
+    entry = None
+    if not callable(scorer):
+        entry = _registry.get(scorer)
+        if not entry.ped_applies:
+            raise ValueError(f"PED does not apply to {scorer!r}: it reads {entry.reads}, not features, and PED "
+                             f"moves features; call ped_fast.scorers.{scorer}(probabilities, labels) for its score")
+        entry.check_options(options)
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, ped_options.get("inplace", False))
-    if callable(scorer):
+    if entry is None:
         return _callable_score(scorer, features, labels, reference, return_baseline, options, backend, ped_options)
-    entry = _registry.get(scorer)
-    if not entry.ped_applies:
-        raise ValueError(f"PED does not apply to {scorer!r}: it reads {entry.reads}, not features, and PED moves "
-                         f"features; call ped_fast.scorers.{scorer}(probabilities, labels) for its score")
-    entry.check_options(options)
 
     def run_ped():
         return ped(features, labels, reference=reference, backend=backend, **ped_options)

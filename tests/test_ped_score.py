@@ -314,3 +314,26 @@ def test_reduce_errors():
         ped_score(x.copy(), y, reference=g, reduce="pca:3", inplace=True)
     with pytest.raises(ValueError, match="reference has 9 columns but features has 10"):
         ped_score(x, y, reference=g[:, 1:], reduce="pca:3")
+
+
+@pytest.mark.parametrize("options,error,message", [
+    ({"time_step": -1}, ValueError, "time_step must be a finite number >= 0, got -1"),
+    ({"rescale": "imagenet"}, ValueError, "rescale must be 'reference', 'self' or None"),
+    ({"inplace": 1}, TypeError, "inplace must be True or False, got 1"),
+    ({"scorer": "no_such_scorer"}, ValueError, "no_such_scorer"),
+])
+def test_arguments_are_checked_before_any_work(options, error, message):
+    """Before, a bad ped() option surfaced only after the baseline had been
+    scored (a whole NLEEP or PARC run), and an unknown scorer after the PCA
+    of reduce."""
+    x, y, g = problem()
+    calls = []
+
+    def counting(features, labels):
+        calls.append(1)
+        return 0.0
+
+    scorer = options.pop("scorer", counting)
+    with pytest.raises(error, match=message):
+        ped_score(x, y, scorer, reference=g, return_baseline=True, reduce="pca:3", **options)
+    assert calls == []
