@@ -186,7 +186,7 @@ def _run_extract(args):
 
 def _run_reference_stats(args):
     from .zoo.extract import ExtractionError
-    from .zoo.reference import export_stats, reference_stats
+    from .zoo.refstats import export_stats, reference_stats
 
     try:
         results = reference_stats(args.models, args.reference, cache=args.cache, **_settings(args))

@@ -1,4 +1,4 @@
-"""Streamed reference statistics (ped_fast.zoo.reference): equal to the full
+"""Streamed reference statistics (ped_fast.zoo.refstats): equal to the full
 feature matrix's mean and std within 1e-9 relative (float64), for any split
 into batches and any merge order; cached; refused for another dimension."""
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from ped_fast.zoo import Cache, extract, reference_stats, screen, stats_of
 from ped_fast.zoo import reference as reference_module
 from ped_fast.zoo.images import write_image_folder
-from ped_fast.zoo.reference import RunningMoments, load_stats_file
+from ped_fast.zoo.refstats import RunningMoments, load_stats_file
 from zoo_helpers import small_checkpoint
 
 # Acceptance 3: streamed float64 statistics agree with the two-pass ones on

@@ -14,7 +14,7 @@ from ped_fast.zoo.images import write_image_folder
 from zoo_helpers import small_checkpoint
 
 extract_module = importlib.import_module("ped_fast.zoo.extract")
-score_module = importlib.import_module("ped_fast.zoo.score")
+score_module = importlib.import_module("ped_fast.zoo.scoring")
 
 
 @pytest.fixture(scope="module")

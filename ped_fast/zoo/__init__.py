@@ -10,10 +10,10 @@ from .cache import Cache, default_root
 from .extract import ExtractionError, FeatureSet, export_features, extract
 from .images import ImageSet, image_files, image_folder
 from .models import LoadedModel, ModelSpec, load_model, parse_models, parse_spec, weights_identity
-from .reference import ReferenceStats, RunningMoments, export_stats, load_stats_file, reference_stats, stats_of
+from .refstats import ReferenceStats, RunningMoments, export_stats, load_stats_file, reference_stats, stats_of
 from .report import format_table, load_ground_truth, write_report
 from .report import evaluation as evaluate_results
-from .score import score_features
+from .scoring import score_features
 from .screen import LocalExecutor, ModelTask, failed, screen, screen_model
 
 __all__ = [

@@ -14,7 +14,7 @@ import time
 
 from .cache import Cache
 from .report import FILES, format_table
-from .score import display_name
+from .scoring import display_name
 from .screen import failed, screen
 
 SCORERS = ("sfda", "logme", "nleep", "gbc")

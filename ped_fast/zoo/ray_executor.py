@@ -15,7 +15,7 @@ import dataclasses
 import os
 import time
 
-from .score import empty_row
+from .scoring import empty_row
 
 INSTALL = "pip install -e '.[ray]'"
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..evaluate import evaluate
-from .score import display_name
+from .scoring import display_name
 
 MEASURES = ("weighted_tau", "kendall_tau", "pearson", "rel@1", "rel@3")
 FILES = ("results.json", "results.csv", "ranking.png")

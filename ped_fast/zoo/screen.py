@@ -33,9 +33,9 @@ from ..score import parse_reduce
 from .cache import Cache, content_key
 from .extract import FeaturesStage, Settings, check_models, describe, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
-from .reference import ReferenceStage, ReferenceStats, load_stats_file, stats_of
+from .refstats import ReferenceStage, ReferenceStats, load_stats_file, stats_of
 from .report import check_ground_truth, evaluation, json_safe, load_ground_truth, write_report
-from .score import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
+from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
                     zoo_warnings)
 
 # The row's "seconds" entry of each extraction stage.

@@ -19,7 +19,7 @@ import torch
 from ..score import ped_score
 from ..scorers import available, get, saturation
 from .cache import content_key
-from .reference import ReferenceStats
+from .refstats import ReferenceStats
 
 # Part of every score's cache key: bump it when a change here (or in
 # ped_score's defaults) would change a cached score. 3: entries hold the
