@@ -144,6 +144,16 @@ def check_count(value, name):
     return int(value)
 
 
+def check_integer(value, name, *, minimum=0):
+    """An integer >= minimum (bool refused), returned as int; TypeError for
+    a non-integer, ValueError below the minimum, both naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def all_finite(*tensors):
     """True when every value is finite; one reduction per tensor, no mask.
     (A sum can also overflow on finite values: only then are masks built.)"""
