@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write, fsync_directory
+
 ENV = "PED_FAST_CACHE"
 _TEMP_PREFIX = ".tmp-"
 _FORMAT = 1
@@ -153,12 +155,11 @@ class Cache:
                 os.replace(array.filename, final)
             else:
                 array = np.ascontiguousarray(array)
-                _atomic_write(final, lambda f, a=array: np.save(f, a, allow_pickle=False))
+                atomic_write(final, lambda f, a=array: np.save(f, a, allow_pickle=False))
             files[name] = {"file": final.name, "shape": list(array.shape), "dtype": str(array.dtype)}
         record = {"format": _FORMAT, "kind": kind, "key": key, "meta": meta, "arrays": files}
         text = json.dumps(record, indent=1, sort_keys=True, allow_nan=True)
-        _atomic_write(self.manifest_path(kind, key), lambda f: f.write(text.encode()))
-        _fsync_dir(folder)
+        atomic_write(self.manifest_path(kind, key), lambda f: f.write(text.encode()))
         return self.get(kind, key)
 
     @staticmethod
@@ -185,34 +186,12 @@ def _temporary_name(final_name):
     return f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{final_name}"
 
 
-def _atomic_write(final: Path, write):
-    temporary = final.parent / _temporary_name(final.name)
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, final)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _fsync_file(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder):
-    # The renames themselves must reach the disk for the entry to survive a
-    # power cut; not every platform can open a directory.
-    try:
-        _fsync_file(folder)
-    except OSError:
-        pass
 
 
 def _remove_stale_temporaries(folder: Path):
