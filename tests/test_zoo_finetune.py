@@ -3,15 +3,21 @@
 A tiny task the harness must learn: 16x16 images whose class is their
 dominant colour, with random noise; tiny timm models saved with a 16-pixel
 data config so that everything runs in seconds."""
+import dataclasses
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import ped_fast.zoo.finetune as finetune_module
 from ped_fast.zoo.finetune import FinetuneFailed, Recipe, finetune, finetune_zoo, train
+from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.models import load_model, save_model_dir
+from zoo_helpers import small_checkpoint
 
 SIZE = 16
 CFG = {"input_size": (3, SIZE, SIZE), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
@@ -40,6 +46,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """finetune_zoo caches every run: never in the user's cache."""
+    monkeypatch.setenv("PED_FAST_CACHE", str(tmp_path / "default-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +163,7 @@ def test_bad_folders(tmp_path, folders, checkpoint):
     with pytest.raises(ValueError, match="has 1 class; fine-tuning needs at least 2"):
         finetune_zoo([spec], single, single, progress=False)
     (tmp_path / "empty" / "red").mkdir(parents=True)
-    with pytest.raises(ValueError, match="train_dir .*empty"):
+    with pytest.raises(ValueError, match="empty/red' of the train_dir folder holds no images"):
         finetune_zoo([spec], tmp_path / "empty", folders[1], progress=False)
 
 
@@ -198,3 +210,143 @@ def test_recipe_rejects(field, value):
 def test_sgd_recipe_trains(folders, checkpoint):
     recipe = Recipe(optimizer="sgd", epochs=4, lr=0.05, head_lr_scale=1.0, batch_size=8)
     assert finetune(f"test_resnet={checkpoint}", *folders, recipe=recipe, progress=False)["accuracy"] >= 0.9
+
+
+# The resumption tests: three tiny models of three families (32x32, one
+# epoch), so that a rerun that retrains anything shows in the train calls.
+TINY = Recipe(epochs=1, lr=1e-3, head_lr_scale=1.0, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    train_dir = write_image_folder(root / "train", classes=3, per_class=4, size=32, seed=0)
+    test_dir = write_image_folder(root / "test", classes=3, per_class=2, size=32, seed=1)
+    specs = [f"{label}:{arch}={small_checkpoint(root / label, arch, seed)}"
+             for label, arch, seed in (("a", "test_resnet", 1), ("b", "test_convnext", 2),
+                                       ("c", "test_efficientnet", 3))]
+    return specs, train_dir, test_dir
+
+
+class _Killed(BaseException):
+    """Stands for Ctrl-C or SIGKILL: not an Exception, so finetune_zoo does
+    not take it for one model's failure."""
+
+
+def _spy_train(monkeypatch, kill_at=None):
+    """Record (label, seed) of every training run; raise _Killed on kill_at."""
+    calls = []
+
+    def spy(model, dataset, recipe=Recipe(), *, seed=0, desc="train", **kwargs):
+        run = (desc.removeprefix("fine-tune "), seed)
+        calls.append(run)
+        if run == kill_at:
+            raise _Killed
+        return train(model, dataset, recipe, seed=seed, desc=desc, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "train", spy)
+    return calls
+
+
+def test_a_killed_finetune_resumes_with_what_is_missing(tmp_path, monkeypatch, tiny_zoo):
+    """Before, the ground truth was written only after the last model and
+    nothing was cached: a kill lost every finished run."""
+    specs, train_dir, test_dir = tiny_zoo
+    cache, out = tmp_path / "cache", tmp_path / "truth.json"
+    kwargs = dict(out=out, recipe=TINY, seeds=(0, 1), cache=cache, progress=False)
+
+    calls = _spy_train(monkeypatch, kill_at=("b", 1))
+    with pytest.raises(_Killed):
+        finetune_zoo(specs, train_dir, test_dir, **kwargs)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    # The file holds the finished model; model b's seed 0 is cached too.
+    assert list(json.loads(out.read_text())) == ["a"]
+    assert len(list((cache / "finetune").glob("*.json"))) == 3
+
+    calls = _spy_train(monkeypatch)
+    truth = finetune_zoo(specs, train_dir, test_dir, **kwargs)
+    assert calls == [("b", 1), ("c", 0), ("c", 1)]
+    assert list(truth) == ["a", "b", "c"] and json.loads(out.read_text()) == truth
+
+    # The entries: one per (model, seed), the per-seed accuracies whose mean
+    # is the ground truth.
+    metas = [json.loads(p.read_text())["meta"] for p in (cache / "finetune").glob("*.json")]
+    runs = {(m["label"], m["seed"]): m for m in metas}
+    assert sorted(runs) == [(label, seed) for label in "abc" for seed in (0, 1)]
+    for label in "abc":
+        assert truth[label] == (runs[label, 0]["accuracy"] + runs[label, 1]["accuracy"]) / 2
+        assert runs[label, 0]["skipped"] == {"train": [], "test": []}
+        assert runs[label, 0]["recipe"]["lr"] == TINY.lr and runs[label, 0]["n_train"] == 12
+
+    calls = _spy_train(monkeypatch)
+    assert finetune_zoo(specs, train_dir, test_dir, **kwargs) == truth
+    assert calls == []
+
+
+def test_a_cached_run_is_the_run_itself(tmp_path, monkeypatch, tiny_zoo):
+    """A seed's cached accuracy is finetune()'s for that seed, and what the
+    accuracy depends on (here the recipe and the images) is in the key."""
+    specs, train_dir, test_dir = tiny_zoo
+    cache = tmp_path / "cache"
+    truth = finetune_zoo(specs[:1], train_dir, test_dir, recipe=TINY, seeds=(0, 1), cache=cache, progress=False)
+    alone = [finetune(specs[0], train_dir, test_dir, recipe=TINY, seed=seed, progress=False)["accuracy"]
+             for seed in (0, 1)]
+    assert truth == {"a": (alone[0] + alone[1]) / 2}
+
+    calls = _spy_train(monkeypatch)
+    other = dataclasses.replace(TINY, lr=2e-3)
+    finetune_zoo(specs[:1], train_dir, test_dir, recipe=other, cache=cache, progress=False)
+    assert calls == [("a", 0)]
+    touched = shutil.copytree(train_dir, tmp_path / "train-touched")
+    os.utime(touched / "class0" / "0.png", ns=(0, 0))
+    finetune_zoo(specs[:1], touched, test_dir, recipe=TINY, cache=cache, progress=False)
+    assert calls == [("a", 0), ("a", 0)]
+    # Another label, the same model: the same runs.
+    finetune_zoo(["renamed:" + specs[0].split(":", 1)[1]], train_dir, test_dir, recipe=TINY, seeds=(0, 1),
+                 cache=cache, progress=False)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("seeds, message", [((), "non-empty"), ((0, 0), "distinct"), ((0, 1.5), "integers")])
+def test_finetune_zoo_rejects_seeds(tiny_zoo, seeds, message):
+    specs, train_dir, test_dir = tiny_zoo
+    with pytest.raises(ValueError, match=f"seeds must be .*{message}"):
+        finetune_zoo(specs, train_dir, test_dir, seeds=seeds, progress=False)
+
+
+def test_splits_are_read_as_the_screening_reads_them(tmp_path, monkeypatch, tiny_zoo):
+    """A notebook's hidden .ipynb_checkpoints folder is not a class, a
+    hidden file not an image, and an undecodable image is skipped and
+    counted, not a failed model (before: a fourth class, and the model
+    failed on the bad file)."""
+    specs, train_dir, test_dir = tiny_zoo
+    messy = shutil.copytree(train_dir, tmp_path / "train")
+    shutil.copytree(messy / "class0", messy / ".ipynb_checkpoints")
+    shutil.copy(messy / "class0" / "0.png", messy / "class1" / ".hidden.png")
+    (messy / "class2" / "bad.png").write_bytes(b"not a png")
+    with pytest.warns(RuntimeWarning, match=r"1 of 13 images under .*train could not be decoded and were skipped: "
+                                            r"class2/bad.png \("):
+        result = finetune(specs[0], messy, test_dir, recipe=TINY, progress=False)
+    clean = finetune(specs[0], train_dir, test_dir, recipe=TINY, progress=False)
+    assert result["n_train"] == 12 and result["skipped"] == {"train": ["class2/bad.png"], "test": []}
+    assert result["accuracy"] == clean["accuracy"] and result["train_loss"] == clean["train_loss"]
+
+    # A split too big to keep in memory is decoded each epoch, without the
+    # bad file: the same numbers.
+    monkeypatch.setattr(finetune_module, "_IN_MEMORY_BYTES", 0)
+    with pytest.warns(RuntimeWarning, match="could not be decoded"):
+        truth = finetune_zoo(specs[:1], messy, test_dir, recipe=TINY, cache=tmp_path / "cache", progress=False)
+    assert truth == {"a": clean["accuracy"]}
+    [entry] = (tmp_path / "cache" / "finetune").glob("*.json")
+    assert json.loads(entry.read_text())["meta"]["skipped"] == {"train": ["class2/bad.png"], "test": []}
+
+
+def test_a_split_with_no_decodable_image_fails_the_model(tmp_path, tiny_zoo):
+    specs, train_dir, _ = tiny_zoo
+    test = tmp_path / "test"
+    for name in ("class0", "class1"):
+        (test / name).mkdir(parents=True)
+        (test / name / "0.png").write_bytes(b"broken")
+    with pytest.warns(RuntimeWarning), pytest.raises(FinetuneFailed) as info:
+        finetune_zoo(specs[:1], train_dir, test, recipe=TINY, cache=tmp_path / "cache", progress=False)
+    assert "test_dir" in info.value.errors["a"] and "none of its 2 images could be decoded" in info.value.errors["a"]

@@ -7,7 +7,8 @@ the harness is deliberately plain and identical for every model: the
 model's own eval transform for both splits (no random augmentation unless
 asked; a split that fits in 1 GiB is decoded once, not once per epoch), a
 fresh linear head for the target classes, all weights trained,
-deterministic for a seed.
+deterministic for a seed. Each (model, seed) run is cached as it
+finishes, so a killed ``ped-fast finetune`` resumes.
 """
 from __future__ import annotations
 
@@ -17,14 +18,22 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .extract import resolve_device
-from .models import LoadedModel, load_model, parse_models, parse_spec
+from .cache import Cache, content_key
+from .extract import describe, resolve_device
+from .images import ImageSet, image_folder, load_rgb
+from .models import LoadedModel, load_model, parse_models, parse_spec, weights_identity
 
+# Bumped when the same inputs would give other numbers (the harness, the
+# splits' reading, the recipe's meaning): the cache's "finetune" entries of
+# older versions are then not reused.
+FINETUNE_VERSION = 1
 
 # Splits up to this size are decoded once and kept as tensors (1 GiB: about
 # 1,780 float32 images at 3 x 224 x 224).
@@ -86,39 +95,100 @@ class FinetuneFailed(RuntimeError):
         super().__init__(f"{len(errors)} of {len(errors) + len(accuracies)} models failed to fine-tune:\n{lines}")
 
 
-def _splits(train_dir, test_dir, transform):
-    """ImageFolders for both splits, the test split's labels mapped to the
-    training split's classes by folder name."""
-    from torchvision.datasets import ImageFolder
+@dataclass(frozen=True)
+class _Splits:
+    """Both splits as listed once by the screening's reader; test_labels:
+    each test image's class as an index into train.classes."""
+    train: ImageSet
+    test: ImageSet
+    test_labels: np.ndarray
 
-    folders = []
-    for what, root in (("train_dir", train_dir), ("test_dir", test_dir)):
-        if not Path(root).is_dir():
-            raise FileNotFoundError(f"{what} {str(root)!r} is not a directory (expected one subfolder per class)")
-        try:
-            folders.append(ImageFolder(str(root), transform=transform))
-        except (FileNotFoundError, RuntimeError) as err:
-            raise ValueError(f"{what} {str(root)!r}: {err}") from None
-    train, test = folders
+
+@dataclass(frozen=True)
+class _Data:
+    """Both splits decoded with one model's transform: torch Datasets of
+    (image tensor, label), and the relative paths skipped in each."""
+    train: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    classes: int
+    skipped: dict
+
+
+def _splits(train_dir, test_dir) -> _Splits:
+    """List both splits with the screening's reader (images.image_folder:
+    the same extensions; hidden files and folders such as
+    .ipynb_checkpoints are not images or classes) and map the test split's
+    classes to the training split's by folder name."""
+    train = image_folder(train_dir, what="train_dir")
+    test = image_folder(test_dir, what="test_dir")
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:
         raise ValueError(f"test_dir {str(test_dir)!r} has classes {unknown} that train_dir {str(train_dir)!r} lacks")
     if len(train.classes) < 2:
         raise ValueError(f"train_dir {str(train_dir)!r} has {len(train.classes)} class; fine-tuning needs at least 2")
-    test.samples = [(path, train.class_to_idx[test.classes[target]]) for path, target in test.samples]
-    test.targets = [target for _, target in test.samples]
-    return train, test
+    index = {name: i for i, name in enumerate(train.classes)}
+    mapping = np.array([index[name] for name in test.classes], dtype=np.int64)
+    return _Splits(train, test, mapping[test.labels])
 
 
-def _in_memory(dataset):
-    """`dataset` decoded and transformed once into tensors when that takes
-    at most _IN_MEMORY_BYTES (the eval transform is deterministic, so every
-    epoch would redo the same work), else `dataset` itself."""
-    first = dataset[0][0]
-    if first.numel() * first.element_size() * len(dataset) > _IN_MEMORY_BYTES:
-        return dataset
-    images = torch.stack([first] + [dataset[i][0] for i in range(1, len(dataset))])
-    return torch.utils.data.TensorDataset(images, torch.as_tensor(dataset.targets, dtype=torch.int64))
+def _decode(splits: _Splits, data_config) -> _Data:
+    """Both splits with the eval transform of `data_config`."""
+    import timm
+
+    transform = timm.data.create_transform(**data_config, is_training=False)
+    (train, skipped_train), (test, skipped_test) = (
+        _decoded(images, labels, transform, what)
+        for images, labels, what in ((splits.train, splits.train.labels, "train_dir"),
+                                     (splits.test, splits.test_labels, "test_dir")))
+    return _Data(train, test, len(splits.train.classes), {"train": skipped_train, "test": skipped_test})
+
+
+class _Files(torch.utils.data.Dataset):
+    """The images of `images` at `indices`, decoded when read."""
+
+    def __init__(self, images, indices, labels, transform):
+        self.images, self.indices, self.labels, self.transform = images, indices, labels, transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.transform(load_rgb(self.images.file(self.indices[i]))), int(self.labels[i])
+
+
+def _decoded(images, labels, transform, what):
+    """(a torch Dataset of (image tensor, label), the relative paths of the
+    images that could not be decoded). An undecodable image is skipped
+    with a warning, as in extraction, not a failed model.
+
+    Every image is decoded here once, which finds the bad ones. When the
+    split's tensors take at most _IN_MEMORY_BYTES they are kept (the eval
+    transform is deterministic, so every epoch would redo the same work);
+    a larger split is decoded again each epoch, without the bad ones."""
+    kept, tensors, failed = [], [], []
+    for index in range(len(images)):
+        try:
+            tensor = transform(load_rgb(images.file(index)))
+        except Exception as error:  # noqa: BLE001 - PIL reports a bad file with many exception types
+            failed.append((images.paths[index], describe(error)))
+            continue
+        kept.append(index)
+        if tensors is not None:
+            tensors.append(tensor)
+            if tensor.numel() * tensor.element_size() * len(images) > _IN_MEMORY_BYTES:
+                tensors = None
+    if failed:
+        shown = "; ".join(f"{path} ({message})" for path, message in failed[:5])
+        warnings.warn(f"{len(failed)} of {len(images)} images under {images.root} could not be decoded and were "
+                      f"skipped: {shown}{'; ...' if len(failed) > 5 else ''}", RuntimeWarning, stacklevel=3)
+    if not kept:
+        raise ValueError(f"{what} {images.root!r}: none of its {len(images)} images could be decoded")
+    labels = labels[kept]
+    if tensors is None:
+        dataset = _Files(images, kept, labels, transform)
+    else:
+        dataset = torch.utils.data.TensorDataset(torch.stack(tensors), torch.as_tensor(labels, dtype=torch.int64))
+    return dataset, [path for path, _ in failed]
 
 
 def _shift(images, generator):
@@ -201,15 +271,16 @@ def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pr
 
     loaded_or_spec: a LoadedModel (left unchanged: a copy is trained), a
     ModelSpec or a SPEC string (loaded with `pretrained` and `seed`).
-    train_dir, test_dir: ImageFolder layouts (one subfolder per class);
-    test classes must be among the training classes.
+    train_dir, test_dir: ImageFolder layouts (one subfolder per class, read
+    as the screening reads them: images.image_folder); test classes must be
+    among the training classes.
     device: "cpu", "cuda", ... (default: cuda when available).
     Returns {"accuracy": test top-1 in [0, 1], "seconds": wall time,
     "epochs", "train_loss": mean loss of the last epoch, "n_train",
-    "n_test"}. The same inputs and seed give the same accuracy on one
-    machine; the caller's torch RNG state is left as it was."""
-    import timm
-
+    "n_test": the images used, "skipped": {"train": [...], "test": [...]},
+    the relative paths of the images that could not be decoded}. The same
+    inputs and seed give the same accuracy on one machine; the caller's
+    torch RNG state is left as it was."""
     start = time.perf_counter()
     if isinstance(loaded_or_spec, LoadedModel):
         loaded = loaded_or_spec
@@ -217,51 +288,127 @@ def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pr
     else:
         loaded = load_model(parse_spec(loaded_or_spec), pretrained=pretrained, seed=seed)
         model = loaded.model
-    transform = timm.data.create_transform(**loaded.data_config, is_training=False)
-    train_set, test_set = _splits(train_dir, test_dir, transform)
-    classes = train_set.classes
-    train_set, test_set = _in_memory(train_set), _in_memory(test_set)
+    data = _decode(_splits(train_dir, test_dir), loaded.data_config)
+    result = _run(model, loaded.spec.label, data, recipe, seed=seed, device=device, progress=progress)
+    return {**result, "seconds": time.perf_counter() - start}
+
+
+def _run(model, label, data: _Data, recipe, *, seed, device, progress) -> dict:
+    """Give `model` a fresh head for the target classes, train it (in place)
+    and test it: finetune()'s result without "seconds"."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model.reset_classifier(len(classes))
-    loss = train(model, train_set, recipe, seed=seed, device=device, progress=progress,
-                 desc=f"fine-tune {loaded.spec.label}")
-    return {"accuracy": accuracy(model, test_set, device=device), "seconds": time.perf_counter() - start,
-            "epochs": recipe.epochs, "train_loss": loss, "n_train": len(train_set), "n_test": len(test_set)}
+        model.reset_classifier(data.classes)
+    loss = train(model, data.train, recipe, seed=seed, device=device, progress=progress, desc=f"fine-tune {label}")
+    return {"accuracy": accuracy(model, data.test, device=device), "epochs": recipe.epochs, "train_loss": loss,
+            "n_train": len(data.train), "n_test": len(data.test), "skipped": data.skipped}
 
 
-def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=0, pretrained=True, device=None,
-                 progress=True) -> dict:
-    """Fine-tune every model of `specs` (anything parse_models takes) and
-    return the ground truth {label: accuracy}, in the specs' order.
+def _key(spec, identity, recipe, seed, splits: _Splits) -> str:
+    """The cache key of one fine-tuning run: everything its accuracy
+    depends on. The row's label, the device and `progress` are not in it
+    (as in extraction: a run on another device reuses the entry)."""
+    import timm
 
-    out: a JSON file to write the ground truth to (what ``ped-fast
-    evaluate --ground-truth`` reads), written atomically. A model that fails
+    return content_key("finetune", FINETUNE_VERSION, parse_spec(spec).name, identity, asdict(recipe), seed,
+                       splits.train.fingerprint, splits.test.fingerprint, torch.__version__, timm.__version__)
+
+
+def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=0, seeds=None, pretrained=True,
+                 device=None, cache=None, progress=True) -> dict:
+    """Fine-tune every model of `specs` (anything parse_models takes) once
+    per seed of `seeds` and return the ground truth {label: mean accuracy
+    over the seeds}, in the specs' order.
+
+    seed: the seed of random weights (pretrained=False) and, when `seeds`
+    is None, the one fine-tuning seed. Each (model, seed) run is kept in
+    `cache` (a Cache, a folder, or None for the default) as soon as it
+    finishes, kind "finetune", its meta finetune()'s result (the per-seed
+    accuracy, the skipped images, ...) with the run's inputs; so a killed
+    run, run again, fine-tunes only what is missing.
+
+    out: a JSON file {label: mean accuracy} (what ``ped-fast evaluate
+    --ground-truth`` reads), rewritten atomically after each model, so that
+    it always holds the models this call has finished. A model that fails
     does not stop the others; after the last one, FinetuneFailed names the
     failures (the file then holds the models that succeeded)."""
     from tqdm.auto import tqdm
 
     specs = parse_models(specs)
+    seeds = _check_seeds(seed, seeds)
     # Bad folders and an unusable device are the caller's error, said once,
     # not every model's.
-    _splits(train_dir, test_dir, None)
+    splits = _splits(train_dir, test_dir)
     device = resolve_device(device)
+    cache = Cache.of(cache)
     accuracies, errors = {}, {}
-    for spec in tqdm(specs, desc="fine-tuning", unit="model", disable=not progress):
-        try:
-            result = finetune(spec, train_dir, test_dir, recipe=recipe, seed=seed, pretrained=pretrained,
-                              device=device, progress=progress)
-        except Exception as err:  # noqa: BLE001 - one model's failure must not end the run
-            errors[spec.label] = f"{type(err).__name__}: {err}"
-            continue
-        accuracies[spec.label] = result["accuracy"]
-        if progress:
-            tqdm.write(f"{spec.label}: accuracy {result['accuracy']:.4f} ({result['seconds']:.1f} s)")
     if out is not None:
         write_json(out, accuracies)
+    for spec in tqdm(specs, desc="fine-tuning", unit="model", disable=not progress):
+        try:
+            runs, ran = _finetune_model(spec, splits, seeds, recipe=recipe, seed=seed, pretrained=pretrained,
+                                        device=device, cache=cache, progress=progress)
+        except Exception as err:  # noqa: BLE001 - one model's failure must not end the run
+            errors[spec.label] = describe(err)
+        else:
+            accuracies[spec.label] = sum(run["accuracy"] for run in runs) / len(runs)
+            if progress:
+                mean = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
+                took = f"{sum(run['seconds'] for run in ran):.1f} s" if ran else "cached"
+                tqdm.write(f"{spec.label}: accuracy {accuracies[spec.label]:.4f}{mean} ({took})")
+        if out is not None:
+            write_json(out, accuracies)
     if errors:
         raise FinetuneFailed(accuracies, errors)
     return accuracies
+
+
+def _check_seeds(seed, seeds) -> tuple:
+    if seeds is None:
+        seeds = (seed,)
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
+    seeds = tuple(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (a repeated seed repeats the same run), got {seeds!r}")
+    return seeds
+
+
+def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, device, cache, progress):
+    """(every seed's run meta, in `seeds`' order; the runs done now). Only
+    the runs the cache lacks are done: the model is built and the images
+    decoded once for them, and each run is cached as soon as it ends."""
+    identity = weights_identity(spec, pretrained=pretrained, seed=seed)
+    keys = {s: _key(spec, identity, recipe, s, splits) for s in seeds}
+    runs = {}
+    for s in seeds:
+        entry = cache.get("finetune", keys[s])
+        if entry is not None:
+            runs[s] = entry.meta
+    missing = [s for s in seeds if s not in runs]
+    ran = []
+    if missing:
+        import timm
+
+        start = time.perf_counter()
+        loaded = load_model(spec, pretrained=pretrained, seed=seed)
+        data = _decode(splits, loaded.data_config)
+        shared = (time.perf_counter() - start) / len(missing)
+        for s in missing:
+            start = time.perf_counter()
+            result = _run(copy.deepcopy(loaded.model), spec.label, data, recipe, seed=s, device=device,
+                          progress=progress)
+            meta = {**result, "seconds": shared + time.perf_counter() - start, "seed": s, "label": spec.label,
+                    "model": spec.name, "identity": identity, "recipe": asdict(recipe),
+                    "train": {"path": splits.train.root, "fingerprint": splits.train.fingerprint},
+                    "test": {"path": splits.test.root, "fingerprint": splits.test.fingerprint},
+                    "version": FINETUNE_VERSION, "torch": torch.__version__, "timm": timm.__version__}
+            cache.put("finetune", keys[s], meta)
+            runs[s] = meta
+            ran.append(meta)
+    return [runs[s] for s in seeds], ran
 
 
 def write_json(path, value):
@@ -277,4 +424,3 @@ def write_json(path, value):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
