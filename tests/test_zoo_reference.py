@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ped_fast.zoo import Cache, extract, reference_stats, screen, stats_of
-from ped_fast.zoo import reference as reference_module
+from ped_fast.zoo import refstats as reference_module
 from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.refstats import RunningMoments, load_stats_file
 from zoo_helpers import small_checkpoint

@@ -216,7 +216,7 @@ def test_cli_all_combine_reduce(tmp_path, capsys):
         main(["screen", "--features", str(tmp_path / "f"), "--scorers", "sfda,nope", "--cache", str(tmp_path / "c")])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("ped-fast screen: error: scorers ['sfda', 'nope']: expected 'all' or one or more of ")
+    assert error.startswith("ped-fast screen: error: unknown scorer 'nope': expected 'all' or one or more of ")
     assert "leep" in error and "knn" in error
 
 

@@ -20,6 +20,7 @@ recorded for that model and the pass goes on with the others.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -30,12 +31,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._validate import check_integer
 from .cache import Cache, content_key
+from .errors import checking_inputs, describe
+from .device import MATH_MODES, device_name, math_context, resolve_device
 from .images import ImageSet, image_folder, load_rgb
+from .progress import progress as progress_bar
 
 # Part of every cache key of extracted data: bump it whenever a change here
-# would change the numbers extraction produces.
-EXTRACTION_VERSION = 1
+# would change the numbers extraction produces. 2: keys hold the library
+# versions and the math mode, and the architecture instead of the spec's name.
+EXTRACTION_VERSION = 2
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows copied at once when compacting a feature file after skipped images.
 _COPY_ROWS = 8192
@@ -45,57 +51,82 @@ _COPY_ROWS = 8192
 class Settings:
     """How models are built and run (picklable: a work unit's argument).
 
-    device: a torch device string. workers: DataLoader worker processes
-    decoding images (0: in the main process). models_per_pass: how many
-    models' weights one shared pass over the images holds at once."""
+    device: a torch device string, or None for cuda when the process that
+    does the work has one (resolved there, not where the settings were
+    made: a Ray worker may have a GPU its driver lacks). workers: DataLoader
+    worker processes decoding images (0: in the main process; None: 0 on
+    the CPU, where decoding would take cores from the forward passes, up to
+    8 with a GPU). models_per_pass: how many models' weights one shared pass
+    over the images holds at once."""
     pretrained: bool = True
     seed: int = 0
     batch_size: int = 64
-    device: str = "cpu"
+    device: str | None = None
     precision: str = "fp32"
-    workers: int = 0
+    workers: int | None = None
     models_per_pass: int = 8
     progress: bool = True
 
     @classmethod
     def make(cls, *, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", workers=None,
-             models_per_pass=8, progress=True):
-        """Validated settings; device None picks cuda when available, workers
-        None picks 0 on the CPU (decoding would take cores from the forward
-        passes) and up to 8 with a GPU."""
+             models_per_pass=8, progress=True, check_device=True):
+        """Validated settings. check_device: also check that `device` is
+        usable in this process (off when the work runs elsewhere)."""
         if not isinstance(pretrained, bool):
             raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
-        device = resolve_device(device)
-        if workers is None:
-            workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-        for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1), ("workers", workers, 0),
-                                 ("models_per_pass", models_per_pass, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if device is not None:
+            device = str(resolve_device(device) if check_device else _device_syntax(device))
+        for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1), ("models_per_pass", models_per_pass, 1),
+                                 ("workers", workers, 0)):
+            if value is not None or name != "workers":
+                check_integer(value, name, minimum=low)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        return cls(pretrained=pretrained, seed=seed, batch_size=batch_size, device=str(device), precision=precision,
+        return cls(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device, precision=precision,
                    workers=workers, models_per_pass=models_per_pass, progress=bool(progress))
 
+    def torch_device(self) -> torch.device:
+        """The device the work runs on, resolved in this process."""
+        return resolve_device(self.device)
 
-def resolve_device(device=None) -> torch.device:
-    """torch.device(device), or cuda when available and device is None; an
-    unusable device is a ValueError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def decoding_workers(self, device) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
+def _device_syntax(device) -> torch.device:
+    """A cpu or cuda torch.device, not checked against this machine."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA device is available here (torch.cuda.is_available() "
-                             f"is False)")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
-    elif resolved.type != "cpu":
+    if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or a CUDA device, got {device!r}")
     return resolved
+
+
+@functools.cache
+def library_versions() -> dict:
+    """The versions of the libraries that decide extracted numbers: the
+    model code and its configs (timm), the kernels (torch), the transforms
+    (torchvision) and image decoding (Pillow). Part of every extraction key:
+    an upgrade that changes a model or a transform recomputes, never reuses."""
+    import PIL
+    import timm
+    import torchvision
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "torchvision": torchvision.__version__,
+            "pillow": PIL.__version__}
+
+
+def architecture(spec) -> str:
+    """The timm architecture of a spec, without its pretrained tag: with the
+    weights' identity, what decides the model (`resnet50` and
+    `resnet50.a1_in1k` with the same weights are one model)."""
+    from timm.models import split_model_name_tag
+
+    return split_model_name_tag(spec.name)[0]
 
 
 @dataclass
@@ -108,7 +139,8 @@ class FeatureSet:
     skipped: relative paths of images that could not be decoded (not in
     the N rows). key: the cache key. cached: read from the cache rather than
     computed in this call. seconds: this model's forward time plus its share
-    of the pass's decoding time."""
+    of the pass's decoding time. device, math: what computed the features
+    (device_name(), MATH_MODES) — a cached set keeps its original's."""
     label: str
     name: str
     identity: str
@@ -121,6 +153,8 @@ class FeatureSet:
     data_config: dict
     cached: bool = False
     seconds: float = 0.0
+    device: str | None = None
+    math: str | None = None
 
     @property
     def dim(self):
@@ -138,12 +172,6 @@ class ExtractionError(RuntimeError):
         super().__init__(f"{len(errors)} of {len(errors) + len(results)} models failed: {lines}")
 
 
-def describe(error) -> str:
-    """One line for an error row: the exception's type and message."""
-    text = str(error).strip() or repr(error)
-    return f"{type(error).__name__}: {text}"
-
-
 @dataclass
 class Outcome:
     """What run_stages did for one model: `results` maps each stage's name
@@ -155,6 +183,11 @@ class Outcome:
     results: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
+    def failed(self) -> bool:
+        """Whether a stage of this model has failed (the later ones are then
+        skipped: no reference pass for a model without features)."""
+        return any(isinstance(result, BaseException) for result in self.results.values())
+
     def fail(self, stages, error):
         # Without its traceback: the frames of a failed forward pass hold
         # its activations, which must be freed for the models still running.
@@ -165,18 +198,28 @@ class Outcome:
 
 class Stage:
     """One image set to push through models. Subclasses say what happens to
-    each batch of features (sink) and how a finished result is read back
-    from the cache (cached)."""
+    each batch of features (sink) and how an entry of theirs becomes a
+    result (result); `name` is also the cache kind of their entries."""
     name = ""
 
     def __init__(self, images: ImageSet):
         self.images = images
 
     def key(self, spec, identity, data_config, precision) -> str:
-        return content_key(self.name, EXTRACTION_VERSION, spec.name, identity, data_config,
-                           self.images.fingerprint, precision)
+        """Everything the entry's numbers depend on: the stage, the
+        extraction code's version, the architecture and the weights'
+        identity, the data config (the transform), the image set's
+        fingerprint, the math mode and the library versions. Not the spec's
+        label or pretrained tag: those name rows, they change no number."""
+        return content_key(self.name, EXTRACTION_VERSION, architecture(spec), identity, data_config,
+                           self.images.fingerprint, MATH_MODES[precision], library_versions())
 
     def cached(self, cache, key, label):
+        """The finished result in the cache, or None."""
+        entry = cache.get(self.name, key)
+        return None if entry is None else self.result(entry, label, cached=True)
+
+    def result(self, entry, label, *, cached):
         raise NotImplementedError
 
     def sink(self, cache, key, loaded):
@@ -187,22 +230,25 @@ class FeaturesStage(Stage):
     """Writes each model's features (and logits) of a labelled set to the cache."""
     name = "features"
 
-    def cached(self, cache, key, label):
-        entry = cache.get("features", key)
-        if entry is None:
-            return None
+    def result(self, entry, label, *, cached):
         meta = entry.meta
-        return FeatureSet(label=label, name=meta["model"], identity=meta["identity"], key=key,
+        return FeatureSet(label=label, name=meta["model"], identity=meta["identity"], key=entry.key,
                           features=entry.arrays["features"], logits=entry.arrays.get("logits"),
                           labels=np.array(entry.arrays["labels"]), classes=tuple(meta["classes"]),
-                          skipped=meta["skipped"], data_config=meta["data_config"], cached=True)
+                          skipped=meta["skipped"], data_config=meta["data_config"], cached=cached,
+                          seconds=0.0 if cached else meta["seconds"], device=meta.get("device"),
+                          math=meta.get("math"))
 
     def sink(self, cache, key, loaded):
-        return _FeatureSink(cache, key, self.images, loaded)
+        return _FeatureSink(self, cache, key)
 
 
 def data_config_key(spec, identity):
-    return content_key("config", spec.name, identity)
+    """The key of a model's remembered data config. The spec's name with its
+    tag: timm gives each pretrained tag its own config, even for random
+    weights. The library versions: a timm upgrade may change a config, and
+    an entry is never rewritten."""
+    return content_key("config", spec.name, identity, library_versions())
 
 
 def remembered_config(cache, spec, identity):
@@ -233,11 +279,11 @@ def check_models(models, settings: Settings) -> list:
 def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
     """Run every stage for every model, skipping what the cache holds:
     {label: Outcome}. Models are built one by one and pushed through the
-    stages in groups of settings.models_per_pass."""
+    stages in groups of settings.models_per_pass; a model whose stage fails
+    skips the stages after it. The caller sweeps the cache (once per run)."""
     from .models import load_model, parse_models, weights_identity
 
     outcomes, pending = {}, []
-    cache.sweep()
     for spec in parse_models(models):
         outcome = outcomes[spec.label] = Outcome(spec)
         try:
@@ -257,12 +303,13 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
             continue
         outcome.seconds["load"] = time.perf_counter() - start
         config = canonical_config(loaded.data_config)
+        if outcome.data_config is None:
+            cache.put("config", data_config_key(spec, outcome.identity),
+                      {"model": spec.name, "identity": outcome.identity, "data_config": config})
         if outcome.data_config != config:
             # Not remembered yet, or remembered differently from what the
-            # model now says (e.g. after a timm upgrade): the model decides.
+            # model now says: the model decides.
             outcome.data_config = config
-            cache.put("config", data_config_key(spec, outcome.identity),
-                      {"model": spec.name, "identity": outcome.identity, "data_config": outcome.data_config})
             todo = _missing(outcome, stages, settings, cache)
             if not todo:
                 continue
@@ -292,7 +339,7 @@ def _missing(outcome, stages, settings, cache):
 
 
 def _run_group(pending, stages, settings, cache):
-    device = torch.device(settings.device)
+    device = settings.torch_device()
     members = []
     for outcome, loaded, todo in pending:
         try:
@@ -304,10 +351,10 @@ def _run_group(pending, stages, settings, cache):
     for stage in stages:
         groups = {}
         for outcome, loaded, todo in members:
-            if stage in todo:
+            if stage in todo and not outcome.failed():
                 groups.setdefault(json.dumps(outcome.data_config, sort_keys=True), []).append((outcome, loaded))
         for group in groups.values():
-            _run_pass(stage, group, settings, cache)
+            _run_pass(stage, group, settings, cache, device)
     # Dropping the last references frees the weights (reference counting);
     # the CUDA allocator keeps freed blocks cached unless told to return them.
     members.clear()
@@ -363,11 +410,9 @@ def _forward(model, batch, precision):
     return features.float().cpu(), (logits.float().cpu() if logits is not None else None)
 
 
-def _run_pass(stage, group, settings, cache):
+def _run_pass(stage, group, settings, cache, device):
     """One pass over stage.images for a group of models sharing a data config."""
-    from tqdm.auto import tqdm
-
-    images, device = stage.images, torch.device(settings.device)
+    images = stage.images
     config = group[0][0].data_config
     sinks, spent = {}, {}
     for outcome, loaded in group:
@@ -376,13 +421,14 @@ def _run_pass(stage, group, settings, cache):
         spent[outcome.spec.label] = 0.0
     active = list(group)
     loader = torch.utils.data.DataLoader(_Decoded(images, _transform(config)), batch_size=settings.batch_size,
-                                         shuffle=False, num_workers=settings.workers, collate_fn=_collate,
-                                         pin_memory=device.type == "cuda")
+                                         shuffle=False, num_workers=settings.decoding_workers(device),
+                                         collate_fn=_collate, pin_memory=device.type == "cuda")
     labels = ", ".join(outcome.spec.label for outcome, _ in group)
     failed, decoding = [], 0.0
     try:
-        with torch.inference_mode(), tqdm(total=len(images), unit="img", disable=not settings.progress,
-                                          desc=f"{stage.name} of {images.root} [{labels}]") as bar:
+        with torch.inference_mode(), math_context(settings.precision), \
+                progress_bar(total=len(images), unit="img", enabled=settings.progress,
+                             desc=f"{stage.name} of {images.root} [{labels}]") as bar:
             batches = iter(loader)
             while active:
                 start = time.perf_counter()
@@ -417,10 +463,11 @@ def _run_pass(stage, group, settings, cache):
             label = outcome.spec.label
             meta = {"label": label, "model": outcome.spec.name, "identity": outcome.identity, "data_config": config,
                     "images": images.root, "fingerprint": images.fingerprint, "precision": settings.precision,
-                    "version": EXTRACTION_VERSION}
+                    "math": MATH_MODES[settings.precision], "device": device_name(device),
+                    "versions": library_versions(), "version": EXTRACTION_VERSION,
+                    "skipped": [images.paths[i] for i in skipped], "seconds": spent[label] + decoding / len(group)}
             try:
-                outcome.results[stage.name] = sinks.pop(label).finish(skipped, spent[label] + decoding / len(group),
-                                                                      meta)
+                outcome.results[stage.name] = sinks.pop(label).finish(skipped, meta, label)
             except Exception as error:
                 outcome.fail([stage], error)
     finally:
@@ -433,11 +480,11 @@ class _FeatureSink:
     memory-mapped temporary files, allocated at the first batch (when D is
     known)."""
 
-    def __init__(self, cache, key, images, loaded):
+    def __init__(self, stage, cache, key):
+        images = stage.images
         if images.labels is None:
             raise ValueError(f"features need a labelled image folder, got the unlabelled set {images.root!r}")
-        self.cache, self.key, self.images = cache, key, images
-        self.classes = images.classes
+        self.stage, self.cache, self.key, self.images = stage, cache, key, images
         self.arrays = {}
 
     def add(self, index, features, logits):
@@ -452,7 +499,7 @@ class _FeatureSink:
         if logits is not None:
             self.arrays["logits"][index] = logits.numpy()
 
-    def finish(self, skipped, seconds, meta):
+    def finish(self, skipped, meta, label):
         if not self.arrays:
             raise ValueError(f"no image of the data folder {self.images.root!r} could be decoded")
         keep = np.ones(len(self.images), dtype=bool)
@@ -461,14 +508,9 @@ class _FeatureSink:
             for name, array in list(self.arrays.items()):
                 self.arrays[name] = self._compact(name, array, keep)
         arrays = dict(self.arrays, labels=self.images.labels[keep])
-        skipped = [self.images.paths[i] for i in skipped]
-        meta = dict(meta, classes=list(self.classes), skipped=skipped, seconds=seconds)
-        entry = self.cache.put("features", self.key, meta, arrays)
+        entry = self.cache.put("features", self.key, dict(meta, classes=list(self.images.classes)), arrays)
         self.arrays = {}
-        return FeatureSet(label=meta["label"], name=meta["model"], identity=meta["identity"], key=self.key,
-                          features=entry.arrays["features"], logits=entry.arrays.get("logits"),
-                          labels=np.array(entry.arrays["labels"]), classes=tuple(self.classes), skipped=skipped,
-                          data_config=meta["data_config"], cached=False, seconds=seconds)
+        return self.stage.result(entry, label, cached=False)
 
     def _compact(self, name, array, keep):
         rows = np.flatnonzero(keep)
@@ -502,12 +544,26 @@ def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64,
     see ped_fast.zoo.models). cache: a Cache, a folder, or None for the
     default. precision: "fp32", "bf16" or "fp16" (autocast; features are
     stored float32). Raises ExtractionError, after finishing the others,
-    when a model fails."""
-    images = image_folder(data, what="data")
-    settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
-                             precision=precision, workers=workers, models_per_pass=models_per_pass, progress=progress)
-    stage = FeaturesStage(images)
-    return collect(run_stages(check_models(models, settings), [stage], settings, Cache.of(cache)), stage.name)
+    when a model fails.
+
+    pretrained: False builds plain NAME specs with random weights seeded by
+    `seed` instead of timm's pretrained weights (tests, offline trials); a
+    spec with a weights PATH always loads its file."""
+    with checking_inputs():
+        images = image_folder(data, what="data")
+        settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
+                                 precision=precision, workers=workers, models_per_pass=models_per_pass,
+                                 progress=progress)
+        specs = check_models(models, settings)
+    return run_alone(specs, FeaturesStage(images), settings, cache)
+
+
+def run_alone(specs, stage, settings, cache) -> dict:
+    """One stage for every model ({label: result}; ExtractionError when any
+    failed): extract() and refstats.reference_stats()."""
+    cache = Cache.of(cache)
+    cache.sweep()
+    return collect(run_stages(specs, [stage], settings, cache), stage.name)
 
 
 def export_features(feature_sets, out) -> list:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import Cache
-from .extract import Settings, Stage, check_models, collect, run_stages
+from .errors import checking_inputs
+from .extract import Settings, Stage, check_models, run_alone
 from .images import image_files
 
 # Rows of a feature matrix reduced at once by stats_of(): bounds the float64
@@ -134,13 +134,14 @@ def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, b
 
     models: model specs (see ped_fast.zoo.models). Models with the same data
     config share each decoded batch. Raises ExtractionError, after finishing
-    the others, when a model fails."""
-    images = image_files(reference, what="reference")
-    settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
-                                      precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                      progress=progress)
-    stage = ReferenceStage(images)
-    return collect(run_stages(check_models(models, settings), [stage], settings, Cache.of(cache)), stage.name)
+    the others, when a model fails. pretrained, seed: as in extract()."""
+    with checking_inputs():
+        images = image_files(reference, what="reference")
+        settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
+                                 precision=precision, workers=workers, models_per_pass=models_per_pass,
+                                 progress=progress)
+        specs = check_models(models, settings)
+    return run_alone(specs, ReferenceStage(images), settings, cache)
 
 
 def export_stats(stats, out) -> list:
@@ -161,35 +162,30 @@ class ReferenceStage(Stage):
     """Streams a reference set into RunningMoments, one per model."""
     name = "reference"
 
-    def cached(self, cache, key, label):
-        entry = cache.get("reference", key)
-        if entry is None:
-            return None
+    def result(self, entry, label, *, cached):
+        meta = entry.meta
         return ReferenceStats(mean=np.array(entry.arrays["mean"]), std=np.array(entry.arrays["std"]),
-                              count=entry.meta["count"], source=f"the cache entry {entry.path}",
-                              skipped=entry.meta["skipped"], key=key, cached=True)
+                              count=meta["count"], source=f"the cache entry {entry.path}", skipped=meta["skipped"],
+                              key=entry.key, cached=cached, seconds=0.0 if cached else meta["seconds"])
 
     def sink(self, cache, key, loaded):
-        return _MomentsSink(cache, key, self.images)
+        return _MomentsSink(self, cache, key)
 
 
 class _MomentsSink:
-    def __init__(self, cache, key, images):
-        self.cache, self.key, self.images = cache, key, images
+    def __init__(self, stage, cache, key):
+        self.stage, self.cache, self.key, self.images = stage, cache, key, stage.images
         self.moments = RunningMoments()
 
     def add(self, index, features, logits):
         self.moments.update(features)
 
-    def finish(self, skipped, seconds, meta):
+    def finish(self, skipped, meta, label):
         if not self.moments.count:
             raise ValueError(f"no image of the reference folder {self.images.root!r} could be decoded")
-        skipped = [self.images.paths[i] for i in skipped]
-        meta = dict(meta, count=self.moments.count, skipped=skipped, seconds=seconds)
-        self.cache.put("reference", self.key, meta, {"mean": self.moments.mean, "std": self.moments.std})
-        return ReferenceStats(mean=self.moments.mean, std=self.moments.std, count=self.moments.count,
-                              source=f"the cache entry {self.cache.manifest_path('reference', self.key)}",
-                              skipped=skipped, key=self.key, cached=False, seconds=seconds)
+        entry = self.cache.put("reference", self.key, dict(meta, count=self.moments.count),
+                               {"mean": self.moments.mean, "std": self.moments.std})
+        return self.stage.result(entry, label, cached=False)
 
     def abandon(self):
         self.moments = None

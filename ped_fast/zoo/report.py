@@ -7,9 +7,12 @@ import csv
 import json
 import math
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 from ..evaluate import evaluate
+from ._files import fsync_directory, temporary_name
 from .scoring import display_name
 
 MEASURES = ("weighted_tau", "kendall_tau", "pearson", "rel@1", "rel@3")
@@ -88,16 +91,55 @@ def _saturated(score, kind):
     return (score.get("saturated") or {}).get(kind)
 
 
+def check_output_folder(out) -> Path:
+    """`out` as a folder this process can write (created if missing), checked
+    before any work: a screen must not fail at its report after hours of
+    extraction."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {str(out)!r} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise type(error)(error.errno, f"output folder {str(out)!r} cannot be written: {error.strerror}") from None
+    return out
+
+
 def write_report(results, out) -> list:
-    """Write results.json, results.csv and ranking.png into `out`; returns
-    their paths."""
+    """Write results.json, results.csv and ranking.png into `out` as one
+    set; returns the paths written.
+
+    Each file is written in full under a temporary name first; only when
+    all are complete are they renamed into place, one after another. A
+    failure before that leaves the previous set as it was; a report is
+    never two runs' files mixed. A plot that cannot be drawn (a matplotlib
+    failure) is skipped with a warning saying why, and a ranking.png left by
+    an earlier run is removed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in FILES]
-    _write_text(paths[0], json.dumps(json_safe(results), indent=2) + "\n")
-    write_csv(results, paths[1])
-    plot_ranking(results, paths[2])
-    return paths
+    temporaries = [out / temporary_name(path.name) for path in paths]
+    try:
+        temporaries[0].write_text(json.dumps(json_safe(results), indent=2) + "\n")
+        write_csv(results, temporaries[1])
+        try:
+            plot_ranking(results, temporaries[2])
+        except Exception as error:
+            warnings.warn(f"{paths[2]} not drawn ({type(error).__name__}: {error}); results.json and results.csv "
+                          f"hold every number", RuntimeWarning, stacklevel=2)
+            temporaries[2].unlink(missing_ok=True)
+        for temporary, path in zip(temporaries, paths):
+            if temporary.exists():
+                os.replace(temporary, path)
+            else:
+                path.unlink(missing_ok=True)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+    fsync_directory(out)
+    return [path for path in paths if path.exists()]
 
 
 def json_safe(value):
@@ -112,14 +154,9 @@ def json_safe(value):
     return value
 
 
-def _write_text(path, text):
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_csv(results, path):
-    """One line per model: its scores, plain and PED, per scorer."""
+    """One line per model: its scores, plain and PED, per scorer, written to
+    `path` (write_report makes it atomic)."""
     scorers = results["scorers"]
     truth = results.get("ground_truth") or {}
     combined = results.get("combined", {})
@@ -128,9 +165,7 @@ def write_csv(results, path):
         header += [display_name(scorer, "baseline"), display_name(scorer, "ped")]
     header += list(combined)
     header += (["accuracy"] if truth else []) + ["seconds", "identity", "saturated", "warnings", "error"]
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in results["models"]:
@@ -150,13 +185,14 @@ def write_csv(results, path):
             line += [round(row["seconds"].get("total", 0.0), 3), row.get("identity") or "", " | ".join(saturated),
                      " | ".join(row["warnings"]), row["error"] or ""]
             writer.writerow(["" if v is None else v for v in line])
-    os.replace(temporary, path)
 
 
 def plot_ranking(results, path):
     """With ground truth: each scorer's score (plain and PED) against the
-    fine-tuning accuracy, one panel each, weighted tau in the title. Without:
-    the models ranked by each score, as bars."""
+    fine-tuning accuracy, one panel each, weighted tau in the title (when
+    there are ranking measures: two models or more). Without: the models
+    ranked by each score, as bars. With no model scored, a figure that says
+    so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,6 +202,14 @@ def plot_ranking(results, path):
     scorers = results["scorers"]
     truth = results.get("ground_truth")
     failed = len(results["models"]) - len(rows)
+    if not rows:
+        figure = plt.figure(figsize=(8, 2))
+        figure.text(0.5, 0.5, f"No model was scored: all {failed} failed (their errors are in results.json)",
+                    ha="center", va="center", fontsize=11)
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        return
+    evaluation = results.get("evaluation") or {}
     height = 3.6 if truth else 0.9 + 0.32 * max(len(rows), 3)
     figure, axes = plt.subplots(len(scorers), 2, figsize=(11, height * len(scorers)), squeeze=False,
                                 layout="constrained")
@@ -180,8 +224,8 @@ def plot_ranking(results, path):
             scores = [row["scores"][scorer][kind] for row in scored]
             names = [row["name"] for row in scored]
             if truth:
-                _scatter(axis, names, scores, [truth[n] for n in names], title,
-                         results["evaluation"][scorer][kind]["weighted_tau"])
+                measures = (evaluation.get(scorer) or {}).get(kind) or {}
+                _scatter(axis, names, scores, [truth[n] for n in names], title, measures.get("weighted_tau"))
             else:
                 _bars(axis, names, scores, title)
     if truth:
@@ -200,7 +244,12 @@ def _scatter(axis, names, scores, accuracies, title, tau):
     axis.scatter(scores, accuracies, color="tab:blue")
     for name, x, y in zip(names, scores, accuracies):
         axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    tau_text = "undefined (constant scores)" if tau is None or not math.isfinite(tau) else f"{tau:.3f}"
+    if len(names) < 2:
+        tau_text = "undefined (one model)"
+    elif tau is None or not math.isfinite(tau):
+        tau_text = "undefined (constant scores)"
+    else:
+        tau_text = f"{tau:.3f}"
     axis.set_title(f"{title}: weighted tau {tau_text}", fontsize=10)
     axis.set_xlabel(f"{title} score (higher = predicted better)")
     axis.set_ylabel("fine-tuning accuracy (ground truth)")

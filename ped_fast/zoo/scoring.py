@@ -10,8 +10,11 @@ sharing what the two have in common and says which scores saturated.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,10 +24,11 @@ from ..scorers import available, get, saturation
 from .cache import content_key
 from .refstats import ReferenceStats
 
-# Part of every score's cache key: bump it when a change here (or in
-# ped_score's defaults) would change a cached score. 3: entries hold the
-# saturation reasons.
-SCORE_VERSION = 3
+# Part of every score's cache key: bump it when a change here would change a
+# cached score. 3: entries hold the saturation reasons. 4: keys hold the
+# scoring code's hash. (Changes to PED and the scorers are covered by
+# scoring_code(), without a bump.)
+SCORE_VERSION = 4
 # Scores that agree to this relative precision are reported as tied: float64
 # scores of different models agree this closely only when the models cannot
 # be told apart by the scorer.
@@ -33,14 +37,20 @@ _TIE = 1e-9
 
 def check_scorers(scorers) -> tuple:
     """Validated scorer names, from a comma-separated string or a sequence;
-    "all" is every registered scorer (ped_fast.scorers.available())."""
+    "all" is every registered scorer (ped_fast.scorers.available()). Names
+    are case-insensitive ("SFDA", as the tables print it, is sfda)."""
     names = tuple(record.name for record in available())
     if isinstance(scorers, str):
-        scorers = names if scorers.strip() == "all" else [s.strip() for s in scorers.split(",") if s.strip()]
-    scorers = tuple(scorers)
+        scorers = names if scorers.strip().lower() == "all" else [s.strip() for s in scorers.split(",") if s.strip()]
+    if not all(isinstance(s, str) for s in scorers):
+        raise TypeError(f"scorers must be names (strings), got {list(scorers)!r}")
+    scorers = tuple(s if s in names else s.lower() for s in scorers)
     unknown = [s for s in scorers if s not in names]
-    if not scorers or unknown:
-        raise ValueError(f"scorers {list(scorers)}: expected 'all' or one or more of {', '.join(names)}")
+    if unknown:
+        raise ValueError(f"unknown scorer{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: expected "
+                         f"'all' or one or more of {', '.join(names)}")
+    if not scorers:
+        raise ValueError(f"scorers is empty: expected 'all' or one or more of {', '.join(names)}")
     if len(set(scorers)) != len(scorers):
         raise ValueError(f"scorers lists a name twice: {list(scorers)}")
     return scorers
@@ -52,9 +62,36 @@ def score_key(features_key, reference_key, scorer, reduce=None) -> str:
     A scorer that reads the source model's logits depends on neither the
     reference nor `reduce` (the features key covers the logits)."""
     if not get(scorer).ped_applies:
-        return content_key("score", SCORE_VERSION, features_key, "logits", scorer)
-    return content_key("score", SCORE_VERSION, features_key, reference_key, scorer,
+        return content_key("score", SCORE_VERSION, scoring_code(), features_key, "logits", scorer)
+    return content_key("score", SCORE_VERSION, scoring_code(), features_key, reference_key, scorer,
                        *(() if reduce is None else (reduce,)))
+
+
+# The modules of the package that turn features into a score (besides
+# scorers/ and the Triton kernels): PED, ped_score, the backends' launchers
+# and what they share.
+_SCORING_MODULES = ("ped.py", "score.py", "ops.py", "_validate.py", "_common.py", "_backends.py", "reference.py",
+                    "cpu.py", "triton.py", "cuda.py")
+
+
+@functools.cache
+def scoring_code() -> str:
+    """A hash of the source of everything that turns features into a score:
+    PED and its backends' launchers, ped_score, the scorers, the Triton
+    kernels and this module. Part of every score key, so that a changed
+    scorer or PED (a changed default included) never returns a score cached
+    by the old code, without anyone remembering a version bump. The C++ and
+    CUDA sources are not shipped with the package and are not hashed."""
+    import importlib.util
+
+    package = Path(__file__).resolve().parent.parent
+    kernels = importlib.util.find_spec("ped_fast.kernels").submodule_search_locations[0]
+    files = sorted([*(package / name for name in _SCORING_MODULES), *(package / "scorers").glob("*.py"),
+                    *Path(kernels).glob("*.py"), Path(__file__).resolve()])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def score_features(features, labels, scorer, *, reference, backend="auto", device="cpu", reduce=None) -> dict:
@@ -111,7 +148,7 @@ def score_logits(logits, labels, scorer, *, backend="auto", device="cpu") -> dic
 def empty_row(name) -> dict:
     """A result row before anything is known (see docs/screening.md §5)."""
     return {"name": name, "dim": None, "n": None, "steps": None, "scores": {}, "seconds": {}, "warnings": [],
-            "error": None, "identity": None, "cached": []}
+            "error": None, "identity": None, "cached": [], "device": None, "math": None}
 
 
 def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
@@ -155,7 +192,8 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
             else:
                 value = score_logits(logits, labels, scorer, backend=backend, device=device)
             meta = dict(value, dim=int(features.shape[1]), n=int(features.shape[0]), classes=classes,
-                        skipped=skipped, scorer=scorer, model=row["name"])
+                        skipped=skipped, scorer=scorer, model=row["name"], features_device=row["device"],
+                        features_math=row["math"])
             cache.put("score", key, meta)
             row["seconds"][scorer] = value["seconds"]
             _take_score(row, scorer, meta)
@@ -168,6 +206,8 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
 def _take_score(row, scorer, meta):
     row["scores"][scorer] = {"baseline": meta["baseline"], "ped": meta["ped"], "saturated": meta["saturated"]}
     row["dim"], row["n"] = meta["dim"], meta["n"]
+    # What computed the features scored: a cached row keeps its original's.
+    row["device"], row["math"] = meta.get("features_device"), meta.get("features_math")
     if meta["steps"] is not None:  # None for the scorers PED does not apply to
         row["steps"] = meta["steps"]
     if meta.get("note"):

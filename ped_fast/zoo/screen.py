@@ -19,7 +19,6 @@ unit reads them, at most one model's features are in memory at once.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,10 +30,12 @@ import torch
 from .. import __version__, _backends
 from ..score import parse_reduce
 from .cache import Cache, content_key
-from .extract import FeaturesStage, Settings, check_models, describe, remembered_config, run_stages
+from .device import device_name
+from .errors import checking_inputs, describe, is_transient
+from .extract import FeaturesStage, Settings, check_models, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
 from .refstats import ReferenceStage, ReferenceStats, load_stats_file, stats_of
-from .report import check_ground_truth, evaluation, json_safe, load_ground_truth, write_report
+from .report import check_ground_truth, check_output_folder, evaluation, json_safe, load_ground_truth, write_report
 from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
                     zoo_warnings)
 
@@ -125,46 +126,61 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     `failed(results)`.
     """
     started = time.perf_counter()
-    scorers = check_scorers(scorers)
-    combine = check_combine(combine, scorers)
-    _check_reduce(reduce, reference, features)
-    settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
-                             precision=precision, workers=workers, models_per_pass=models_per_pass, progress=progress)
-    _check_backend(backend, settings.device)
-    cache = Cache.of(cache)
-    executor = _executor(executor)
+    with checking_inputs():  # every mistake in the arguments is found here, before any work
+        scorers = check_scorers(scorers)
+        combine = check_combine(combine, scorers)
+        _check_reduce(reduce, reference, features)
+        executor = _executor(executor)
+        # An executor that extracts in its work units resolves the device
+        # where each unit runs (a GPU worker under a CPU-only driver).
+        here = not getattr(executor, "extracts_per_unit", False)
+        settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
+                                 precision=precision, workers=workers, models_per_pass=models_per_pass,
+                                 progress=progress, check_device=here)
+        if here:
+            _check_backend(backend, settings.torch_device())
+        cache = Cache.of(cache)
+        truth = load_ground_truth(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
+        if out is not None:
+            check_output_folder(out)
+        if features is not None:
+            if models is not None or data is not None:
+                raise ValueError("give either features (a folder of .npy files) or models and data, not both")
+            tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce)
+            names = [task.name for task in tasks]
+            header = {"data": {"features": str(features)}, "reference": _describe_reference(reference, files=True)}
+        else:
+            if models is None or data is None:
+                raise ValueError("screen needs models and data (an image folder), or features (a folder of .npy "
+                                 "files)")
+            specs = check_models(models, settings)
+            images = image_folder(data, what="data")
+            if len(images.classes) < 2:
+                raise ValueError(f"data folder {str(data)!r} has {len(images.classes)} class folder; scoring needs "
+                                 f"at least 2")
+            if reference is None:
+                raise ValueError("reference is required: an image folder (e.g. ImageNet-val), or 'self' to rescale "
+                                 "each model by its own features")
+            reference_set = "self" if reference == "self" else image_files(reference, what="reference")
+            names = [spec.label for spec in specs]
+            header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
+                      "reference": _describe_reference(reference_set)}
+        if truth is not None:
+            check_ground_truth(truth, names, _truth_source(ground_truth))
     if log is None:
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
-    truth = load_ground_truth(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
 
-    if features is not None:
-        if models is not None or data is not None:
-            raise ValueError("give either features (a folder of .npy files) or models and data, not both")
-        tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce)
-        if truth is not None:
-            check_ground_truth(truth, [task.name for task in tasks], _truth_source(ground_truth))
-        header = {"data": {"features": str(features)}, "reference": _describe_reference(reference, files=True)}
-    else:
-        if models is None or data is None:
-            raise ValueError("screen needs models and data (an image folder), or features (a folder of .npy files)")
-        specs = check_models(models, settings)
-        images = image_folder(data, what="data")
-        if len(images.classes) < 2:
-            raise ValueError(f"data folder {str(data)!r} has {len(images.classes)} class folder; scoring needs at "
-                             f"least 2")
-        if reference is None:
-            raise ValueError("reference is required: an image folder (e.g. ImageNet-val), or 'self' to rescale "
-                             "each model by its own features")
-        reference_set = "self" if reference == "self" else image_files(reference, what="reference")
-        if truth is not None:
-            check_ground_truth(truth, [spec.label for spec in specs], _truth_source(ground_truth))
+    cache.sweep()
+    if features is None:
         tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
-                             shared_phase=not getattr(executor, "extracts_per_unit", False), reduce=reduce)
-        header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
-                  "reference": _describe_reference(reference_set)}
-
+                             shared_phase=here, reduce=reduce)
+    # What the driver's view of the cache holds for each unit: a unit run
+    # elsewhere that reports fewer cache hits recomputed what its machine
+    # could not see.
+    expected = [cached_stages(task) for task in tasks] if not here else None
     rows = []
-    for index, row in enumerate(executor.map(screen_model, tasks)):
+    for index, (task, outcome) in enumerate(zip(tasks, executor.map(screen_model, tasks))):
+        row = outcome if isinstance(outcome, dict) else _failed_unit(task, outcome)
         rows.append(row)
         status = f"failed: {row['error']}" if row["error"] else (
             f"{row['seconds'].get('total', 0.0):.2f} s" + (f", cached: {', '.join(row['cached'])}"
@@ -172,13 +188,35 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
 
     results = _assemble(rows, scorers, header, settings, truth, combine)
-    if callable(getattr(executor, "summary", None)):
-        results["executor"] = executor.summary()
+    summary = executor.summary() if callable(getattr(executor, "summary", None)) else None
+    if expected is not None:
+        summary = dict(summary or {}, **_cache_misses(tasks, rows, expected))
+    if summary is not None:
+        results["executor"] = summary
     results["seconds"] = time.perf_counter() - started
     results = json_safe(results)  # what results.json holds: NaN (an undefined tau) as None
     if out is not None:
         write_report(results, out)
     return results
+
+
+def _failed_unit(task, error) -> dict:
+    """The error row of a unit the executor could not run (what it yields
+    in place of a row)."""
+    row = empty_row(task.name)
+    row["error"] = describe(error)
+    return row
+
+
+def _cache_misses(tasks, rows, expected) -> dict:
+    """{"cache_misses": count, "cache_misses_by_model": {model: [stage]}}:
+    the stages the driver's cache held that a unit recomputed."""
+    misses = {}
+    for task, row, had in zip(tasks, rows, expected):
+        missed = [stage for stage in had if stage not in row["cached"]] if not row["error"] else []
+        if missed:
+            misses[task.name] = missed
+    return {"cache_misses": sum(len(stages) for stages in misses.values()), "cache_misses_by_model": misses}
 
 
 def failed(results) -> list:
@@ -234,10 +272,16 @@ def _describe_reference(reference, files=False):
     return "per-model files" if files else None
 
 
+def stages_of(images, reference) -> list:
+    """The extraction stages of a screen: the features of `images`, then
+    the reference statistics when `reference` is an image set (not "self")."""
+    return [FeaturesStage(images)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet) else [])
+
+
 def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None):
     """One task per model; with `shared_phase`, after the shared extraction
     phase for the models whose scores are not all cached."""
-    stages = [FeaturesStage(images)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet) else [])
+    stages = stages_of(images, reference)
     todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache, reduce)] \
         if shared_phase else []
     prior, errors = {}, {}
@@ -287,8 +331,7 @@ def cached_stages(task: ModelTask) -> list:
     else:
         from .models import weights_identity
 
-        stages = [FeaturesStage(task.data)] + ([ReferenceStage(task.reference)]
-                                               if isinstance(task.reference, ImageSet) else [])
+        stages = stages_of(task.data, task.reference)
         identity = weights_identity(task.spec, pretrained=task.settings.pretrained, seed=task.settings.seed)
         keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
         if keys is None:
@@ -298,9 +341,12 @@ def cached_stages(task: ModelTask) -> list:
     return [stage.name for stage, key in zip(stages, keys) if cache.has(stage.name, key)]
 
 
-def screen_model(task: ModelTask) -> dict:
+def screen_model(task: ModelTask, *, raise_transient=False) -> dict:
     """The work unit: one model's result row (its error in the row when it
-    fails; never raises an Exception)."""
+    fails). raise_transient: raise the failures a retry may cure
+    (errors.is_transient: an I/O hiccup, memory taken by another process)
+    instead of making them the row, for an executor that retries; else it
+    never raises an Exception."""
     start = time.perf_counter()
     row = empty_row(task.name)
     row["seconds"].update(task.prior_seconds)
@@ -310,6 +356,8 @@ def screen_model(task: ModelTask) -> dict:
         else:
             _score_model(task, row)
     except Exception as error:
+        if raise_transient and is_transient(error):
+            raise
         row["error"] = describe(error)
         row["scores"] = {}  # an error row scores nothing, whichever scorer failed
         if torch.cuda.is_available():
@@ -329,8 +377,7 @@ def _score_model(task, row):
         # (the shared one, or the unit itself) met the error.
         row["error"] = task.prior_error
         return
-    stages = [FeaturesStage(task.data)] + ([ReferenceStage(task.reference)]
-                                           if isinstance(task.reference, ImageSet) else [])
+    stages = stages_of(task.data, task.reference)
     keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
     if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages], task.reduce):
         return
@@ -349,6 +396,7 @@ def _score_model(task, row):
             elif timing not in task.prior_seconds:
                 row["cached"].append(stage.name)
         features = results[0]
+        row["device"], row["math"] = features.device, features.math
         reference = results[1] if len(results) > 1 else "self"
         if isinstance(reference, ReferenceStats):
             reference.check_dim(features.dim, task.name)
@@ -365,7 +413,7 @@ def _score(task, row, cache, inputs):
     or "self", keys, skipped images)."""
     features, labels, logits, reference, keys, skipped = inputs()
     score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, logits=logits,
-              backend=task.backend, device=task.settings.device, reduce=task.reduce)
+              backend=task.backend, device=task.settings.torch_device(), reduce=task.reduce)
 
 
 def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=None):
@@ -490,7 +538,7 @@ def _assemble(rows, scorers, header, settings, truth, combine=()):
             shown = ", ".join(skipped[which][:5]) + (", ..." if len(skipped[which]) > 5 else "")
             warnings.append({"models": [], "message": f"{len(skipped[which])} image(s) of the {which} folder could "
                                                       f"not be decoded and were skipped: {shown}"})
-    results = {"ped_fast_version": __version__, "device": _device_name(settings.device), "scorers": list(scorers),
+    results = {"ped_fast_version": __version__, "device": _driver_device(settings), "scorers": list(scorers),
                **header, "models": rows, "warnings": warnings,
                "skipped_images": {which: len(paths) for which, paths in skipped.items()},
                "skipped_files": skipped}
@@ -506,8 +554,11 @@ def _assemble(rows, scorers, header, settings, truth, combine=()):
     return results
 
 
-def _device_name(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+def _driver_device(settings):
+    """The device this process screens on; with an executor that resolves
+    it in each unit, what was asked for. Each row says what computed its
+    features ("device", "math")."""
+    try:
+        return device_name(settings.torch_device())
+    except ValueError:
+        return f"{settings.device or 'auto'}, resolved in each work unit"
