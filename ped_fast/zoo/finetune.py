@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._files import atomic_write_text
 from .cache import Cache, content_key
 from .extract import describe, resolve_device
 from .images import ImageSet, image_folder, load_rgb
@@ -412,15 +411,9 @@ def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, device, ca
 
 
 def write_json(path, value):
-    """Write `value` as JSON to `path` under a temporary name, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `value` as JSON through the package's atomic write, into a
+    folder made when missing (finetune_zoo's output and demo_zoo's files).
+    Not _files.atomic_write_json: it sorts keys, and a ground truth lists
+    its models in the order they were given."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
