@@ -20,6 +20,7 @@ recorded for that model and the pass goes on with the others.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -349,18 +350,55 @@ def _run_group(pending, stages, settings, cache):
             continue
         members.append((outcome, loaded, todo))
     for stage in stages:
-        groups = {}
-        for outcome, loaded, todo in members:
-            if stage in todo and not outcome.failed():
-                groups.setdefault(json.dumps(outcome.data_config, sort_keys=True), []).append((outcome, loaded))
-        for group in groups.values():
-            _run_pass(stage, group, settings, cache, device)
+        due = [(outcome, loaded) for outcome, loaded, todo in members if stage in todo and not outcome.failed()]
+        with contextlib.ExitStack() as held:
+            mine, waiting = _claim(stage, due, settings, cache, held)
+            _run_passes(stage, mine, settings, cache, device)
+        for outcome, loaded in waiting:
+            # Another process is computing this entry: wait for it, holding
+            # no other lock (cache.lock's rule), and read it; compute it
+            # here only if that process did not finish it.
+            key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
+            with cache.lock(stage.name, key):
+                result = stage.cached(cache, key, outcome.spec.label)
+                if result is not None:
+                    outcome.results[stage.name] = result
+                else:
+                    _run_passes(stage, [(outcome, loaded)], settings, cache, device)
     # Dropping the last references frees the weights (reference counting);
     # the CUDA allocator keeps freed blocks cached unless told to return them.
     members.clear()
     pending.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _claim(stage, due, settings, cache, held):
+    """Split `due` into the models whose entry this process will compute
+    (their entry locks taken into `held`) and those another process is
+    computing now (lock held elsewhere). A model whose entry appeared since
+    it was found missing takes the entry instead."""
+    mine, waiting = [], []
+    for outcome, loaded in due:
+        key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
+        if not held.enter_context(cache.lock(stage.name, key, blocking=False)):
+            waiting.append((outcome, loaded))
+            continue
+        result = stage.cached(cache, key, outcome.spec.label)
+        if result is not None:
+            outcome.results[stage.name] = result
+        else:
+            mine.append((outcome, loaded))
+    return mine, waiting
+
+
+def _run_passes(stage, members, settings, cache, device):
+    """One pass over the stage's images per data config among `members`."""
+    groups = {}
+    for outcome, loaded in members:
+        groups.setdefault(json.dumps(outcome.data_config, sort_keys=True), []).append((outcome, loaded))
+    for group in groups.values():
+        _run_pass(stage, group, settings, cache, device)
 
 
 class _Decoded(torch.utils.data.Dataset):

@@ -184,23 +184,27 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
         reference_arg = reference
     for scorer in scorers:
         key = score_key(*keys, scorer, reduce)
-        entry = cache.get("score", key)
-        if entry is None:
-            if get(scorer).ped_applies:
-                value = score_features(features, labels, scorer, reference=reference_arg, backend=backend,
-                                       device=device, reduce=reduce)
-            else:
-                value = score_logits(logits, labels, scorer, backend=backend, device=device)
-            meta = dict(value, dim=int(features.shape[1]), n=int(features.shape[0]), classes=classes,
-                        skipped=skipped, scorer=scorer, model=row["name"], features_device=row["device"],
-                        features_math=row["math"])
-            cache.put("score", key, meta)
-            row["seconds"][scorer] = value["seconds"]
-            _take_score(row, scorer, meta)
-        else:
-            _take_score(row, scorer, entry.meta)
-            if "scores" not in row["cached"]:
+        with cache.lock("score", key):  # two screens of one model score it once
+            entry = cache.get("score", key)
+            if entry is None:
+                entry = _compute_score(row, cache, key, scorer, features, labels, logits, reference_arg, classes,
+                                       skipped, backend, device, reduce)
+                row["seconds"][scorer] = entry.meta["seconds"]
+            elif "scores" not in row["cached"]:
                 row["cached"].append("scores")
+        _take_score(row, scorer, entry.meta)
+
+
+def _compute_score(row, cache, key, scorer, features, labels, logits, reference, classes, skipped, backend, device,
+                   reduce):
+    if get(scorer).ped_applies:
+        value = score_features(features, labels, scorer, reference=reference, backend=backend, device=device,
+                               reduce=reduce)
+    else:
+        value = score_logits(logits, labels, scorer, backend=backend, device=device)
+    meta = dict(value, dim=int(features.shape[1]), n=int(features.shape[0]), classes=classes, skipped=skipped,
+                scorer=scorer, model=row["name"], features_device=row["device"], features_math=row["math"])
+    return cache.put("score", key, meta)
 
 
 def _take_score(row, scorer, meta):
