@@ -4,17 +4,36 @@ Each verb is a stage of the screen (`ped-fast VERB --help` for its options).
 What they compute goes to the cache (--cache, $PED_FAST_CACHE or
 ~/.cache/ped_fast), so no work is done twice and a killed run resumes where
 it stopped. See docs/screening.md.
+
+exit status:
+  0    done
+  1    done, but some models failed (each is an error row; the others are
+       reported)
+  2    a bad argument, found before any work (one line naming it)
+  3    the run failed on the file system or the machine (a full disk, a
+       folder that cannot be written, a permission): one line naming the
+       path and the cause
+  4    an unexpected error: one line; the traceback is in OUT/ped-fast-error.log
+       (or the cache folder) and on the screen with --verbose
+  130  interrupted (Ctrl-C): finished work is in the cache; run the same
+       command again to resume
 """
 import argparse
+import errno
 import json
-import os
 import sys
+import traceback
+from pathlib import Path
 
 import torch
 
-from . import _backends
+from . import __version__, _backends
 from .scorers import available
+from .zoo.errors import checking_inputs, is_input_error
 from .zoo.finetune import Recipe
+
+EXIT_FAILED_MODELS, EXIT_USAGE, EXIT_RUN, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+ERROR_LOG = "ped-fast-error.log"
 
 _MODEL_FLAGS = "comma-separated NAME, NAME=PATH or LABEL:NAME[=PATH], or a JSON file of them"
 
@@ -41,12 +60,27 @@ def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
         group.add_argument("--models-per-pass", type=int, default=8,
                            help="models sharing one pass over the images (their weights are held together; "
                                 "default: 8)")
+    _output_options(group)
+
+
+def _output_options(group):
     group.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    group.add_argument("--verbose", action="store_true", help="print the traceback of an unexpected error")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is two lines: a short usage line and the error
+    (argparse prints the whole usage block first, burying the line that
+    matters)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"usage: {self.prog} [options] (see {self.prog} --help)\n{self.prog}: error: {message}\n")
 
 
 def _parser(prog):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    verbs = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+    parser = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="VERB", parser_class=_Parser)
 
     extract = verbs.add_parser("extract", help="features of an image folder from timm models (cached)")
     extract.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
@@ -92,13 +126,22 @@ def _parser(prog):
     cluster.add_argument("--ray-address", metavar="ADDRESS",
                          help="Ray cluster to connect to (default: $RAY_ADDRESS when set, else a new local cluster)")
     cluster.add_argument("--ray-gpus-per-task", type=float, metavar="N",
-                         help="GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else 0)")
+                         help="GPUs each Ray task asks for (default: 1 when the cluster has GPUs and the task will "
+                              "use one (--device not cpu), else 0)")
+    cluster.add_argument("--ray-cpus-per-task", type=float, metavar="N",
+                         help="CPUs each Ray task asks for; its image decoding uses N - 1 worker processes unless "
+                              "--workers says otherwise (default: 1)")
+    cluster.add_argument("--ray-retries", type=int, metavar="N",
+                         help="how often a task is retried after a transient failure (out of memory, a lost "
+                              "connection or file system) or a dead worker (default: 3)")
 
     evaluate = verbs.add_parser("evaluate", help="ranking measures of a finished screen")
-    evaluate.add_argument("--results", required=True, metavar="FILE", help="a screen's results.json")
+    evaluate.add_argument("--results", required=True, metavar="FILE|DIR",
+                          help="a screen's results.json, or the screen's --out folder holding it")
     evaluate.add_argument("--ground-truth", required=True, metavar="FILE", help="JSON {model: accuracy}")
     evaluate.add_argument("--out", metavar="DIR",
                           help="also write the report with the measures and the accuracy plot here")
+    _output_options(evaluate.add_argument_group("common options"))
 
     finetune = verbs.add_parser("finetune", help="fine-tune each model: ground-truth accuracies")
     finetune.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
@@ -112,20 +155,29 @@ def _parser(prog):
     finetune.add_argument("--epochs", type=int, default=Recipe.epochs,
                           help="passes over the training split (default: %(default)s)")
     finetune.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate (default: %(default)s)")
-    finetune.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    finetune.add_argument("--augmentation", default="none", choices=["none", "light"])
-    _common(finetune, cache=False, extraction=False)
+    finetune.add_argument("--optimizer", default=Recipe.optimizer, choices=["adamw", "sgd"],
+                          help="adamw (decoupled weight decay) or sgd (momentum 0.9, Nesterov) (default: "
+                               "%(default)s)")
+    finetune.add_argument("--augmentation", default=Recipe.augmentation, choices=["none", "light"],
+                          help="none: the model's eval transform only (deterministic); light: random shifts of up to "
+                               "1/8 of the image, seeded (default: %(default)s)")
+    _common(finetune, extraction=False)
     finetune.set_defaults(batch_size=Recipe.batch_size)
 
     demo = verbs.add_parser("demo", help="screen a zoo trained on this machine, offline (cache: $PED_FAST_CACHE)")
     demo.add_argument("--out", metavar="DIR", default="ped_fast_demo",
                       help="report folder (default: ped_fast_demo)")
     demo.add_argument("--backend", default="auto", help="PED backend (default: auto, the fastest available)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    demo.add_argument("--cache", metavar="DIR",
+                      help="cache folder for the demo's zoo, data and features (default: $PED_FAST_CACHE or "
+                           "~/.cache/ped_fast)")
+    _output_options(demo)
     return parser, verbs.choices
 
 
 def main(argv=None, prog="ped-fast"):
+    """Run one verb; returns its exit status (see the module docstring),
+    raising SystemExit for a bad argument (2) as argparse does."""
     parser, verbs = _parser(prog)
     args = parser.parse_args(argv)
     verb = verbs[args.command]
@@ -138,12 +190,58 @@ def main(argv=None, prog="ped-fast"):
             verb.error(f"--backend {args.backend}: {error}")
     try:
         return _RUN[args.command](args)
-    except (ValueError, OSError) as error:
-        verb.error(str(error))
+    except KeyboardInterrupt:
+        print(f"\n{verb.prog}: interrupted; what was finished is kept in the cache ({_cache_folder(args)}): run "
+              f"the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if is_input_error(error) and not _of_the_machine(error):
+            verb.error(str(error))
+        if isinstance(error, OSError):
+            print(f"{verb.prog}: failed: {error}", file=sys.stderr)
+            return EXIT_RUN
+        log = _write_error_log(args, error)
+        print(f"{verb.prog}: unexpected error: {type(error).__name__}: {error}"
+              + (f" (traceback in {log}" + ("" if args.verbose else "; --verbose prints it") + ")" if log else ""),
+              file=sys.stderr)
+        if args.verbose:
+            traceback.print_exception(error)
+        return EXIT_UNEXPECTED
+
+
+# What the file system or the machine refused: a failure of the run (exit
+# 3), even when it is found by the checks before any work (a read-only
+# --out), not a mistyped argument.
+_MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
+def _of_the_machine(error):
+    return isinstance(error, OSError) and error.errno in _MACHINE_ERRNOS
+
+
+def _cache_folder(args):
+    from .zoo.cache import default_root
+
+    return Path(args.cache).expanduser().absolute() if getattr(args, "cache", None) else default_root()
+
+
+def _write_error_log(args, error):
+    """The traceback in OUT/ped-fast-error.log (the verb's report folder, or
+    the cache folder); None when neither can be written."""
+    out = getattr(args, "out", None)
+    folder = Path(out) if out and args.command in ("screen", "extract", "reference-stats", "evaluate", "demo") \
+        else _cache_folder(args)
+    path = folder / ERROR_LOG
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return path
 
 
 def _device(args):
-    from .zoo.extract import resolve_device
+    from .zoo.device import resolve_device
 
     if getattr(args, "device", None) is None:
         # The demo runs on the CPU wherever it is (its figures are the README's).
@@ -160,47 +258,43 @@ def _settings(args):
                 progress=not args.quiet)
 
 
-def _failures(error):
-    for label, failure in error.errors.items():
-        print(f"{label}: failed: {failure}", file=sys.stderr)
-    return 1
+def _run_stage(args, run, folder, describe, export, written):
+    """extract and reference-stats: run the stage, one line per model, and
+    export what finished to --out."""
+    from .zoo.extract import ExtractionError
+    from .zoo.report import check_output_folder
+
+    if args.out:
+        with checking_inputs():
+            check_output_folder(args.out)
+    try:
+        results, status = run(args.models, folder, cache=args.cache, **_settings(args)), 0
+    except ExtractionError as error:
+        results, status = error.results, EXIT_FAILED_MODELS
+        for label, failure in error.errors.items():
+            print(f"{label}: failed: {failure}", file=sys.stderr)
+    for label, result in results.items():
+        print(f"{label}: {describe(result)}"
+              f"{', from the cache' if result.cached else f' in {result.seconds:.2f} s'} ({result.key})")
+    if args.out and results:
+        export(results, args.out)
+        print(f"wrote {written(len(results))}")
+    return status
 
 
 def _run_extract(args):
-    from .zoo.extract import ExtractionError, export_features, extract
+    from .zoo.extract import export_features, extract
 
-    try:
-        results = extract(args.models, args.data, cache=args.cache, **_settings(args))
-    except ExtractionError as error:
-        results, status = error.results, _failures(error)
-    else:
-        status = 0
-    for label, fs in results.items():
-        print(f"{label}: {fs.features.shape[0]} x {fs.dim} features"
-              f"{', from the cache' if fs.cached else f' in {fs.seconds:.2f} s'} ({fs.key})")
-    if args.out and results:
-        export_features(results, args.out)
-        print(f"wrote {args.out}/labels.npy and {len(results)} feature files")
-    return status
+    return _run_stage(args, extract, args.data, lambda fs: f"{fs.features.shape[0]} x {fs.dim} features",
+                      export_features, lambda n: f"{args.out}/labels.npy and {n} feature files")
 
 
 def _run_reference_stats(args):
-    from .zoo.extract import ExtractionError
     from .zoo.refstats import export_stats, reference_stats
 
-    try:
-        results = reference_stats(args.models, args.reference, cache=args.cache, **_settings(args))
-    except ExtractionError as error:
-        results, status = error.results, _failures(error)
-    else:
-        status = 0
-    for label, stats in results.items():
-        print(f"{label}: mean and std of {stats.dim} dimensions over {stats.count} images"
-              f"{', from the cache' if stats.cached else f' in {stats.seconds:.2f} s'} ({stats.key})")
-    if args.out and results:
-        export_stats(results, args.out)
-        print(f"wrote {len(results)} files {args.out}/LABEL.reference_stats.npz")
-    return status
+    return _run_stage(args, reference_stats, args.reference,
+                      lambda stats: f"mean and std of {stats.dim} dimensions over {stats.count} images",
+                      export_stats, lambda n: f"{n} files {args.out}/LABEL.reference_stats.npz")
 
 
 def _run_screen(args):
@@ -212,40 +306,60 @@ def _run_screen(args):
                      out=args.out, cache=args.cache, features=args.features, backend=args.backend,
                      executor=_executor(args), reduce=args.reduce, combine=args.combine, **settings)
     print(format_table(results))
-    print(f"\nwrote {', '.join(FILES)} to {args.out}")
+    print(f"\nwrote the report ({', '.join(FILES)}) to {args.out}")
     bad = failed(results)
     if bad:
         print(f"{len(bad)} of {len(results['models'])} models failed: {', '.join(bad)}", file=sys.stderr)
-    return 1 if bad else 0
+    return EXIT_FAILED_MODELS if bad else 0
+
+
+_RAY_OPTIONS = {"ray_address": "address", "ray_gpus_per_task": "gpus_per_task", "ray_cpus_per_task": "cpus_per_task",
+                "ray_retries": "max_retries"}
 
 
 def _executor(args):
-    if args.executor == "local":
-        if args.ray_address is not None or args.ray_gpus_per_task is not None:
-            raise ValueError("--ray-address and --ray-gpus-per-task need --executor ray")
-        return "local"
-    from .zoo.ray_executor import RayExecutor  # imports Ray only now: it is an optional extra
+    given = {option: getattr(args, option) for option in _RAY_OPTIONS if getattr(args, option) is not None}
+    with checking_inputs():
+        if args.executor == "local":
+            if given:
+                raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in given)} need --executor ray")
+            return "local"
+        from .zoo.ray_executor import RayExecutor  # imports Ray only now: it is an optional extra
 
+        try:
+            return RayExecutor(progress=not args.quiet, **{_RAY_OPTIONS[o]: value for o, value in given.items()})
+        except ImportError as error:
+            raise ValueError(f"--executor ray: {error}") from None
+
+
+def _read_results(path):
+    """A screen's results.json: the file, or the --out folder holding it."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "results.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"--results folder {str(path)!r} has no results.json (a screen's --out folder "
+                                    f"holds one)")
+    elif not file.is_file():
+        raise FileNotFoundError(f"--results {str(path)!r} does not exist")
     try:
-        return RayExecutor(address=args.ray_address, gpus_per_task=args.ray_gpus_per_task, progress=not args.quiet)
-    except ImportError as error:
-        raise ValueError(f"--executor ray: {error}") from None
+        results = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--results {str(file)!r} is not valid JSON: {error}") from None
+    if not isinstance(results, dict) or "models" not in results or "scorers" not in results:
+        raise ValueError(f"--results {str(file)!r} is not a screen's results.json (no 'models' and 'scorers')")
+    return results
 
 
 def _run_evaluate(args):
-    from .zoo.report import evaluation, format_evaluation, load_ground_truth, write_report
+    from .zoo.report import check_output_folder, evaluation, format_evaluation, load_ground_truth, write_report
 
-    if not os.path.isfile(args.results):
-        raise FileNotFoundError(f"--results {args.results!r} does not exist")
-    try:
-        with open(args.results) as f:
-            results = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--results {args.results!r} is not valid JSON: {error}") from None
-    if not isinstance(results, dict) or "models" not in results or "scorers" not in results:
-        raise ValueError(f"--results {args.results!r} is not a screen's results.json (no 'models' and 'scorers')")
-    truth = load_ground_truth(args.ground_truth)
-    results["evaluation"] = evaluation(results, truth)
+    with checking_inputs():
+        results = _read_results(args.results)
+        truth = load_ground_truth(args.ground_truth)
+        if args.out:
+            check_output_folder(args.out)
+        results["evaluation"] = evaluation(results, truth)
     results["ground_truth"] = {row["name"]: truth[row["name"]] for row in results["models"] if not row["error"]}
     print(format_evaluation(results["evaluation"]))
     if args.out:
@@ -257,11 +371,13 @@ def _run_evaluate(args):
 def _run_finetune(args):
     from .zoo.finetune import FinetuneFailed, Recipe, finetune_zoo
 
-    recipe = Recipe(optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                    augmentation=args.augmentation)
+    with checking_inputs():
+        recipe = Recipe(optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                        augmentation=args.augmentation)
     try:
         accuracies = finetune_zoo(args.models, args.data, args.test, out=args.out, recipe=recipe, seed=args.seed,
-                                  pretrained=not args.no_pretrained, device=args.device, progress=not args.quiet)
+                                  pretrained=not args.no_pretrained, device=args.device, cache=args.cache,
+                                  progress=not args.quiet)
     except FinetuneFailed as error:
         accuracies, status = error.accuracies, 1
         print(str(error), file=sys.stderr)
@@ -276,7 +392,7 @@ def _run_finetune(args):
 def _run_demo(args):
     from .zoo.demo import run_demo
 
-    return run_demo(args.out, device="cpu", backend=args.backend, progress=not args.quiet)
+    return run_demo(args.out, cache=args.cache, device="cpu", backend=args.backend, progress=not args.quiet)
 
 
 _RUN = {"extract": _run_extract, "reference-stats": _run_reference_stats, "screen": _run_screen,

@@ -141,7 +141,7 @@ def test_evaluate_names_missing_models(folders, tmp_path):
     (["extract", "--models", "a:test_resnet={tmp}/none.safetensors", "--data", "{data}"],
      "weights file '{tmp}/none.safetensors' does not exist"),
     (["screen", "--models", "test_resnet", "--data", "{data}", "--reference", "self", "--scorers", "sfda,foo"],
-     "scorers ['sfda', 'foo']: expected 'all' or one or more of sfda, logme, "),
+     "unknown scorer 'foo': expected 'all' or one or more of sfda, logme, "),
     (["screen", "--models", "test_resnet", "--data", "{data}", "--reference", "self", "--backend", "nope"],
      "--backend nope: backend must be 'auto' or one of"),
     (["reference-stats", "--models", "test_resnet", "--reference", "{data}", "--device", "cuda:7"],
