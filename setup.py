@@ -75,6 +75,11 @@ setup(
         "safetensors",
         "tqdm",
         "matplotlib",
+        # filelock: the screening cache's per-entry locks (ped_fast.zoo.cache),
+        # so that processes sharing a cache compute each entry once and a
+        # sweep tells a live writer's temporaries from a dead one's. 3.12
+        # or later: holds per thread (thread_local) and acquire(blocking=...).
+        "filelock>=3.12",
     ],
     # ray: screening on a Ray cluster (ped_fast.zoo.ray_executor, the only
     # module that imports it); in test too, so that CI runs the Ray tests.

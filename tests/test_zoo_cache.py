@@ -1,14 +1,12 @@
 """The screening cache (ped_fast.zoo.cache): content keys, atomic entries,
 unreadable entries treated as missing, leftovers of killed writers removed."""
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ped_fast.zoo._files import temporary_name
 from ped_fast.zoo.cache import Cache, content_key, default_root
 
 
@@ -95,26 +93,25 @@ def test_unreadable_entry_is_a_miss_with_a_warning(tmp_path, damage):
 
 def test_failed_write_leaves_nothing_behind(tmp_path):
     cache = Cache(tmp_path)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="array 'x' must hold numbers"):
         cache.put("features", "k", {}, {"x": np.array([object()])})  # np.save refuses pickles
-    assert list((tmp_path / "features").iterdir()) == []
+    assert not (tmp_path / "features").exists() or list((tmp_path / "features").iterdir()) == []
 
 
-def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
+def test_sweep_removes_only_temporaries_whose_entry_lock_is_free(tmp_path):
+    """The old sweep trusted host name + pid: a writer in another container
+    (same host name, its own pids) was taken for dead, a dead one for alive
+    whenever its pid was reused. Now a temporary is stale exactly when its
+    entry's lock is free."""
     cache = Cache(tmp_path)
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(done.stdout)
+    live = cache.new_array("features", "k2", "x", (2, 2), np.float32)  # holds k2's lock until put/discard
     folder = tmp_path / "features"
-    folder.mkdir()
-    host = socket.gethostname()
-    dead = folder / f".tmp-{host}-{dead_pid}-abcd1234-k.x.npy"
-    live = cache.new_array("features", "k2", "x", (2, 2), np.float32)
-    other_host = folder / f".tmp-elsewhere-{dead_pid}-abcd1234-k.x.npy"
-    # A host whose name extends this one's: its "-31337" is no pid here.
-    longer_host = folder / f".tmp-{host}-31337-{dead_pid}-abcd1234-k.x.npy"
-    for path in (dead, other_host, longer_host):
-        path.write_bytes(b"partial")
-    cache.sweep()
-    assert not dead.exists()
-    assert other_host.exists() and longer_host.exists()  # another machine's writer may still be running
-    assert Path(live.filename).exists()  # this process is still writing it
+    dead = folder / temporary_name("k1.x.npy")  # its writer is gone: nobody holds k1's lock
+    dead.write_bytes(b"partial")
+    foreign = folder / ".tmp-otherhost-123-abcd1234-k1.x.npy"  # not a name this cache writes
+    foreign.write_bytes(b"?")
+    assert cache.sweep() == [dead]
+    assert Path(live.filename).exists() and foreign.exists()
+    cache.discard(live)
+    assert not Path(live.filename).exists()
+    assert not any(p.name.endswith(".lock") for p in folder.iterdir())  # locks live apart from entries

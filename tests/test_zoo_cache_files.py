@@ -123,7 +123,7 @@ def test_sweep_removes_only_temporaries_no_live_writer_holds(tmp_path):
         return None if key == "k4" else locks / f"{key}.lock"
 
     locks.mkdir()
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     ready = context.Event()
     child = context.Process(target=_hold, args=(locks / "k1.lock", ready))
     child.start()
