@@ -203,7 +203,10 @@ def test_finetune_zoo_writes_ground_truth_and_goes_on_after_a_failure(tmp_path, 
 @pytest.mark.parametrize("field, value", [("optimizer", "adam"), ("augmentation", "heavy"), ("epochs", 0),
                                           ("batch_size", 2.5), ("lr", float("nan")), ("head_lr_scale", -1)])
 def test_recipe_rejects(field, value):
-    with pytest.raises(ValueError, match=f"recipe {field} must"):
+    # _validate's convention: TypeError for a value of the wrong type (2.5
+    # for an integer), ValueError for one out of range.
+    with pytest.raises(TypeError if isinstance(value, float) and field == "batch_size" else ValueError,
+                       match=f"recipe {field} must"):
         Recipe(**{field: value})
 
 

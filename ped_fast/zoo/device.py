@@ -48,6 +48,18 @@ def device_name(device) -> str:
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
+def _float32_switches():
+    """(object, attribute, IEEE value) of each of torch's switches of float32
+    math: the fp32_precision API where torch has it (2.9 and later; it
+    refuses to mix with the older allow_tf32 flags, so only it is touched),
+    else the allow_tf32 flags."""
+    backends = torch.backends
+    if hasattr(backends.cuda.matmul, "fp32_precision"):
+        return [(backends.cuda.matmul, "fp32_precision", "ieee"), (backends.cudnn.conv, "fp32_precision", "ieee"),
+                (backends.cudnn.rnn, "fp32_precision", "ieee")]
+    return [(backends.cuda.matmul, "allow_tf32", False), (backends.cudnn, "allow_tf32", False)]
+
+
 @contextlib.contextmanager
 def exact_float32():
     """IEEE float32 matrix products and convolutions for the block, the
@@ -58,18 +70,15 @@ def exact_float32():
     is computed with a 10-bit mantissa (about 1e-3 relative): features that
     --precision fp32 promises to be float32 would not be, and would differ
     from the CPU's by far more than float32 rounding."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    cudnn = torch.backends.cudnn.allow_tf32
-    precision = torch.get_float32_matmul_precision()
+    switches = _float32_switches()
+    before = [getattr(owner, name) for owner, name, _ in switches]
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
+        for owner, name, exact in switches:
+            setattr(owner, name, exact)
         yield
     finally:
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
+        for (owner, name, _), value in zip(switches, before):
+            setattr(owner, name, value)
 
 
 def math_context(precision):

@@ -25,7 +25,12 @@ import torch
 
 from ._files import atomic_write_text
 from .cache import Cache, content_key
-from .extract import describe, resolve_device
+from .._validate import check_integer, check_number
+from .device import resolve_device
+from .errors import checking_inputs, describe
+from .progress import progress as progress_bar
+from .progress import write
+from .report import check_output_file
 from .images import ImageSet, image_folder, load_rgb
 from .models import LoadedModel, load_model, parse_models, parse_spec, weights_identity
 
@@ -74,13 +79,9 @@ class Recipe:
         if self.augmentation not in ("none", "light"):
             raise ValueError(f"recipe augmentation must be 'none' or 'light', got {self.augmentation!r}")
         for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"recipe {name} must be a positive integer, got {value!r}")
+            check_integer(getattr(self, name), f"recipe {name}", minimum=1)
         for name in ("lr", "head_lr_scale", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"recipe {name} must be a finite number >= 0, got {value!r}")
+            check_number(getattr(self, name), f"recipe {name}")
 
 
 class FinetuneFailed(RuntimeError):
@@ -209,8 +210,6 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
 
     Deterministic for a seed (shuffling, augmentation and dropout draw from
     it; num_workers=0); the caller's torch RNG state is left as it was."""
-    from tqdm.auto import tqdm
-
     if len(dataset) == 0:
         raise ValueError("dataset is empty; training needs at least one (image, label) pair")
     device = resolve_device(device)
@@ -232,7 +231,7 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model.train()
-        with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        with progress_bar(total=steps, desc=desc, unit="step", enabled=progress, leave=False) as bar:
             for _ in range(recipe.epochs):
                 total, count = 0.0, 0
                 for images, labels in loader:
@@ -246,7 +245,7 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
                     schedule.step()
                     total, count = total + loss.item() * len(labels), count + len(labels)
                     bar.update()
-                    bar.set_postfix(loss=f"{total / count:.3f}")
+                    bar.set_postfix_str(f"loss={total / count:.3f}")
     model.eval()
     return total / count
 
@@ -331,19 +330,20 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
     it always holds the models this call has finished. A model that fails
     does not stop the others; after the last one, FinetuneFailed names the
     failures (the file then holds the models that succeeded)."""
-    from tqdm.auto import tqdm
-
-    specs = parse_models(specs)
-    seeds = _check_seeds(seed, seeds)
-    # Bad folders and an unusable device are the caller's error, said once,
-    # not every model's.
-    splits = _splits(train_dir, test_dir)
-    device = resolve_device(device)
+    # Bad specs, folders, seeds and an unusable device are the caller's
+    # error, said once before any work, not every model's.
+    with checking_inputs():
+        specs = parse_models(specs)
+        seeds = _check_seeds(seed, seeds)
+        splits = _splits(train_dir, test_dir)
+        device = resolve_device(device)
+        if out is not None:
+            check_output_file(out)
     cache = Cache.of(cache)
     accuracies, errors = {}, {}
     if out is not None:
         write_json(out, accuracies)
-    for spec in tqdm(specs, desc="fine-tuning", unit="model", disable=not progress):
+    for spec in progress_bar(specs, desc="fine-tuning", unit="model", enabled=progress):
         try:
             runs, ran = _finetune_model(spec, splits, seeds, recipe=recipe, seed=seed, pretrained=pretrained,
                                         device=device, cache=cache, progress=progress)
@@ -354,7 +354,7 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
             if progress:
                 mean = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
                 took = f"{sum(run['seconds'] for run in ran):.1f} s" if ran else "cached"
-                tqdm.write(f"{spec.label}: accuracy {accuracies[spec.label]:.4f}{mean} ({took})")
+                write(f"{spec.label}: accuracy {accuracies[spec.label]:.4f}{mean} ({took})")
         if out is not None:
             write_json(out, accuracies)
     if errors:

@@ -30,6 +30,16 @@ def _is_terminal(stream):
         return False
 
 
+def write(line):
+    """Print a line on standard error without breaking a bar on screen."""
+    if _is_terminal(sys.stderr):
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 class LineProgress:
     """Progress as whole lines on standard error: "DESC: started (TOTAL
     UNIT)", "DESC: 50% (N/TOTAL UNIT, S s)" at each `step` of the total, and

@@ -107,6 +107,16 @@ def check_output_folder(out) -> Path:
     return out
 
 
+def check_output_file(path) -> Path:
+    """`path` as a file this process can write (its folder created if
+    missing), checked before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output file {str(path)!r} is a folder")
+    check_output_folder(path.parent)
+    return path
+
+
 def write_report(results, out) -> list:
     """Write results.json, results.csv and ranking.png into `out` as one
     set; returns the paths written.

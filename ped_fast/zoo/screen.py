@@ -31,6 +31,7 @@ from .. import __version__, _backends
 from ..score import parse_reduce
 from .cache import Cache, content_key
 from .device import device_name
+from .digest import file_sha256
 from .errors import checking_inputs, describe, is_transient
 from .extract import FeaturesStage, Settings, check_models, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
@@ -327,7 +328,7 @@ def cached_stages(task: ModelTask) -> list:
     what its machine could not see."""
     cache = Cache(task.cache_root)
     if task.files is not None:
-        stages, keys = [], _files_keys(task.files)
+        stages, keys = [], _files_keys(task.files, cache)
     else:
         from .models import weights_identity
 
@@ -480,23 +481,24 @@ def _reference_file(folder, name, dim):
                             f"{str(stats_path)!r}, or use reference 'self'")
 
 
-def _file_key(path):
-    stat = os.stat(path)
-    return content_key("file", os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+def _file_key(path, cache):
+    """A --features file by its content (a moved or copied folder finds its
+    entries again); the digest is remembered, so a re-run reads no bytes."""
+    return content_key("file", file_sha256(path, cache))
 
 
-def _files_keys(files):
+def _files_keys(files, cache):
     """(features key, reference key or "self") of a --features model; the
     features key covers the logits file when there is one."""
-    features_key = content_key("features-file", _file_key(files.features), _file_key(files.labels),
-                               *([_file_key(files.logits)] if files.logits else []))
-    return features_key, _file_key(files.reference) if files.reference else "self"
+    features_key = content_key("features-file", _file_key(files.features, cache), _file_key(files.labels, cache),
+                               *([_file_key(files.logits, cache)] if files.logits else []))
+    return features_key, _file_key(files.reference, cache) if files.reference else "self"
 
 
 def _score_files(task, row):
     cache = Cache(task.cache_root)
     files = task.files
-    features_key, reference_key = _files_keys(files)
+    features_key, reference_key = _files_keys(files, cache)
     if cached_row(row, cache, (features_key, reference_key), task.scorers, [], task.reduce):
         return
 

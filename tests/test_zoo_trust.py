@@ -1,0 +1,315 @@
+"""The screening layer where users really run it (issue 14): the report of a
+screen that half failed, fp32 that is fp32, cache keys that hold what
+changes numbers and nothing else, and a CLI a script can rely on."""
+import errno
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ped_fast.__main__ import main
+from ped_fast.zoo import extract, screen
+from ped_fast.zoo.images import write_image_folder
+from test_zoo_scorers import gaussian_models, write_features
+from zoo_helpers import small_checkpoint
+
+# The modules by import_module: ped_fast.zoo exports functions of the same
+# names (extract, screen), which `import ... as` would resolve to.
+extract_module = importlib.import_module("ped_fast.zoo.extract")
+report_module = importlib.import_module("ped_fast.zoo.report")
+scoring_module = importlib.import_module("ped_fast.zoo.scoring")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust")
+    write_image_folder(root / "data", classes=3, per_class=6, size=32)
+    write_image_folder(root / "reference", classes=2, per_class=4, size=32, seed=5, labelled=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def features_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust-features")
+    labels = np.arange(30) % 3
+    write_features(root / "f", labels, gaussian_models(np.random.default_rng(2), labels, {"a": 4, "b": 5}))
+    return root / "f"
+
+
+# 1. A finished screen never loses its report.
+
+def test_one_scored_model_with_ground_truth_writes_the_whole_report(features_folder, tmp_path):
+    """One model scored (the other failed) with ground truth: no ranking
+    measures, yet the plot is drawn and all three files are this run's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in report_module.FILES:  # an earlier run's report in the same folder
+        (out / name).write_text("stale")
+    (features_folder.parent / "broken").mkdir(exist_ok=True)
+    folder = tmp_path / "f"
+    shutil.copytree(features_folder, folder)
+    np.save(folder / "b.npy", np.full((30, 5), np.nan))  # b fails: non-finite features
+    results = screen(features=folder, ground_truth={"a": 0.5, "b": 0.6}, scorers="sfda", out=out,
+                     cache=tmp_path / "c", progress=False)
+    assert [row["name"] for row in results["models"] if row["error"]] == ["b"]
+    assert "evaluation" not in results
+    for name in report_module.FILES:
+        assert (out / name).read_bytes()[:5] != b"stale", name
+    assert (out / "ranking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_models_failed_still_draws_a_plot(tmp_path):
+    results = {"scorers": ["sfda"], "models": [{"name": "m", "error": "ValueError: x", "scores": {}}]}
+    report_module.plot_ranking(results, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_a_plot_that_fails_leaves_no_stale_png(features_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ranking.png").write_text("stale")
+
+    def broken(results, path):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(report_module, "plot_ranking", broken)
+    with pytest.warns(RuntimeWarning, match="ranking.png not drawn .RuntimeError: no backend"):
+        screen(features=features_folder, scorers="sfda", out=out, cache=tmp_path / "c", progress=False)
+    assert not (out / "ranking.png").exists()
+    assert json.loads((out / "results.json").read_text())["models"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_report_that_cannot_be_written_keeps_the_old_set(features_folder, tmp_path, monkeypatch):
+    """The csv fails after the json was written: the previous set stays
+    whole (no new results.json beside an old results.csv)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in report_module.FILES:
+        (out / name).write_text("old")
+
+    def full_disk(results, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report_module, "write_csv", full_disk)
+    results = {"scorers": ["sfda"], "models": []}
+    with pytest.raises(OSError):
+        report_module.write_report(results, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(report_module.FILES)
+    assert all((out / name).read_text() == "old" for name in report_module.FILES)
+
+
+# 3. fp32 means fp32; every row says what computed its features.
+
+def test_fp32_extraction_turns_tf32_off_and_restores_it(folders, tmp_path, monkeypatch):
+    """torch's own default is TF32 for cuDNN convolutions
+    (cudnn.conv.fp32_precision "tf32"); a user may also have turned it on
+    for matmul with the legacy flag. During extraction both are IEEE;
+    after it, the user's settings are back (the legacy flag readable)."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    seen = []
+    forward = extract_module._forward
+
+    def spy(model, batch, precision):
+        seen.append((matmul.fp32_precision, conv.fp32_precision))
+        return forward(model, batch, precision)
+
+    monkeypatch.setattr(extract_module, "_forward", spy)
+    before = matmul.fp32_precision
+    # torch's flags are properties of its backend modules (monkeypatch
+    # cannot restore them): set and restored by hand.
+    matmul.allow_tf32 = True
+    try:
+        assert conv.fp32_precision == "tf32"
+        extract("test_resnet", folders / "data", cache=tmp_path / "c", pretrained=False, progress=False)
+        assert matmul.allow_tf32 and conv.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+    assert seen and set(seen) == {("ieee", "ieee")}
+
+
+def test_rows_record_the_device_and_math_of_their_features(folders, tmp_path, monkeypatch):
+    arguments = dict(models="test_resnet", data=folders / "data", reference="self", cache=tmp_path / "c",
+                     pretrained=False, progress=False)
+    (row,) = screen(**arguments)["models"]
+    assert row["device"].startswith("cpu (") and row["math"] == "fp32-ieee"
+    monkeypatch.setattr(extract_module, "device_name", lambda device: "cuda:0 (elsewhere)")
+    (cached,) = screen(**arguments)["models"]
+    assert "scores" in cached["cached"] and cached["device"] == row["device"]
+    (bf16,) = screen(**dict(arguments, precision="bf16"))["models"]
+    assert bf16["math"] == "autocast-bf16" and "features" not in bf16["cached"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp32_features_on_the_gpu_match_the_cpu(folders, tmp_path):
+    checkpoint = small_checkpoint(tmp_path / "m", "test_convnext", 1)
+    common = dict(cache=tmp_path / "c", progress=False)
+    cpu = extract(f"m:test_convnext={checkpoint}", folders / "data", device="cpu", **common)["m"]
+    gpu = extract(f"m:test_convnext={checkpoint}", folders / "data", device="cuda", **common)["m"]
+    assert not gpu.cached and gpu.device.startswith("cuda")
+    np.testing.assert_allclose(gpu.features, cpu.features, rtol=1e-4, atol=1e-4 * np.abs(cpu.features).max())
+
+
+# 4. Cache keys: everything that changes numbers, nothing that does not.
+
+def test_a_library_upgrade_recomputes_features(folders, tmp_path, monkeypatch):
+    first = extract("test_resnet", folders / "data", cache=tmp_path / "c", pretrained=False, progress=False)
+    versions = dict(extract_module.library_versions(), timm="99.0")
+    monkeypatch.setattr(extract_module, "library_versions", lambda: versions)
+    again = extract("test_resnet", folders / "data", cache=tmp_path / "c", pretrained=False, progress=False)
+    assert not again["test_resnet"].cached and again["test_resnet"].key != first["test_resnet"].key
+
+
+def test_the_display_name_and_tag_are_not_in_the_key(folders, tmp_path):
+    """test_resnet and test_resnet.r160_in1k with the same (random, seeded)
+    weights are one model: computed once."""
+    common = dict(cache=tmp_path / "c", pretrained=False, progress=False)
+    extract("a:test_resnet", folders / "data", **common)
+    assert extract("b:test_resnet.r160_in1k", folders / "data", **common)["b"].cached
+
+
+def test_a_moved_features_folder_finds_its_scores(features_folder, tmp_path):
+    folder = tmp_path / "one"
+    shutil.copytree(features_folder, folder)
+    first = screen(features=folder, scorers="sfda", cache=tmp_path / "c", progress=False)
+    moved = tmp_path / "two"
+    folder.rename(moved)
+    again = screen(features=moved, scorers="sfda", cache=tmp_path / "c", progress=False)
+    assert all("scores" in row["cached"] for row in again["models"])
+    assert [row["scores"] for row in again["models"]] == [row["scores"] for row in first["models"]]
+
+
+def test_changed_scoring_code_recomputes_scores(features_folder, tmp_path, monkeypatch):
+    screen(features=features_folder, scorers="sfda", cache=tmp_path / "c", progress=False)
+    monkeypatch.setattr(scoring_module, "scoring_code", lambda: "another version")
+    again = screen(features=features_folder, scorers="sfda", cache=tmp_path / "c", progress=False)
+    assert not any("scores" in row["cached"] for row in again["models"])
+
+
+def test_the_scoring_code_hash_covers_the_scorers():
+    sources = {path.name for path in scoring_module.Path(scoring_module.__file__).parent.parent.glob("scorers/*.py")}
+    assert {"sfda.py", "logme.py"} <= sources
+    assert len(scoring_module.scoring_code()) == 16
+
+
+# 9. Exit codes and errors a script can rely on.
+
+def run_cli(*arguments, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ped_fast", *map(str, arguments)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_a_bad_argument_is_two_lines_and_exit_2(folders, tmp_path):
+    done = run_cli("screen", "--models", "test_resnat", "--data", folders / "data", "--reference", "self",
+                   "--cache", tmp_path / "c", "--no-pretrained")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("usage: python -m ped_fast screen [options]")
+    assert "unknown timm model name 'test_resnat'" in lines[1]
+
+
+def test_scorer_names_are_case_insensitive_and_the_wrong_one_is_named(features_folder, tmp_path, capsys):
+    assert main(["screen", "--features", str(features_folder), "--scorers", "SFDA,LogME", "--cache",
+                 str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["screen", "--features", str(features_folder), "--scorers", "sfda,logmee", "--quiet"])
+    assert "unknown scorer 'logmee'" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_fails_before_any_work(folders, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(extract_module, "run_stages", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["screen", "--models", "test_resnet", "--data", str(folders / "data"), "--reference", "self",
+              "--no-pretrained", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "file"), "--quiet"])
+    assert exit_info.value.code == 2
+
+
+def test_a_read_only_out_is_a_failure_of_the_run(features_folder, tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(report_module.tempfile, "TemporaryFile", read_only)
+    status = main(["screen", "--features", str(features_folder), "--cache", str(tmp_path / "c"), "--out",
+                   str(tmp_path / "ro"), "--quiet"])
+    assert status == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(tmp_path / "ro") in line and "Read-only file system" in line
+
+
+def test_a_full_disk_during_the_run_is_one_line_exit_3(features_folder, tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c" / "score" / "x.json"))
+
+    monkeypatch.setattr(report_module, "write_csv", full)
+    status = main(["screen", "--features", str(features_folder), "--cache", str(tmp_path / "c"), "--out",
+                   str(tmp_path / "o"), "--quiet"])
+    assert status == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ped-fast screen: failed: [Errno 28] No space left on device") and "x.json" in line
+
+
+def test_an_unexpected_error_is_logged_exit_4(features_folder, tmp_path, monkeypatch, capsys):
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(report_module, "write_csv", bug)
+    arguments = ["screen", "--features", str(features_folder), "--cache", str(tmp_path / "c"), "--out",
+                 str(tmp_path / "o"), "--quiet"]
+    assert main(arguments) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected error: KeyError" in err
+    log = tmp_path / "o" / "ped-fast-error.log"
+    assert "Traceback" in log.read_text() and str(log) in err
+    assert main(arguments + ["--verbose"]) == 4
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_exit_130(features_folder, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring_module, "score_features", interrupted)
+    status = main(["screen", "--features", str(features_folder), "--cache", str(tmp_path / "c"), "--out",
+                   str(tmp_path / "o"), "--quiet"])
+    assert status == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "interrupted" in line and "run the same command again to resume" in line
+
+
+def test_evaluate_takes_the_screens_out_folder(features_folder, tmp_path, capsys):
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"a": 0.4, "b": 0.6}))
+    assert main(["screen", "--features", str(features_folder), "--cache", str(tmp_path / "c"), "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["evaluate", "--results", str(tmp_path / "o"), "--ground-truth", str(truth)]) == 0
+    assert "weighted_tau" in capsys.readouterr().out
+
+
+def test_version():
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip().endswith("0.1.0")
+
+
+def test_progress_in_a_log_is_a_few_lines(folders, tmp_path):
+    """stderr to a pipe: a line per quarter of each pass, not a bar redrawn
+    per batch."""
+    done = run_cli("extract", "--models", "test_resnet", "--data", folders / "data", "--cache", tmp_path / "c",
+                   "--no-pretrained", "--batch-size", "1")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("features of ")]
+    assert 2 <= len(lines) <= 6 and "\r" not in done.stderr, lines
+
+
+def test_demo_and_finetune_options_have_help():
+    done = run_cli("demo", "--help")
+    assert "--cache" in done.stdout
+    done = run_cli("finetune", "--help")
+    text = " ".join(done.stdout.split())
+    assert "--optimizer {adamw,sgd} adamw (decoupled" in text and "--augmentation {none,light} none: the" in text
