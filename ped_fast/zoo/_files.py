@@ -26,6 +26,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 TEMP_PREFIX = ".tmp-"
 _TEMPORARY = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{12}}-(?P<final>.+)")
 
@@ -179,18 +181,23 @@ def fsync_directory(folder):
         os.close(fd)
 
 
-def remove_temporaries(folder, *, match=None) -> list:
+def remove_temporaries(folder, *, match=None, hidden=False) -> list:
     """Remove the temporaries (files or folders) in `folder` whose final name
     satisfies `match` (default: all of them); returns the paths removed.
-    The caller must hold the lock their writers hold while writing (else a
-    live writer's work would be removed): :func:`sweep_temporaries` does so."""
+    hidden=True: every hidden entry too, for a folder whose only writer
+    works under the caller's lock (whatever names older versions gave their
+    temporaries). The caller must hold the lock their writers hold while
+    writing (else a live writer's work would be removed):
+    :func:`sweep_temporaries` does so."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
         final = temporary_target(path.name)
-        if final is None or (match is not None and not match(final)):
+        if final is None and not (hidden and path.name.startswith(".")):
+            continue
+        if final is not None and match is not None and not match(final):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -210,8 +217,6 @@ def sweep_temporaries(folder, lock_of) -> list:
     this very process holds counts as held): when it succeeds no process is
     writing, and the temporaries are removed while it is held, so that no
     writer can start meanwhile."""
-    from filelock import FileLock, Timeout
-
     folder = Path(folder)
     if not folder.is_dir():
         return []

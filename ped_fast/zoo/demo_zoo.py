@@ -36,9 +36,10 @@ killed run resumes and a finished one is reused.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import shutil
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -47,8 +48,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._files import atomic_directory, remove_temporaries
+from .cache import Cache
 from .finetune import Recipe, finetune, train, write_json
-from .models import atomic_directory, save_model_dir, weights_identity
+from .models import save_model_dir, weights_identity
 
 # Bump when the data or the training change in a way the configuration does
 # not show, so that old caches are not reused.
@@ -155,8 +158,31 @@ def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=Tr
         raise ValueError(f"config asks for {config.n_source} + {config.n_train} + {config.n_test} digits; "
                          f"scikit-learn ships 1797")
     root = Path(cache_dir).expanduser() / "demo" / config.key()
-    for folder in (root, root / "zoo", root / "finetune"):
-        _remove_temporaries(folder)
+    with _one_build(Cache(cache_dir), config.key(), root, progress):
+        # No other build of this configuration runs now: every hidden entry
+        # of its folders is a killed build's temporary.
+        for folder in (root, root / "zoo", root / "finetune"):
+            remove_temporaries(folder, hidden=True)
+        return _build(root, config, ground_truth=ground_truth, progress=progress, device=device)
+
+
+@contextlib.contextmanager
+def _one_build(cache, key, root, progress):
+    """Hold the demo's lock (the cache's lock of entry ("demo", key)): one
+    build of a configuration at a time, so that a second ``ped-fast demo``
+    waits for the first and reuses its work instead of training the zoo
+    again, and so that a build's temporaries are known to be dead."""
+    with cache.lock("demo", key, blocking=False) as got:
+        if got:
+            yield
+            return
+    if progress:
+        print(f"waiting for another ped-fast demo building {root}", file=sys.stderr, flush=True)
+    with cache.lock("demo", key):
+        yield
+
+
+def _build(root, config, *, ground_truth, progress, device):
     demo = DemoZoo(root=root, target_train=root / "target-train", target_test=root / "target-test",
                    reference=root / "reference",
                    specs=[f"{ck.label}:{ck.architecture}={root / 'zoo' / ck.label}" for ck in config.zoo],
@@ -235,13 +261,6 @@ def _ground_truth(demo, config, *, device, progress):
         accuracies[ck.label] = sum(runs) / len(runs)
     demo.ground_truth = demo.root / "ground_truth.json"
     write_json(demo.ground_truth, accuracies)
-
-
-def _remove_temporaries(folder: Path):
-    """Remove what a killed run left under a temporary name (never read)."""
-    if folder.is_dir():
-        for entry in folder.glob(".*"):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _write_pngs(folder: Path, images, subfolders):
