@@ -164,6 +164,26 @@ def _parser(prog):
     _common(finetune, extraction=False)
     finetune.set_defaults(batch_size=Recipe.batch_size)
 
+    cache = verbs.add_parser("cache", help="see, check and clean the cache (ls, verify, prune)")
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    listing = actions.add_parser("ls", help="entries by kind and model: sizes and ages")
+    listing.add_argument("--kind", help="only entries of this kind (features, reference, score, config, ...)")
+    verify = actions.add_parser("verify", help="read every entry in full and check its checksums (exit 1 when "
+                                               "any is damaged)")
+    verify.add_argument("--kind", help="only entries of this kind")
+    prune = actions.add_parser("prune", help="remove entries by model, kind or age (a removed entry is recomputed "
+                                             "when needed)")
+    prune.add_argument("--model", help="a row label or model name; shell wildcards allowed (e.g. 'resnet*')")
+    prune.add_argument("--kind", help="only entries of this kind")
+    prune.add_argument("--older-than", metavar="AGE", help="only entries created more than AGE ago: 30d, 12h, 90min")
+    prune.add_argument("--damaged", action="store_true", help="only entries that verify finds damaged")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    for parser_ in (listing, verify, prune):
+        group = parser_.add_argument_group("common options")
+        group.add_argument("--cache", metavar="DIR",
+                           help="cache folder (default: $PED_FAST_CACHE or ~/.cache/ped_fast)")
+        _output_options(group)
+
     demo = verbs.add_parser("demo", help="screen a zoo trained on this machine, offline (cache: $PED_FAST_CACHE)")
     demo.add_argument("--out", metavar="DIR", default="ped_fast_demo",
                       help="report folder (default: ped_fast_demo)")
@@ -389,6 +409,31 @@ def _run_finetune(args):
     return status
 
 
+def _run_cache(args):
+    from .zoo import cache as cache_module
+
+    cache = cache_module.Cache(args.cache)
+    with checking_inputs():
+        if not cache.root.is_dir():
+            raise FileNotFoundError(f"--cache {str(cache.root)!r} does not exist (nothing is cached there yet)")
+        older_than = cache_module.parse_age(args.older_than) if getattr(args, "older_than", None) else None
+    if args.action == "ls":
+        print(cache_module.format_entries(cache.entries(args.kind)))
+        return 0
+    if args.action == "verify":
+        problems = cache.verify(args.kind)
+        print(cache_module.format_problems(problems))
+        return EXIT_FAILED_MODELS if problems else 0
+    if not (args.model or args.kind or older_than is not None or args.damaged):
+        with checking_inputs():
+            raise ValueError("prune needs at least one of --model, --kind, --older-than or --damaged (to empty the "
+                             f"cache, remove the folder {str(cache.root)!r})")
+    pruned = cache.prune(model=args.model, kind=args.kind, older_than=older_than, damaged=args.damaged,
+                         dry_run=args.dry_run)
+    print(cache_module.format_pruned(pruned, dry_run=args.dry_run))
+    return 0
+
+
 def _run_demo(args):
     from .zoo.demo import run_demo
 
@@ -396,7 +441,7 @@ def _run_demo(args):
 
 
 _RUN = {"extract": _run_extract, "reference-stats": _run_reference_stats, "screen": _run_screen,
-        "evaluate": _run_evaluate, "finetune": _run_finetune, "demo": _run_demo}
+        "evaluate": _run_evaluate, "finetune": _run_finetune, "cache": _run_cache, "demo": _run_demo}
 
 
 if __name__ == "__main__":

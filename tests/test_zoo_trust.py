@@ -313,3 +313,32 @@ def test_demo_and_finetune_options_have_help():
     done = run_cli("finetune", "--help")
     text = " ".join(done.stdout.split())
     assert "--optimizer {adamw,sgd} adamw (decoupled" in text and "--augmentation {none,light} none: the" in text
+
+
+def test_cache_verb_lists_verifies_and_prunes(folders, tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(["extract", "--models", "a:test_resnet,b:test_convnext", "--data", str(folders / "data"),
+                 "--cache", str(cache), "--no-pretrained", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert "features" in listing and " a " in f" {listing} " and "test_convnext" in listing
+    assert main(["cache", "verify", "--cache", str(cache)]) == 0
+    (damaged,) = [p for p in (cache / "features").glob("*.features.npy")
+                  if "test_resnet" in (p.parent / (p.name.split(".")[0] + ".json")).read_text()]
+    with open(damaged, "r+b") as f:  # one flipped bit in the data, not the header
+        f.seek(-3, 2)
+        byte = f.read(1)
+        f.seek(-3, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    capsys.readouterr()
+    assert main(["cache", "verify", "--cache", str(cache)]) == 1
+    assert damaged.name.split(".")[0] in capsys.readouterr().out
+    assert main(["cache", "prune", "--model", "test_conv*", "--dry-run", "--cache", str(cache)]) == 0
+    assert len(list((cache / "features").glob("*.json"))) == 2
+    assert main(["cache", "prune", "--damaged", "--cache", str(cache)]) == 0
+    assert main(["cache", "prune", "--model", "test_conv*", "--cache", str(cache)]) == 0
+    assert list((cache / "features").glob("*.json")) == []
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "prune", "--cache", str(cache)])
+    assert exit_info.value.code == 2
