@@ -76,6 +76,12 @@ class PEDScore:
     result: PEDResult
     saturation: dict = field(default_factory=dict)
 
+    def __repr__(self):
+        # The dataclass repr would print the moved N x D features in full.
+        saturated = f", saturation={self.saturation!r}" if self.saturation else ""
+        return (f"PEDScore(ped={self.ped!r}, baseline={self.baseline!r}, steps={self.result.steps}, "
+                f"classes={len(self.result.classes)}{saturated})")
+
     @property
     def saturated(self) -> bool:
         """True when the baseline or the PED score has saturated."""

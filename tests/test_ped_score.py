@@ -337,3 +337,10 @@ def test_arguments_are_checked_before_any_work(options, error, message):
     with pytest.raises(error, match=message):
         ped_score(x, y, scorer, reference=g, return_baseline=True, reduce="pca:3", **options)
     assert calls == []
+
+
+def test_repr_of_a_score_is_one_line_without_arrays():
+    x = np.random.default_rng(0).standard_normal((600, 4))
+    result = ped_score(x, np.arange(600) % 3, "sfda", rescale="self", return_baseline=True)
+    text = repr(result)
+    assert text.startswith("PEDScore(ped=") and "\n" not in text and "array" not in text and len(text) < 200
