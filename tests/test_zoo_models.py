@@ -29,6 +29,9 @@ def _outputs(model, size=32, seed=0):
     ("test_vit=/w/ckpt_dir/", ModelSpec("test_vit-ckpt_dir", "test_vit", "/w/ckpt_dir/")),
     ("mine:test_vit=/w/a.pt", ModelSpec("mine", "test_vit", "/w/a.pt")),
     ("mine:test_vit", ModelSpec("mine", "test_vit", None)),
+    ("test_vit=/w/model_best.pth.tar", ModelSpec("test_vit-model_best", "test_vit", "/w/model_best.pth.tar")),
+    ("labels2:test_vit", ModelSpec("labels2", "test_vit", None)),
+    ("a.logits2:test_vit", ModelSpec("a.logits2", "test_vit", None)),
 ])
 def test_parse_spec(text, expected):
     assert parse_spec(text) == expected
@@ -41,6 +44,12 @@ def test_parse_spec(text, expected):
     ("test_vit=", "no weights path"),
     ("hf-hub:timm/resnet18", "must be a timm model name"),
     ("my model:test_vit", "label 'my model'"),
+    ("labels:test_vit", "label 'labels' is named like another file of a --features folder"),
+    ("Labels:test_vit", "label 'Labels' is named like another file"),
+    ("a.logits:test_vit", "label 'a.logits' is named like another file"),
+    ("a.reference:test_vit", "label 'a.reference' is named like another file"),
+    ("a.Reference_Stats:test_vit", "label 'a.Reference_Stats' is named like another file"),
+    ("test_vit=/w/x.reference.pt", r"label 'test_vit-x.reference'.*give another as LABEL:test_vit=/w/x.reference.pt"),
 ])
 def test_parse_spec_rejects(text, message):
     with pytest.raises(ValueError, match=message):
@@ -171,8 +180,20 @@ def test_hub_identity_needs_no_download():
     assert weights_identity("test_vit", pretrained=False, seed=4) == "random:seed=4"
     with pytest.raises(ValueError, match="no pretrained weights for 'test_mambaout'"):
         weights_identity("test_mambaout")
-    with pytest.raises(ValueError, match="Invalid pretrained tag"):
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'not_a_tag' for 'resnet18'.*timm knows .*a1_in1k"):
         weights_identity("resnet18.not_a_tag")
+
+
+@pytest.mark.parametrize("spec", ["test_resnet.bogus", "mine:test_resnet.bogus", "test_resnet.bogus=FILE"])
+def test_unknown_tag_is_refused_without_pretrained_weights(spec, tmp_path):
+    """The tag picks the transform and names the weights: an unknown one is
+    bad input even with random weights (--no-pretrained), found when the
+    specs are checked, before any work."""
+    file = tmp_path / "w.safetensors"
+    save_file(load_model("test_resnet", pretrained=False).model.state_dict(), str(file))
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'bogus' for 'test_resnet'.*timm knows r160_in1k"):
+        weights_identity(spec.replace("FILE", str(file)), pretrained=False)
+    assert weights_identity("test_resnet.r160_in1k", pretrained=False) == "random:seed=0"
 
 
 # --- bad input ---------------------------------------------------------------
@@ -244,6 +265,14 @@ def test_missing_and_unknown_files(tmp_path):
     odd.write_bytes(b"\x89HDF")
     with pytest.raises(ValueError, match=r"weights\.h5.*unknown type '\.h5'"):
         weights_identity(f"test_vit={odd}")
+    # timm reads a file as safetensors only by its lower-case suffix.
+    shouting = tmp_path / "w.SAFETENSORS"
+    save_file(load_model("test_vit", pretrained=False).model.state_dict(), str(shouting))
+    with pytest.raises(ValueError, match=r"w\.SAFETENSORS.*unknown type '\.SAFETENSORS'; expected \.safetensors"):
+        weights_identity(f"test_vit={shouting}")
+    upper = tmp_path / "W.PTH"
+    torch.save(load_model("test_vit", pretrained=False).model.state_dict(), upper)
+    assert load_model(f"test_vit={upper}").spec.label == "test_vit-W"
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="cannot read safetensors file"):

@@ -1,22 +1,33 @@
-"""Model specs: parse them, build the model with timm, load weights safely,
-and name the weights for the cache without building anything.
+"""Model specs: parse them, build the model with timm, load weights the way
+timm loads them, and name the weights for the cache without building
+anything.
 
 A SPEC is one of
 - ``NAME``: a timm model name (optionally with a pretrained tag,
   ``resnet18.a1_in1k``); pretrained weights come through timm (the Hugging
-  Face hub when online, the local hub cache when offline);
+  Face hub when it can be reached, else, at once, the local hub cache);
 - ``NAME=PATH``: weights from a local file (``.safetensors``, or a PyTorch
-  state dict ``.pt``/``.pth``/``.bin``/``.ckpt`` read with
+  checkpoint ``.pt``/``.pth``/``.bin``/``.ckpt``/``.pth.tar`` read with
   ``torch.load(weights_only=True)``: a pickle that would run code is refused),
   or from a directory in timm's hub layout (``config.json`` + ``model.safetensors``
   or ``pytorch_model.bin``, see :func:`save_model_dir`);
 - ``LABEL:NAME[=PATH]``: the same, with the row's own name.
 
+A checkpoint loads as timm's own pretrained path loads a local file
+(``timm.models.load_state_dict``, then ``create_model(pretrained=True)``):
+a training checkpoint's EMA weights are preferred (``use_ema=False``: its
+plain ones), DataParallel's ``module.`` and torch.compile's ``_orig_mod.``
+prefixes are stripped, and the architecture's checkpoint filter converts
+original-format checkpoints (DeiT, BEiT, ConvNeXt) and resizes a ViT's
+position embedding to the built image size. The classifier is sized like
+the checkpoint's (any width is kept; none: the model is built headless).
+
 The default label is NAME, or ``NAME-STEM`` when PATH is given (STEM: the
 file name without its suffix, or the directory's name), so that two
 checkpoints of one architecture get different rows. Labels name files in
 reports and feature folders, so they are limited to letters, digits and
-``._+@-``.
+``._+@-``, and may not be named like the other files of a ``--features``
+folder (``labels``, ``*.logits``, ``*.reference``, ``*.reference_stats``).
 
 A spec with a PATH always loads that file; ``pretrained=False`` (the CLI's
 ``--no-pretrained``) only replaces hub weights of plain ``NAME`` specs by
@@ -24,8 +35,10 @@ seeded random weights.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -33,19 +46,34 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# A --features folder holds labels.npy and, per label, LABEL.npy,
+# LABEL.logits.npy, LABEL.reference.npy and LABEL.reference_stats.npz: a
+# label named like one of the others' files would overwrite it (ignoring
+# case, for case-insensitive file systems).
+_RESERVED_LABEL = re.compile(r"labels|.+\.(logits|reference|reference_stats)", re.IGNORECASE)
+# ".pth.tar": the name timm's train.py gives its checkpoints (model_best.pth.tar).
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pth.tar")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The entries timm.models.load_state_dict takes a training checkpoint's
+# weights from: with use_ema, the first EMA entry present; else the first
+# plain one.
+_EMA_ENTRIES = ("state_dict_ema", "model_ema")
+_PLAIN_ENTRIES = ("state_dict", "model")
 # pretrained_cfg keys that decide the eval transform; save_model_dir keeps
 # these and drops hub addresses that would not describe a local checkpoint.
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 # How many key names an architecture-mismatch error lists of each kind.
 _SHOWN_KEYS = 5
+# Seconds to wait for the Hugging Face hub to answer before taking hub
+# weights from the local cache only.
+_HUB_PROBE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -62,9 +90,8 @@ class ModelSpec:
 class LoadedModel:
     """A built model in eval mode on the CPU.
 
-    identity: the weights' identity for cache keys ("sha256:<hex>" of the
-    weights file(s), "timm:<arch>.<tag>" for hub weights, "random:seed=<s>"
-    for seeded random weights). data_config: timm's resolved data config
+    identity: the weights' identity for cache keys (see
+    :func:`weights_identity`). data_config: timm's resolved data config
     (input_size, interpolation, mean, std, crop_pct, crop_mode)."""
     spec: ModelSpec
     model: torch.nn.Module
@@ -96,16 +123,31 @@ def parse_spec(text) -> ModelSpec:
                          f"(no '/', '\\' or ':'); give local weights as NAME=PATH")
     if not label:
         label = name if not has_path else f"{name}-{_stem(path)}"
+    again = f"LABEL:{name}{'=' + path if has_path else ''}"
     if not _LABEL.fullmatch(label):
         raise ValueError(f"model spec {text!r}: label {label!r} must start with a letter or digit and contain "
-                         f"only letters, digits and '._+@-' (it names files); give one as LABEL:{name}"
-                         f"{'=' + path if has_path else ''}")
+                         f"only letters, digits and '._+@-' (it names files); give one as {again}")
+    if _RESERVED_LABEL.fullmatch(label):
+        raise ValueError(f"model spec {text!r}: label {label!r} is named like another file of a --features folder "
+                         f"(labels.npy, LABEL.logits.npy, LABEL.reference.npy, LABEL.reference_stats.npz); "
+                         f"give another as {again}")
     return ModelSpec(label=label, name=name, path=path or None)
 
 
 def _stem(path):
-    p = Path(path.rstrip("/\\"))
-    return p.name if p.suffix.lower() not in (".safetensors",) + _TORCH_SUFFIXES else p.stem
+    name = Path(path.rstrip("/\\")).name
+    suffix = _suffix(name)
+    return name[:-len(suffix)] if suffix else name
+
+
+def _suffix(name: str) -> str:
+    """The weights-file suffix `name` ends with ("" when none). timm reads
+    a file as safetensors only when its name ends in lower-case
+    ".safetensors" (anything else goes to torch.load), so that one suffix
+    is matched with its case and the torch ones without."""
+    if name.endswith(".safetensors"):
+        return ".safetensors"
+    return next((name[-len(s):] for s in _TORCH_SUFFIXES if name.lower().endswith(s)), "")
 
 
 def parse_models(value) -> list[ModelSpec]:
@@ -142,32 +184,56 @@ def parse_models(value) -> list[ModelSpec]:
 
 
 def check_name(spec: ModelSpec) -> str:
-    """The architecture of `spec.name` (tag removed); unknown names raise a
-    ValueError listing close matches among timm's models."""
+    """The architecture of `spec.name` (tag removed). An unknown name
+    raises a ValueError listing close matches among timm's models; a
+    pretrained tag timm does not know raises one listing the known tags,
+    whether or not the weights are wanted (the tag also picks the
+    transform)."""
     import timm
-    from timm.models import split_model_name_tag
+    from timm.models import get_pretrained_cfg, split_model_name_tag
 
-    arch = split_model_name_tag(spec.name)[0]
+    arch, tag = split_model_name_tag(spec.name)
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
         raise ValueError(f"model {spec.label!r}: unknown timm model name {spec.name!r}{hint}")
+    if "." in spec.name:
+        try:
+            get_pretrained_cfg(spec.name)
+        except RuntimeError:
+            known = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
+            raise ValueError(f"model {spec.label!r}: unknown pretrained tag {tag!r} for {arch!r} in {spec.name!r}; "
+                             f"timm knows {', '.join(known) if known else 'none'}") from None
     return arch
 
 
-def weights_identity(spec, *, pretrained=True, seed=0) -> str:
+def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True) -> str:
     """The identity LoadedModel.identity will have, without building the
-    model or downloading anything."""
+    model or downloading anything:
+
+    - ``sha256:<hex>`` of the weights file (of ``config.json`` + weights for
+      a hub-layout directory), followed by ``:ema`` or ``:no-ema`` when the
+      file is a training checkpoint holding EMA weights, whose choice
+      (`use_ema`) changes the model;
+    - ``timm:<arch>.<tag>`` for timm's pretrained weights;
+    - ``random:seed=<seed>`` for seeded random weights.
+
+    A PyTorch checkpoint is opened here (its pickle only, where it can be
+    memory-mapped) to see whether it holds EMA weights, so one whose pickle
+    would run code, or one holding only EMA weights when use_ema=False,
+    raises its ValueError here, before any model is built."""
     spec = parse_spec(spec)
     arch = check_name(spec)
     if spec.path is not None:
         files = _weight_files(spec, arch)
         if len(files) == 1:
-            return "sha256:" + _file_sha256(files[0])
-        # A directory: config.json changes the model (model_args, transform),
-        # so it is part of the identity along with the weights.
-        joined = "".join(f"{f.name}:{_file_sha256(f)}\n" for f in files)
-        return "sha256:" + hashlib.sha256(joined.encode()).hexdigest()
+            digest = _file_sha256(files[0])
+        else:
+            # A directory: config.json changes the model (model_args, transform),
+            # so it is part of the identity along with the weights.
+            joined = "".join(f"{f.name}:{_file_sha256(f)}\n" for f in files)
+            digest = hashlib.sha256(joined.encode()).hexdigest()
+        return f"sha256:{digest}{_ema_choice(spec, files[-1], use_ema)}"
     if not pretrained:
         return f"random:seed={seed}"
     return f"timm:{arch}.{_pretrained_tag(spec, arch)}"
@@ -176,14 +242,17 @@ def weights_identity(spec, *, pretrained=True, seed=0) -> str:
 def _pretrained_tag(spec, arch):
     from timm.models import get_pretrained_cfg
 
-    try:
-        cfg = get_pretrained_cfg(spec.name)
-    except RuntimeError as err:
-        raise ValueError(f"model {spec.label!r}: {err}") from None
+    cfg = get_pretrained_cfg(spec.name)  # a known name and tag: check_name has run
     if cfg is None or not (cfg.url or cfg.hf_hub_id or cfg.file or cfg.state_dict) or not cfg.tag:
         raise ValueError(f"model {spec.label!r}: timm has no pretrained weights for {spec.name!r}; "
                          f"give a weights file as {spec.name}=PATH or use random weights (--no-pretrained)")
     return cfg.tag
+
+
+def _version(path: Path) -> tuple:
+    """What tells one version of a file from another without reading it."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 _HASHES: dict = {}
@@ -192,8 +261,7 @@ _HASHES: dict = {}
 def _file_sha256(path: Path) -> str:
     """sha256 of a file's contents, computed once per (path, size, mtime)
     in this process: a zoo's checkpoints are hashed for every cache lookup."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _version(path)
     if key not in _HASHES:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
@@ -201,6 +269,42 @@ def _file_sha256(path: Path) -> str:
                 digest.update(block)
         _HASHES[key] = digest.hexdigest()
     return _HASHES[key]
+
+
+_LAYOUTS: dict = {}
+
+
+def _ema_choice(spec, path: Path, use_ema) -> str:
+    """":ema" or ":no-ema" when the checkpoint at `path` holds EMA weights
+    (which entry timm.models.load_state_dict takes then depends on
+    use_ema), else "". Its top-level entries are read once per file version,
+    with the tensors memory-mapped (only the pickle is read) where the file
+    is in torch's zip format."""
+    if path.name.endswith(".safetensors"):
+        return ""
+    key = _version(path)
+    if key not in _LAYOUTS:
+        with _reading(spec, path):
+            checkpoint = _torch_load(path, mmap=zipfile.is_zipfile(path))
+        entries = checkpoint if isinstance(checkpoint, dict) else {}
+        _LAYOUTS[key] = (next((k for k in _EMA_ENTRIES if entries.get(k) is not None), None),
+                         any(k in entries for k in _PLAIN_ENTRIES))
+    ema, plain = _LAYOUTS[key]
+    if ema is None:
+        return ""
+    if use_ema:
+        return ":ema"
+    if not plain:
+        raise ValueError(f"model {spec.label!r}: {str(path)!r} holds only EMA weights ({ema!r}), so use_ema=False "
+                         f"(--no-ema) leaves nothing to load; load it with its EMA weights")
+    return ":no-ema"
+
+
+def _torch_load(path, mmap):
+    # timm's training checkpoints store their argparse.Namespace of
+    # arguments; timm's own loader allows that class, and so does this.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _weight_files(spec, arch) -> list[Path]:
@@ -218,60 +322,180 @@ def _weight_files(spec, arch) -> list[Path]:
         return [config, weights[0]]
     if not path.exists():
         raise FileNotFoundError(f"model {spec.label!r}: weights file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix != ".safetensors" and suffix not in _TORCH_SUFFIXES:
-        raise ValueError(f"model {spec.label!r}: weights file {str(path)!r} has unknown type {suffix or '(none)'!r}; "
-                         f"expected .safetensors, {', '.join(_TORCH_SUFFIXES)} or a hub-layout directory")
+    if not _suffix(path.name):
+        raise ValueError(f"model {spec.label!r}: weights file {str(path)!r} has unknown type "
+                         f"{path.suffix or '(none)'!r}; expected .safetensors, {', '.join(_TORCH_SUFFIXES)} "
+                         f"or a hub-layout directory")
     return [path]
 
 
-def load_model(spec, *, pretrained=True, seed=0) -> LoadedModel:
+def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
     """Build `spec` with timm, in eval mode on the CPU.
 
     pretrained: for a plain NAME, timm's pretrained weights (True) or
     random weights seeded with `seed` (False); a spec with a PATH always
-    loads its file. Random initialisation runs under a forked RNG, so the
-    caller's torch RNG state is left as it was."""
+    loads its file. use_ema: take a training checkpoint's EMA weights when
+    it has them (timm's default), else its plain weights. Model
+    initialisation runs under a forked RNG, so the caller's torch RNG state
+    is left as it was."""
     import timm
 
     spec = parse_spec(spec)
     arch = check_name(spec)
-    identity = weights_identity(spec, pretrained=pretrained, seed=seed)
+    identity = weights_identity(spec, pretrained=pretrained, seed=seed, use_ema=use_ema)
     if spec.path is None and pretrained:
-        try:
-            model = timm.create_model(spec.name, pretrained=True)
-        except Exception as err:
-            raise RuntimeError(f"model {spec.label!r}: could not get timm's pretrained weights for {spec.name!r} "
-                               f"({type(err).__name__}: {err}); offline, they must already be in the Hugging Face "
-                               f"cache; or use random weights (--no-pretrained)") from err
+        model = _hub_model(spec)
     elif spec.path is None:
-        model = _random_model(spec.name, seed)
+        model = _seeded(spec.name, seed, pretrained=False)
     else:
-        files = _weight_files(spec, arch)
-        if len(files) == 2:
-            model = _from_directory(spec, arch, files)
-        else:
-            state = _read_state_dict(spec, files[0])
-            model = _random_model(spec.name, seed)
-            _fit_head(model, state)
-            _load_strict(spec, model, state, files[0])
+        model = _from_checkpoint(spec, arch, _weight_files(spec, arch), use_ema)
     model.eval()
     return LoadedModel(spec=spec, model=model, identity=identity,
                        data_config=dict(timm.data.resolve_model_data_config(model)))
 
 
-def _random_model(name, seed, **kwargs):
+def _seeded(name, seed, **kwargs):
     import timm
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, **kwargs)
 
 
-def _from_directory(spec, arch, files):
+def _hub_model(spec):
+    """timm's pretrained weights. When the hub cannot be used (HF_HUB_OFFLINE
+    set, or no answer within _HUB_PROBE_SECONDS) they come from the local
+    Hugging Face cache without a network attempt, or the error comes at once,
+    instead of after huggingface_hub's retries (about 50 s)."""
+    import timm
+    from huggingface_hub import constants
+
+    offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable()
+    try:
+        with _hub_offline(bool(offline)):
+            return timm.create_model(spec.name, pretrained=True)
+    except Exception as err:
+        hint = f"give a weights file as {spec.name}=PATH, or use random weights (--no-pretrained)"
+        if offline and isinstance(err, FileNotFoundError):  # huggingface_hub's LocalEntryNotFoundError
+            raise RuntimeError(f"model {spec.label!r}: timm's pretrained weights for {spec.name!r} are not in the "
+                               f"local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be used "
+                               f"({offline}); download them once online, or {hint}") from err
+        where = f" without the hub ({offline})" if offline else ""
+        raise RuntimeError(f"model {spec.label!r}: could not get timm's pretrained weights for {spec.name!r}{where} "
+                           f"({type(err).__name__}: {err}); {hint}") from err
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_unreachable() -> str:
+    """Why the Hugging Face hub cannot be reached ("" when it answers),
+    asked once per process through huggingface_hub's own HTTP client (so
+    with its proxy settings)."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=_HUB_PROBE_SECONDS)
+    except Exception as err:
+        return f"{constants.ENDPOINT} cannot be reached: {type(err).__name__}: {err}"
+    return ""
+
+
+@contextlib.contextmanager
+def _hub_offline(offline):
+    """huggingface_hub's offline mode for the block when `offline`.
+    huggingface_hub reads HF_HUB_OFFLINE once, at import, into this
+    constant, which it consults on every request: in offline mode a download
+    takes the cached file and makes no request."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _from_checkpoint(spec, arch, files, use_ema):
+    """Build `spec` from its weights file through timm's pretrained path
+    (the architecture's checkpoint filter, then a load as strict as timm
+    makes it: strict for all but a few architectures, e.g. dla), with the
+    classifier sized like the checkpoint's."""
+    weights = files[-1]
+    state = _read_state_dict(spec, weights, use_ema)
+    name, kwargs, overlay = spec.name, {}, {}
+    if len(files) == 2:
+        name = arch
+        kwargs, overlay = _directory_config(spec, arch, files[0])
+    # The state dict goes to timm as read (one read, the EMA choice made);
+    # file records where it came from, and hub addresses would not describe it.
+    overlay.update(state_dict=state, file=str(weights), url="", hf_hub_id=None)
+    if "num_classes" in kwargs:
+        widths = [kwargs.pop("num_classes")]
+    else:
+        widths = _head_widths(name, state)
+    failures = []
+    for width in widths:
+        sized, cfg = dict(kwargs), dict(overlay)
+        if width is not None:
+            # timm loads the classifier only when the config's width is the model's.
+            sized.update(num_classes=width)
+            cfg.update(num_classes=width)
+        try:
+            # Seed 0, not the caller's: the identity (the file's hash) must
+            # decide every weight, including any a non-strict load leaves.
+            model = _seeded(name, 0, pretrained=True, pretrained_cfg_overlay=cfg, **sized)
+        except Exception as err:
+            failures.append((sized, cfg, err))
+            continue
+        # timm keeps the overlay in pretrained_cfg: a second copy of the weights.
+        model.pretrained_cfg.pop("state_dict", None)
+        return model
+    raise _mismatch(spec, name, state, weights, *failures[0])
+
+
+def _head_widths(name, state) -> list:
+    """The classifier widths to build with, in turn: the width of the
+    checkpoint's classifier under timm's name for it; when it has none
+    there, 0 (headless), then None (timm's default head: the architecture's
+    filter may rename an original-format head, as ConvNeXt's does)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)  # a known name: check_name has run
+    classifier = cfg.classifier if cfg is not None else None
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[0]
+    if not classifier:
+        return [None]
+    weight = state.get(f"{classifier}.weight")
+    return [weight.shape[0]] if weight is not None else [0, None]
+
+
+def _mismatch(spec, name, state, path, kwargs, cfg, err) -> ValueError:
+    """The error for a checkpoint that timm could not load: the keys (as the
+    checkpoint names them) the architecture lacks, has in addition, or has
+    in another shape; timm's own error when the keys all fit."""
+    cfg = {k: v for k, v in cfg.items() if k != "state_dict"}
+    own = _seeded(name, 0, pretrained=False, pretrained_cfg_overlay=cfg, **kwargs).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    parts = [f"{len(keys)} {what} ({', '.join(keys[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''})"
+             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                ("shape mismatches", mismatched)) if keys]
+    if not parts:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return ValueError(f"model {spec.label!r}: timm could not load checkpoint {str(path)!r} into architecture "
+                          f"{spec.name!r}: {type(err).__name__}: {reason}")
+    return ValueError(f"model {spec.label!r}: checkpoint {str(path)!r} does not fit architecture "
+                      f"{spec.name!r}: {'; '.join(parts)}")
+
+
+def _directory_config(spec, arch, config_file):
+    """(create_model keyword arguments, pretrained_cfg overlay) from a
+    hub-layout directory's config.json."""
     from timm.models import split_model_name_tag
 
-    config_file, weights_file = files
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
@@ -288,73 +512,43 @@ def _from_directory(spec, arch, files):
     # JSON has no tuples; timm's own configs (and so cache keys derived
     # from data configs) use them.
     overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.get("pretrained_cfg") or {}).items()}
-    overlay.update(file=str(weights_file), source="local-dir", hf_hub_id=None, url="")
-    model = _random_model(arch, 0, pretrained_cfg_overlay=overlay, **kwargs)
-    _load_strict(spec, model, _read_state_dict(spec, weights_file), weights_file)
-    return model
+    return kwargs, overlay
 
 
-def _read_state_dict(spec, path: Path) -> dict:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as err:
-            raise ValueError(f"model {spec.label!r}: cannot read safetensors file {str(path)!r}: {err}") from None
+@contextlib.contextmanager
+def _reading(spec, path: Path):
+    """Turn a failure to read the weights file `path` into a one-line
+    ValueError naming it; a pickle that weights_only refused says so."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's message is a page of advice; keep the line naming the
-        # offending global ("Unsupported global: GLOBAL exec ...").
-        lines = [line.strip() for line in str(err).splitlines()]
-        reason = next((line.split(". Please")[0] for line in lines if "WeightsUnpickler error" in line), lines[0])
-        raise ValueError(f"model {spec.label!r}: refused to load {str(path)!r}: its pickle would run code or build "
-                         f"objects other than tensors, which torch.load(weights_only=True) does not allow "
-                         f"({reason}). Re-save the weights as .safetensors or as a plain state dict") from None
+        yield
     except Exception as err:
-        raise ValueError(f"model {spec.label!r}: cannot read {str(path)!r} as a PyTorch state dict: {err}") from None
-    # Training checkpoints wrap the state dict; DataParallel prefixes keys.
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        refused = err if isinstance(err, pickle.UnpicklingError) else err.__cause__
+        if isinstance(refused, pickle.UnpicklingError):
+            # torch's message is a page of advice; keep the line naming the
+            # offending global ("Unsupported global: GLOBAL exec ...").
+            lines = [line.strip() for line in str(refused).splitlines() if line.strip()]
+            reason = next((line.split(". Please")[0] for line in lines if "WeightsUnpickler error" in line), lines[0])
+            raise ValueError(f"model {spec.label!r}: refused to load {str(path)!r}: its pickle would run code or "
+                             f"build objects other than tensors, which torch.load(weights_only=True) does not allow "
+                             f"({reason}). Re-save the weights as .safetensors or as a plain state dict") from None
+        if path.name.endswith(".safetensors"):
+            raise ValueError(f"model {spec.label!r}: cannot read safetensors file {str(path)!r}: {err}") from None
+        raise ValueError(f"model {spec.label!r}: cannot read {str(path)!r} as a PyTorch checkpoint: "
+                         f"{type(err).__name__}: {err}") from None
+
+
+def _read_state_dict(spec, path: Path, use_ema) -> dict:
+    """The checkpoint's weights as timm.models.load_state_dict takes them:
+    the EMA entry when use_ema and there is one, else ``state_dict`` or
+    ``model``, else the whole file; DataParallel and torch.compile prefixes
+    removed."""
+    from timm.models import load_state_dict
+
+    with _reading(spec, path):
+        state = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"model {spec.label!r}: {str(path)!r} does not hold a state dict (name -> tensor)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _classifier_name(model):
-    name = model.pretrained_cfg.get("classifier")
-    return name[0] if isinstance(name, (tuple, list)) else name
-
-
-def _fit_head(model, state):
-    """Size the classifier like the checkpoint's: keep a saved head of any
-    width (its logits are source-model probabilities), or drop the head when
-    the checkpoint has none."""
-    classifier = _classifier_name(model)
-    weight = state.get(f"{classifier}.weight") if classifier else None
-    own = model.state_dict().get(f"{classifier}.weight") if classifier else None
-    if weight is None and own is not None:
-        model.reset_classifier(0)
-    elif weight is not None and own is not None and weight.shape[0] != own.shape[0]:
-        model.reset_classifier(weight.shape[0])
-
-
-def _load_strict(spec, model, state, path):
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{len(keys)} {what} ({', '.join(keys[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''})"
-                 for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("shape mismatches", mismatched)) if keys]
-        raise ValueError(f"model {spec.label!r}: checkpoint {str(path)!r} does not fit architecture "
-                         f"{spec.name!r}: {'; '.join(parts)}")
-    model.load_state_dict(state)
+    return state
 
 
 @contextlib.contextmanager
