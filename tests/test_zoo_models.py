@@ -3,6 +3,7 @@
 Only tiny timm test models with random weights: no network is needed."""
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,6 +147,30 @@ def test_directory_layout_applies_config(tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     assert weights_identity(f"test_vit={directory}") != before
     assert load_model(f"test_vit={directory}").data_config["crop_pct"] == 0.875
+
+
+def test_save_model_dir_writes_through_the_package_temporaries(tmp_path, monkeypatch):
+    """save_model_dir fills a temporary the package's sweep recognises
+    (ped_fast.zoo._files), and a failed save leaves the old directory whole."""
+    import safetensors.torch
+
+    from ped_fast.zoo._files import temporary_target
+
+    model = load_model("test_resnet", pretrained=False).model
+    directory = save_model_dir(model, tmp_path / "r", architecture="test_resnet")
+    before = {f.name: f.read_bytes() for f in directory.iterdir()}
+    seen = []
+
+    def failing_save(state, filename, *args, **kwargs):
+        seen.append(Path(filename).parent.name)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_model_dir(model, directory, architecture="test_resnet")
+    assert [temporary_target(name) for name in seen] == ["r"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert {f.name: f.read_bytes() for f in directory.iterdir()} == before
 
 
 def test_directory_architecture_must_match(tmp_path):

@@ -44,8 +44,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -551,26 +549,6 @@ def _read_state_dict(spec, path: Path, use_ema) -> dict:
     return state
 
 
-@contextlib.contextmanager
-def atomic_directory(path):
-    """Yield a temporary sibling folder of `path` to fill; when the block
-    ends without error, it replaces `path` (rename: readers see the old
-    folder or the complete new one, never a half-written one). On error it
-    is removed; a killed process leaves only the hidden ``.NAME.*`` folder,
-    which nothing reads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_model_dir(model, directory, *, architecture, model_args=None, pretrained_cfg=None) -> Path:
     """Write `model` in timm's hub layout (config.json + model.safetensors)
     so that ``ARCHITECTURE=DIRECTORY`` loads it with its transform.
@@ -578,8 +556,11 @@ def save_model_dir(model, directory, *, architecture, model_args=None, pretraine
     model_args: keyword arguments for timm.create_model (e.g. img_size);
     pretrained_cfg: the data config to record (default: the model's own
     input_size, interpolation, mean, std, crop_pct, crop_mode). Written
-    through :func:`atomic_directory`; an existing directory is replaced."""
+    through :func:`ped_fast.zoo._files.atomic_directory`: readers see the old
+    directory or the complete new one, which replaces it."""
     from safetensors.torch import save_file
+
+    from ._files import atomic_directory
 
     cfg = pretrained_cfg if pretrained_cfg is not None else {k: model.pretrained_cfg[k] for k in _DATA_KEYS
                                                              if k in model.pretrained_cfg}
