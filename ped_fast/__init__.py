@@ -4,12 +4,13 @@ Energy", ICCV 2023), on fused CPU and GPU kernels."""
 from . import evaluate, ops, scorers
 from ._backends import BackendStatus, available_backends
 from .ped import PEDResult, ped
-from .score import PEDScore, ped_score
+from .score import PEDScore, ped_score, ped_scores
 
 __all__ = [
     "ped",
     "PEDResult",
     "ped_score",
+    "ped_scores",
     "PEDScore",
     "available_backends",
     "BackendStatus",

@@ -131,13 +131,7 @@ def ped_score(features, labels, scorer="sfda", *, reference=None, return_baselin
     if not isinstance(return_baseline, bool):
         raise TypeError(f"return_baseline must be True or False, got {return_baseline!r}")
     options = dict(scorer_options or {})
-    entry = None
-    if not callable(scorer):
-        entry = _registry.get(scorer)
-        if not entry.ped_applies:
-            raise ValueError(f"PED does not apply to {scorer!r}: it reads {entry.reads}, not features, and PED "
-                             f"moves features; call ped_fast.scorers.{scorer}(probabilities, labels) for its score")
-        entry.check_options(options)
+    entry = None if callable(scorer) else _feature_scorer(scorer, options)
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, ped_options.get("inplace", False))
     if entry is None:
@@ -146,6 +140,61 @@ def ped_score(features, labels, scorer="sfda", *, reference=None, return_baselin
     def run_ped():
         return ped(features, labels, reference=reference, backend=backend, **ped_options)
 
+    score = _score_entry(entry, features, labels, run_ped, return_baseline, options, backend)
+    return score if return_baseline else score.ped
+
+
+def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None, backend="auto", reduce=None,
+               **ped_options) -> dict:
+    """Several registered scorers on one model's features, each plain and
+    with PED: {name: PEDScore}, as ped_score(..., return_baseline=True)
+    gives for each, but with PED (and reduce's projection) computed once
+    and shared: the dynamics do not depend on the scorer.
+
+    scorers: names of registered scorers that read features.
+    scorer_options: {name: keyword arguments for that scorer}.
+    Other arguments as for ped_score; inplace=True is refused (every scorer
+    reads the input)."""
+    _check_ped_options(ped_options)
+    check_parameters(**{k: v for k, v in ped_options.items() if k != "inplace"})
+    if ped_options.get("inplace", False) is not False:
+        raise ValueError(f"ped_scores does not take inplace=True: every scorer reads the input features, got "
+                         f"inplace={ped_options['inplace']!r}")
+    names = [scorers] if isinstance(scorers, str) else list(scorers)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"scorers must name each scorer once, at least one, got {names!r}")
+    options = dict(scorer_options or {})
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"scorer_options names scorers that are not scored: {unknown} (scorers: {names})")
+    options = {name: dict(options.get(name) or {}) for name in names}
+    entries = {name: _feature_scorer(name, options[name]) for name in names}
+    if reduce is not None:
+        features, reference = _reduce(features, reference, reduce, False)
+    computed = []
+
+    def run_ped():
+        if not computed:
+            computed.append(ped(features, labels, reference=reference, backend=backend, **ped_options))
+        return computed[0]
+
+    return {name: _score_entry(entry, features, labels, run_ped, True, options[name], backend)
+            for name, entry in entries.items()}
+
+
+def _feature_scorer(name, options):
+    """The registry entry of a scorer that reads features, its options checked."""
+    entry = _registry.get(name)
+    if not entry.ped_applies:
+        raise ValueError(f"PED does not apply to {name!r}: it reads {entry.reads}, not features, and PED "
+                         f"moves features; call ped_fast.scorers.{name}(probabilities, labels) for its score")
+    entry.check_options(options)
+    return entry
+
+
+def _score_entry(entry, features, labels, run_ped, return_baseline, options, backend) -> PEDScore:
+    """One registered scorer, on the input (when return_baseline) and on
+    PED's moved features from run_ped(), sharing what it can."""
     shared = entry.shared
     if shared is not None and shared.applies is not None:
         n, dim = features_tensor(features)[0].shape
@@ -155,10 +204,8 @@ def ped_score(features, labels, scorer="sfda", *, reference=None, return_baselin
         baseline, moved, result = _separate(entry, features, labels, run_ped, return_baseline, options, backend)
     else:
         baseline, moved, result = _shared(entry, features, labels, run_ped, return_baseline, options, backend)
-    if not return_baseline:
-        return moved
-    return PEDScore(ped=moved, baseline=baseline, result=result,
-                    saturation=_saturation(entry, baseline, moved, result, labels))
+    saturation = _saturation(entry, baseline, moved, result, labels) if return_baseline else {}
+    return PEDScore(ped=moved, baseline=baseline, result=result, saturation=saturation)
 
 
 def _check_ped_options(ped_options):

@@ -115,10 +115,10 @@ def test_scorer_exception_is_an_error_row(zoo, tmp_path, monkeypatch):
     error."""
     original = score_module.score_features
 
-    def broken(features, labels, scorer, **options):
-        if scorer == "gbc":
+    def broken(features, labels, scorers, **options):
+        if "gbc" in scorers:
             raise np.linalg.LinAlgError("singular matrix (simulated)")
-        return original(features, labels, scorer, **options)
+        return original(features, labels, scorers, **options)
 
     monkeypatch.setattr(score_module, "score_features", broken)
     results = screen(zoo["specs"][:1], zoo["data"], "self", scorers=("sfda", "gbc"), cache=tmp_path,

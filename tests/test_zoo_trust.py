@@ -342,3 +342,38 @@ def test_cache_verb_lists_verifies_and_prunes(folders, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["cache", "prune", "--cache", str(cache)])
     assert exit_info.value.code == 2
+
+
+def test_ped_runs_once_per_model_whatever_the_scorers(features_folder, tmp_path, monkeypatch):
+    """Issue 15: PED does not depend on the scorer; --scorers
+    sfda,logme,nleep,gbc runs it once per model (and reduce's PCA once)."""
+    score_module = importlib.import_module("ped_fast.score")
+    calls = {"ped": 0, "reduce": 0}
+    ped, reduce = score_module.ped, score_module._reduce
+
+    def counted_ped(*args, **kwargs):
+        calls["ped"] += 1
+        return ped(*args, **kwargs)
+
+    def counted_reduce(*args, **kwargs):
+        calls["reduce"] += 1
+        return reduce(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "ped", counted_ped)
+    monkeypatch.setattr(score_module, "_reduce", counted_reduce)
+    results = screen(features=features_folder, scorers="sfda,logme,nleep,gbc", reference="self", reduce="pca:3",
+                     cache=tmp_path / "c", progress=False)
+    assert len(results["models"]) == 2 and not any(row["error"] for row in results["models"])
+    assert calls == {"ped": 2, "reduce": 2}
+
+
+def test_ped_scores_equal_ped_score_for_each_scorer():
+    import ped_fast
+
+    rng = np.random.default_rng(5)
+    labels = np.arange(90) % 3
+    x = rng.standard_normal((3, 6))[labels] + rng.standard_normal((90, 6))
+    together = ped_fast.ped_scores(x, labels, ["sfda", "logme", "gbc"], rescale="self")
+    for name, score in together.items():
+        alone = ped_fast.ped_score(x, labels, name, rescale="self", return_baseline=True)
+        assert (score.ped, score.baseline, score.result.steps) == (alone.ped, alone.baseline, alone.result.steps)

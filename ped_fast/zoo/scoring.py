@@ -10,6 +10,7 @@ sharing what the two have in common and says which scores saturated.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..score import ped_score
+from ..score import ped_scores
 from ..scorers import available, get, saturation
 from .cache import content_key
 from .refstats import ReferenceStats
@@ -94,16 +95,21 @@ def scoring_code() -> str:
     return digest.hexdigest()[:16]
 
 
-def score_features(features, labels, scorer, *, reference, backend="auto", device="cpu", reduce=None) -> dict:
-    """One scorer, plain and with PED, on one model's features.
+def score_features(features, labels, scorers, *, reference, backend="auto", device="cpu", reduce=None) -> dict:
+    """Scorers that read features, each plain and with PED, on one model's
+    features, with PED (and reduce's projection) computed once for all of
+    them (ped_fast.ped_scores).
 
-    features: N x D; labels: N class indices; reference: (mean, std) of the
-    model's reference features (float64 vectors of length D), the M x D
-    reference features, or "self" to rescale by the features' own moments.
-    device: where the features are scored (a CUDA device runs PED and the
-    scorer on the GPU backends). reduce: None or "pca:K" (ped_score's).
-    Returns {"baseline", "ped", "steps", "seconds", "saturated"}, saturated
-    being {"baseline": reason or None, "ped": reason or None}."""
+    features: N x D; labels: N class indices; scorers: a name or names;
+    reference: (mean, std) of the model's reference features (float64
+    vectors of length D), the M x D reference features, or "self" to
+    rescale by the features' own moments. device: where the features are
+    scored (a CUDA device runs PED and the scorers on the GPU backends).
+    reduce: None or "pca:K" (ped_score's).
+    Returns {scorer: {"baseline", "ped", "steps", "seconds", "saturated"}},
+    saturated being {"baseline": reason or None, "ped": reason or None};
+    seconds: the scorer's share of the call (PED's time split evenly)."""
+    names = [scorers] if isinstance(scorers, str) else list(scorers)
     start = time.perf_counter()
     x = torch.as_tensor(np.asarray(features)).to(device)
     y = torch.as_tensor(np.asarray(labels)).to(device)
@@ -113,10 +119,11 @@ def score_features(features, labels, scorer, *, reference, backend="auto", devic
         options = {"reference": reference}
     else:
         options = {"reference": torch.as_tensor(np.asarray(reference)).to(device)}
-    result = ped_score(x, y, scorer, return_baseline=True, backend=backend, reduce=reduce, **options)
-    return {"baseline": float(result.baseline), "ped": float(result.ped), "steps": int(result.result.steps),
-            "seconds": time.perf_counter() - start,
-            "saturated": {kind: result.saturation.get(kind) for kind in ("baseline", "ped")}}
+    results = ped_scores(x, y, names, backend=backend, reduce=reduce, **options)
+    seconds = (time.perf_counter() - start) / len(names)
+    return {name: {"baseline": float(result.baseline), "ped": float(result.ped), "steps": int(result.result.steps),
+                   "seconds": seconds, "saturated": {kind: result.saturation.get(kind) for kind in ("baseline", "ped")}}
+            for name, result in results.items()}
 
 
 def score_logits(logits, labels, scorer, *, backend="auto", device="cpu") -> dict:
@@ -182,29 +189,56 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
         reference_arg = (reference.mean, reference.std)
     else:
         reference_arg = reference
+    context = dict(features=features, labels=labels, logits=logits, reference=reference_arg, backend=backend,
+                   device=device, reduce=reduce, meta=dict(dim=int(features.shape[1]), n=int(features.shape[0]),
+                                                           classes=classes, skipped=skipped, model=row["name"],
+                                                           features_device=row["device"], features_math=row["math"]))
+    keys = {scorer: score_key(*keys, scorer, reduce) for scorer in scorers}
+    entries, waiting = {}, []
+    with contextlib.ExitStack() as held:
+        mine = []
+        for scorer, key in keys.items():
+            # Two screens of one model score it once: the scores this process
+            # can lock it computes together (one PED run); the others it
+            # waits for below, holding no lock.
+            if not held.enter_context(cache.lock("score", key, blocking=False)):
+                waiting.append(scorer)
+            elif (entry := cache.get("score", key)) is not None:
+                entries[scorer] = entry
+            else:
+                mine.append(scorer)
+        computed = _compute_scores(cache, keys, mine, context)
+    for scorer in waiting:
+        with cache.lock("score", keys[scorer]):
+            entry = cache.get("score", keys[scorer])
+            if entry is not None:
+                entries[scorer] = entry
+            else:
+                computed.update(_compute_scores(cache, keys, [scorer], context))
     for scorer in scorers:
-        key = score_key(*keys, scorer, reduce)
-        with cache.lock("score", key):  # two screens of one model score it once
-            entry = cache.get("score", key)
-            if entry is None:
-                entry = _compute_score(row, cache, key, scorer, features, labels, logits, reference_arg, classes,
-                                       skipped, backend, device, reduce)
-                row["seconds"][scorer] = entry.meta["seconds"]
-            elif "scores" not in row["cached"]:
+        if scorer in computed:
+            entry = computed[scorer]
+            row["seconds"][scorer] = entry.meta["seconds"]
+        else:
+            entry = entries[scorer]
+            if "scores" not in row["cached"]:
                 row["cached"].append("scores")
         _take_score(row, scorer, entry.meta)
 
 
-def _compute_score(row, cache, key, scorer, features, labels, logits, reference, classes, skipped, backend, device,
-                   reduce):
-    if get(scorer).ped_applies:
-        value = score_features(features, labels, scorer, reference=reference, backend=backend, device=device,
-                               reduce=reduce)
-    else:
-        value = score_logits(logits, labels, scorer, backend=backend, device=device)
-    meta = dict(value, dim=int(features.shape[1]), n=int(features.shape[0]), classes=classes, skipped=skipped,
-                scorer=scorer, model=row["name"], features_device=row["device"], features_math=row["math"])
-    return cache.put("score", key, meta)
+def _compute_scores(cache, keys, scorers, context) -> dict:
+    """Compute and cache `scorers` ({scorer: entry}): the features scorers
+    together (one PED), the logits scorers one by one."""
+    features = [s for s in scorers if get(s).ped_applies]
+    values = score_features(context["features"], context["labels"], features, reference=context["reference"],
+                            backend=context["backend"], device=context["device"], reduce=context["reduce"]) \
+        if features else {}
+    for scorer in scorers:
+        if scorer not in values:
+            values[scorer] = score_logits(context["logits"], context["labels"], scorer, backend=context["backend"],
+                                          device=context["device"])
+    return {scorer: cache.put("score", keys[scorer], dict(values[scorer], scorer=scorer, **context["meta"]))
+            for scorer in scorers}
 
 
 def _take_score(row, scorer, meta):
