@@ -186,14 +186,16 @@ def test_directory_architecture_must_match(tmp_path):
 def test_identity_is_hashed_once_per_file_version(tmp_path, monkeypatch):
     import hashlib
 
+    from ped_fast.zoo import digest
+
     file = tmp_path / "w.safetensors"
     save_file(load_model("test_resnet", pretrained=False).model.state_dict(), str(file))
     calls = []
-    real = hashlib.sha256
-    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    real = digest._sha256
+    monkeypatch.setattr(digest, "_sha256", lambda path: calls.append(1) or real(path))
     first = weights_identity(f"test_resnet={file}")
     assert weights_identity(f"test_resnet={file}") == first and len(calls) == 1
-    assert first == "sha256:" + real(file.read_bytes()).hexdigest()
+    assert first == "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
     # A rewritten file (new size/mtime) is hashed again.
     save_file(load_model("test_resnet", pretrained=False, seed=3).model.state_dict(), str(file))
     assert weights_identity(f"test_resnet={file}") != first and len(calls) == 2

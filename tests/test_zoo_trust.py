@@ -4,6 +4,7 @@ changes numbers and nothing else, and a CLI a script can rely on."""
 import errno
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -288,8 +289,9 @@ def test_evaluate_takes_the_screens_out_folder(features_folder, tmp_path, capsys
     truth.write_text(json.dumps({"a": 0.4, "b": 0.6}))
     assert main(["screen", "--features", str(features_folder), "--cache", str(tmp_path / "c"), "--out",
                  str(tmp_path / "o"), "--quiet"]) == 0
+    capsys.readouterr()
     assert main(["evaluate", "--results", str(tmp_path / "o"), "--ground-truth", str(truth)]) == 0
-    assert "weighted_tau" in capsys.readouterr().out
+    assert "PED+SFDA" in capsys.readouterr().out
 
 
 def test_version():
@@ -377,3 +379,31 @@ def test_ped_scores_equal_ped_score_for_each_scorer():
     for name, score in together.items():
         alone = ped_fast.ped_score(x, labels, name, rescale="self", return_baseline=True)
         assert (score.ped, score.baseline, score.result.steps) == (alone.ped, alone.baseline, alone.result.steps)
+
+
+def test_a_cached_rerun_reads_no_checkpoint_bytes(folders, tmp_path, monkeypatch):
+    """Issue 15: a checkpoint's digest (and what a .pth holds) is remembered
+    in the cache by path, size, mtime and inode: a re-run in a new process
+    (the in-process memo cleared) hashes and opens no checkpoint."""
+    digest = importlib.import_module("ped_fast.zoo.digest")
+    models = importlib.import_module("ped_fast.zoo.models")
+    torch.manual_seed(3)
+    import timm
+
+    pth = tmp_path / "m.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), pth)
+    specs = f"a:test_resnet={small_checkpoint(tmp_path / 'a', 'test_resnet', 1)},b:test_resnet={pth}"
+    arguments = dict(models=specs, data=folders / "data", reference="self", cache=tmp_path / "c", progress=False)
+    first = screen(**arguments)
+    monkeypatch.setattr(digest, "_MEMO", {})
+    reads = []
+    sha256, torch_load = digest._sha256, models._torch_load
+    monkeypatch.setattr(digest, "_sha256", lambda path: reads.append(path) or sha256(path))
+    monkeypatch.setattr(models, "_torch_load", lambda path, mmap: reads.append(path) or torch_load(path, mmap))
+    again = screen(**arguments)
+    assert reads == []
+    assert [row["scores"] for row in again["models"]] == [row["scores"] for row in first["models"]]
+    os.utime(pth, ns=(pth.stat().st_atime_ns, pth.stat().st_mtime_ns + 1_000_000_000))
+    monkeypatch.setattr(digest, "_MEMO", {})
+    screen(**arguments)  # a new version of the file is read again
+    assert reads == [pth, pth]

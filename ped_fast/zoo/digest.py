@@ -1,12 +1,12 @@
-"""Content hashes of large files, remembered so that a re-run reads no
-file's bytes again.
+"""Facts about large files (their sha256, what a checkpoint holds),
+remembered so that a re-run reads no file's bytes again.
 
-A file's sha256 is kept in the cache (kind "digest") under a key made of
-its absolute path, size, modification time (ns), inode and device: any
-rewrite of the file changes at least one of them, so a remembered digest
-is used only for the very file it was computed from. A moved or copied
-file is hashed once more, and then has the same content key as before: the
-entries keyed by its content are found again.
+A fact is kept in this process and in the cache (kind "filefact") under a
+key made of what it is, the file's absolute path, size, modification time
+(ns), inode and device: any rewrite of the file changes at least one of
+them, so a remembered fact is used only for the very file it was computed
+from. A moved or copied file is read once more; its sha256 is then the
+same as before, so the entries keyed by its content are found again.
 """
 from __future__ import annotations
 
@@ -16,36 +16,45 @@ from pathlib import Path
 from .cache import Cache, content_key
 
 _BLOCK = 1 << 20
-# Digests computed in this process (a zoo's checkpoints are looked up for
-# every cache key of every stage).
+# Facts computed or read in this process: a zoo's checkpoints are looked up
+# for every cache key of every stage.
 _MEMO: dict = {}
 
 
-def _stat_key(path: Path):
+def _version(path: Path) -> tuple:
     stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev
+
+
+def remembered(path, what: str, compute, cache: Cache | None = None):
+    """compute(path) (a JSON value), from this process's memo, else from
+    `cache`'s remembered facts, else computed (and remembered in both,
+    unless the file changed while it was read)."""
+    path = Path(path)
+    version = _version(path)
+    memo_key = (what, *version)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    key = content_key("filefact", what, *version)
+    entry = cache.get("filefact", key) if cache is not None else None
+    if entry is not None:
+        value = entry.meta["value"]
+    else:
+        value = compute(path)
+        if cache is not None and _version(path) == version:
+            cache.put("filefact", key, {"what": what, "path": version[0], "bytes": version[1], "value": value})
+    _MEMO[memo_key] = value
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_sha256(path, cache: Cache | None = None) -> str:
-    """The sha256 (hex) of the file's bytes: from this process's memo, else
-    from `cache`'s remembered digests, else read and hashed (and remembered
-    in both)."""
-    path = Path(path)
-    stat_key = _stat_key(path)
-    if stat_key in _MEMO:
-        return _MEMO[stat_key]
-    key = content_key("digest", *stat_key)
-    entry = cache.get("digest", key) if cache is not None else None
-    if entry is not None:
-        digest = entry.meta["sha256"]
-    else:
-        hasher = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_BLOCK), b""):
-                hasher.update(block)
-        digest = hasher.hexdigest()
-        if cache is not None and _stat_key(path) == stat_key:  # unchanged while it was read
-            cache.put("digest", key, {"path": stat_key[0], "bytes": stat_key[1], "sha256": digest})
-    _MEMO[stat_key] = digest
-    return digest
-
+    """The sha256 (hex) of the file's bytes, remembered (see remembered())."""
+    return remembered(path, "sha256", _sha256, cache)

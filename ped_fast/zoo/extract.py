@@ -58,7 +58,8 @@ class Settings:
     worker processes decoding images (0: in the main process; None: 0 on
     the CPU, where decoding would take cores from the forward passes, up to
     8 with a GPU). models_per_pass: how many models' weights one shared pass
-    over the images holds at once."""
+    over the images holds at once. use_ema: a training checkpoint's EMA
+    weights when it holds them (timm's preference), else its plain ones."""
     pretrained: bool = True
     seed: int = 0
     batch_size: int = 64
@@ -67,14 +68,16 @@ class Settings:
     workers: int | None = None
     models_per_pass: int = 8
     progress: bool = True
+    use_ema: bool = True
 
     @classmethod
     def make(cls, *, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", workers=None,
-             models_per_pass=8, progress=True, check_device=True):
+             models_per_pass=8, progress=True, use_ema=True, check_device=True):
         """Validated settings. check_device: also check that `device` is
         usable in this process (off when the work runs elsewhere)."""
-        if not isinstance(pretrained, bool):
-            raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+        for name, value in (("pretrained", pretrained), ("use_ema", use_ema)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
         if device is not None:
             device = str(resolve_device(device) if check_device else _device_syntax(device))
         for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1), ("models_per_pass", models_per_pass, 1),
@@ -84,7 +87,20 @@ class Settings:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         return cls(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device, precision=precision,
-                   workers=workers, models_per_pass=models_per_pass, progress=bool(progress))
+                   workers=workers, models_per_pass=models_per_pass, progress=bool(progress), use_ema=use_ema)
+
+    def identity(self, spec, cache=None) -> str:
+        """The weights' identity of `spec` under these settings (file facts
+        remembered in `cache`)."""
+        from .models import weights_identity
+
+        return weights_identity(spec, pretrained=self.pretrained, seed=self.seed, use_ema=self.use_ema, cache=cache)
+
+    def load(self, spec):
+        """`spec` built under these settings (models.load_model)."""
+        from .models import load_model
+
+        return load_model(spec, pretrained=self.pretrained, seed=self.seed, use_ema=self.use_ema)
 
     def torch_device(self) -> torch.device:
         """The device the work runs on, resolved in this process."""
@@ -265,15 +281,16 @@ def canonical_config(data_config) -> dict:
     return json.loads(json.dumps(dict(data_config), sort_keys=True))
 
 
-def check_models(models, settings: Settings) -> list:
+def check_models(models, settings: Settings, cache=None) -> list:
     """Parsed specs, each with a known architecture and existing weights
-    (hashing local files): input mistakes fail here, before any model is
-    built, rather than as one failed model each."""
-    from .models import parse_models, weights_identity
+    (hashing local files, or reading their remembered digests in `cache`):
+    input mistakes fail here, before any model is built, rather than as one
+    failed model each."""
+    from .models import parse_models
 
     specs = parse_models(models)
     for spec in specs:
-        weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)
+        settings.identity(spec, cache)
     return specs
 
 
@@ -282,13 +299,13 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
     {label: Outcome}. Models are built one by one and pushed through the
     stages in groups of settings.models_per_pass; a model whose stage fails
     skips the stages after it. The caller sweeps the cache (once per run)."""
-    from .models import load_model, parse_models, weights_identity
+    from .models import parse_models
 
     outcomes, pending = {}, []
     for spec in parse_models(models):
         outcome = outcomes[spec.label] = Outcome(spec)
         try:
-            outcome.identity = weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)
+            outcome.identity = settings.identity(spec, cache)
         except Exception as error:
             outcome.fail(stages, error)
             continue
@@ -298,7 +315,7 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
             continue
         start = time.perf_counter()
         try:
-            loaded = load_model(spec, pretrained=settings.pretrained, seed=settings.seed)
+            loaded = settings.load(spec)
         except Exception as error:
             outcome.fail(todo, error)
             continue
@@ -574,7 +591,7 @@ def collect(outcomes, stage_name) -> dict:
 
 
 def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
-            workers=None, models_per_pass=8, progress=True) -> dict:
+            workers=None, models_per_pass=8, progress=True, use_ema=True) -> dict:
     """Features of the labelled image folder `data` (ImageFolder layout) from
     each model, cached: {label: FeatureSet}.
 
@@ -586,20 +603,22 @@ def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64,
 
     pretrained: False builds plain NAME specs with random weights seeded by
     `seed` instead of timm's pretrained weights (tests, offline trials); a
-    spec with a weights PATH always loads its file."""
+    spec with a weights PATH always loads its file. use_ema: a training
+    checkpoint's EMA weights when it holds them (as timm prefers), else its
+    plain ones."""
     with checking_inputs():
         images = image_folder(data, what="data")
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                 progress=progress)
-        specs = check_models(models, settings)
+                                 progress=progress, use_ema=use_ema)
+        cache = Cache.of(cache)
+        specs = check_models(models, settings, cache)
     return run_alone(specs, FeaturesStage(images), settings, cache)
 
 
 def run_alone(specs, stage, settings, cache) -> dict:
     """One stage for every model ({label: result}; ExtractionError when any
     failed): extract() and refstats.reference_stats()."""
-    cache = Cache.of(cache)
     cache.sweep()
     return collect(run_stages(specs, [stage], settings, cache), stage.name)
 

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import torch
 
+from .digest import file_sha256, remembered
+
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
 # A --features folder holds labels.npy and, per label, LABEL.npy,
 # LABEL.logits.npy, LABEL.reference.npy and LABEL.reference_stats.npz: a
@@ -205,7 +207,7 @@ def check_name(spec: ModelSpec) -> str:
     return arch
 
 
-def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True) -> str:
+def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True, cache=None) -> str:
     """The identity LoadedModel.identity will have, without building the
     model or downloading anything:
 
@@ -219,19 +221,23 @@ def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True) -> str:
     A PyTorch checkpoint is opened here (its pickle only, where it can be
     memory-mapped) to see whether it holds EMA weights, so one whose pickle
     would run code, or one holding only EMA weights when use_ema=False,
-    raises its ValueError here, before any model is built."""
+    raises its ValueError here, before any model is built.
+
+    cache: a Cache in which each file's digest and layout are remembered
+    (by path, size, modification time and inode), so that a re-run reads no
+    checkpoint bytes; None: remembered in this process only."""
     spec = parse_spec(spec)
     arch = check_name(spec)
     if spec.path is not None:
         files = _weight_files(spec, arch)
         if len(files) == 1:
-            digest = _file_sha256(files[0])
+            digest = file_sha256(files[0], cache)
         else:
             # A directory: config.json changes the model (model_args, transform),
             # so it is part of the identity along with the weights.
-            joined = "".join(f"{f.name}:{_file_sha256(f)}\n" for f in files)
+            joined = "".join(f"{f.name}:{file_sha256(f, cache)}\n" for f in files)
             digest = hashlib.sha256(joined.encode()).hexdigest()
-        return f"sha256:{digest}{_ema_choice(spec, files[-1], use_ema)}"
+        return f"sha256:{digest}{_ema_choice(spec, files[-1], use_ema, cache)}"
     if not pretrained:
         return f"random:seed={seed}"
     return f"timm:{arch}.{_pretrained_tag(spec, arch)}"
@@ -247,32 +253,7 @@ def _pretrained_tag(spec, arch):
     return cfg.tag
 
 
-def _version(path: Path) -> tuple:
-    """What tells one version of a file from another without reading it."""
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
-
-
-_HASHES: dict = {}
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file's contents, computed once per (path, size, mtime)
-    in this process: a zoo's checkpoints are hashed for every cache lookup."""
-    key = _version(path)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
-
-
-_LAYOUTS: dict = {}
-
-
-def _ema_choice(spec, path: Path, use_ema) -> str:
+def _ema_choice(spec, path: Path, use_ema, cache=None) -> str:
     """":ema" or ":no-ema" when the checkpoint at `path` holds EMA weights
     (which entry timm.models.load_state_dict takes then depends on
     use_ema), else "". Its top-level entries are read once per file version,
@@ -280,14 +261,15 @@ def _ema_choice(spec, path: Path, use_ema) -> str:
     is in torch's zip format."""
     if path.name.endswith(".safetensors"):
         return ""
-    key = _version(path)
-    if key not in _LAYOUTS:
+
+    def layout(path):
         with _reading(spec, path):
             checkpoint = _torch_load(path, mmap=zipfile.is_zipfile(path))
         entries = checkpoint if isinstance(checkpoint, dict) else {}
-        _LAYOUTS[key] = (next((k for k in _EMA_ENTRIES if entries.get(k) is not None), None),
-                         any(k in entries for k in _PLAIN_ENTRIES))
-    ema, plain = _LAYOUTS[key]
+        return [next((k for k in _EMA_ENTRIES if entries.get(k) is not None), None),
+                any(k in entries for k in _PLAIN_ENTRIES)]
+
+    ema, plain = remembered(path, "checkpoint-entries", layout, cache)
     if ema is None:
         return ""
     if use_ema:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import Cache
 from .errors import checking_inputs
 from .extract import Settings, Stage, check_models, run_alone
 from .images import image_files
@@ -128,19 +129,21 @@ def load_stats_file(path) -> ReferenceStats:
 
 
 def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None,
-                    precision="fp32", workers=None, models_per_pass=8, progress=True):
+                    precision="fp32", workers=None, models_per_pass=8, progress=True, use_ema=True):
     """Each model's ReferenceStats on the images under `reference` (any
     layout; labels ignored), streamed and cached: {label: ReferenceStats}.
 
     models: model specs (see ped_fast.zoo.models). Models with the same data
     config share each decoded batch. Raises ExtractionError, after finishing
-    the others, when a model fails. pretrained, seed: as in extract()."""
+    the others, when a model fails. pretrained, seed, use_ema: as in
+    extract()."""
     with checking_inputs():
         images = image_files(reference, what="reference")
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                 progress=progress)
-        specs = check_models(models, settings)
+                                 progress=progress, use_ema=use_ema)
+        cache = Cache.of(cache)
+        specs = check_models(models, settings, cache)
     return run_alone(specs, ReferenceStage(images), settings, cache)
 
 

@@ -90,7 +90,7 @@ class LocalExecutor:
 def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
            workers=None, models_per_pass=8, progress=True, executor=None, log=None, reduce=None,
-           combine=None) -> dict:
+           combine=None, use_ema=True) -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -116,6 +116,14 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     combine: None, or one or more "minmax:TERM+TERM..." specs, zoo-level
         combinations of the scores ("combined"; docs/screening.md §5).
     cache: a Cache, a folder, or None (PED_FAST_CACHE or ~/.cache/ped_fast).
+    pretrained, seed: False builds plain NAME specs with random weights
+        seeded by `seed` instead of timm's pretrained weights (tests,
+        offline trials); a spec with a weights PATH always loads its file.
+    use_ema: a training checkpoint's EMA weights when it holds them (as
+        timm prefers), else its plain ones.
+    batch_size, device, precision, workers, models_per_pass: extraction's
+        (see extract()); device None is cuda where the work runs, when
+        there is one.
     executor: runs the per-model work units: "local" (default, one after
         another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
         defaults) or an object with map(function, tasks) yielding the rows
@@ -137,7 +145,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         here = not getattr(executor, "extracts_per_unit", False)
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                 progress=progress, check_device=here)
+                                 progress=progress, use_ema=use_ema, check_device=here)
         if here:
             _check_backend(backend, settings.torch_device())
         cache = Cache.of(cache)
@@ -154,7 +162,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
             if models is None or data is None:
                 raise ValueError("screen needs models and data (an image folder), or features (a folder of .npy "
                                  "files)")
-            specs = check_models(models, settings)
+            specs = check_models(models, settings, cache)
             images = image_folder(data, what="data")
             if len(images.classes) < 2:
                 raise ValueError(f"data folder {str(data)!r} has {len(images.classes)} class folder; scoring needs "
@@ -303,9 +311,7 @@ def _model_tasks(specs, images, reference, scorers, backend, settings, cache, lo
 
 
 def _scores_cached(spec, stages, scorers, settings, cache, reduce):
-    from .models import weights_identity
-
-    identity = weights_identity(spec, pretrained=settings.pretrained, seed=settings.seed)  # checked by check_models
+    identity = settings.identity(spec, cache)  # checked by check_models
     keys = _stage_keys(spec, identity, stages, settings, cache)
     return keys is not None and all(cache.has("score", score_key(*keys, s, reduce)) for s in scorers)
 
@@ -330,10 +336,8 @@ def cached_stages(task: ModelTask) -> list:
     if task.files is not None:
         stages, keys = [], _files_keys(task.files, cache)
     else:
-        from .models import weights_identity
-
         stages = stages_of(task.data, task.reference)
-        identity = weights_identity(task.spec, pretrained=task.settings.pretrained, seed=task.settings.seed)
+        identity = task.settings.identity(task.spec, cache)
         keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
         if keys is None:
             return []
@@ -368,11 +372,9 @@ def screen_model(task: ModelTask, *, raise_transient=False) -> dict:
 
 
 def _score_model(task, row):
-    from .models import weights_identity
-
     cache = Cache(task.cache_root)
     settings = task.settings
-    row["identity"] = weights_identity(task.spec, pretrained=settings.pretrained, seed=settings.seed)
+    row["identity"] = settings.identity(task.spec, cache)
     if task.prior_error is not None:
         # After the identity, so that the row is the same whichever phase
         # (the shared one, or the unit itself) met the error.
