@@ -1,7 +1,9 @@
 """integrate kernel: out[i, :] = x[i, :] + shift[index[i], :].
 
 One read and one write of X; every element is read and written by the same
-program, so `out` may be `x` (in place). Any row and column strides.
+program, so `out` may be `x` (in place). Any row and column strides. A
+program takes every num_programs(1)-th column block: the launcher caps the
+second grid axis, where CUDA allows 65535 programs.
 """
 import triton
 import triton.language as tl
@@ -18,12 +20,11 @@ def integrate_kernel(
     BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_mask = rows < n
-    col_mask = cols < dim
-    mask = row_mask[:, None] & col_mask[None, :]
     cls = tl.load(index_ptr + rows, mask=row_mask, other=0)
-    cols64 = cols.to(tl.int64)
-    x = tl.load(x_ptr + rows[:, None] * x_stride_row + cols64[None, :] * x_stride_col, mask=mask, other=0.0)
-    shift = tl.load(shift_ptr + cls[:, None] * dim + cols64[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + rows[:, None] * out_stride_row + cols64[None, :] * out_stride_col, x + shift, mask=mask)
+    for col_block in range(tl.program_id(1), tl.cdiv(dim, BLOCK_D), tl.num_programs(1)):
+        cols64 = (col_block * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+        mask = row_mask[:, None] & (cols64 < dim)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_stride_row + cols64[None, :] * x_stride_col, mask=mask, other=0.0)
+        shift = tl.load(shift_ptr + cls[:, None] * dim + cols64[None, :], mask=mask, other=0.0)
+        tl.store(out_ptr + rows[:, None] * out_stride_row + cols64[None, :] * out_stride_col, x + shift, mask=mask)

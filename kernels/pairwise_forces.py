@@ -6,15 +6,18 @@
    differences (float64, summed over D in chunks; no Gram-matrix shortcut),
    and writes the weights w_ij = min(coef * o, o) / d (csrc/ped_math.h,
    pair_weight) to both W[i, j] and W[j, i], the distances to dist_out[i, j]
-   (i < j only), and per tile the numbers of evaluated, overlapping and
-   coincident pairs. On a pruned step (FULL false) a pair whose distance at
+   (i < j only), and per tile the numbers of evaluated pairs, pairs with a
+   non-zero weight (what docs/spec.md §1.6 calls overlapping: with coef = 0
+   pairs overlap but weigh nothing) and coincident pairs. On a pruned step (FULL false) a pair whose distance at
    the last full step, minus both means' drift since, still exceeds its
    threshold (ped_math.h, pair_pruned) is not evaluated: weight 0, distance
    +inf; a tile with no pair left skips its distance loop.
 2. displacement_kernel: one program per (BLOCK_C rows, BLOCK_D columns) of
    delta accumulates delta_i = sum_j w_ij (mu_i - mu_j) over j in ascending
    order, the order of the CPU kernel, skipping blocks of j whose weights are
-   all zero. No C x C x D array exists.
+   all zero. No C x C x D array exists. The second grid axis is capped
+   (CUDA allows 65535 programs on it; D / BLOCK_D passes that at D of about
+   a million), so a program takes every num_programs(1)-th column block.
 
 Scalars that must stay float64 (nsigma, coef) come through a tensor, because
 Triton passes Python floats to kernels as float32. Every offset is int64 and
@@ -88,7 +91,7 @@ def pair_weights_kernel(
     tl.store(dist_out_ptr + pair_offset, tl.where(evaluate, dist, float("inf")), mask=pair)
     tally = tally_ptr + 3 * tile.to(tl.int64)
     tl.store(tally, tl.sum(evaluate.to(tl.int32)))
-    tl.store(tally + 1, tl.sum(positive.to(tl.int32)))
+    tl.store(tally + 1, tl.sum((weight != 0.0).to(tl.int32)))
     tl.store(tally + 2, tl.sum((evaluate & (squared == 0.0)).to(tl.int32)))
 
 
@@ -103,22 +106,23 @@ def displacement_kernel(
     BLOCK_D: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     i_in = i < num_classes
-    col_mask = cols < dim
-    mask = i_in[:, None] & col_mask[None, :]
-    mu_i = tl.load(mu_ptr + (i[:, None] * dim + cols[None, :]), mask=mask, other=0.0)
-    acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float64)
-    for start in range(0, num_classes, BLOCK_J):
-        js = start + tl.arange(0, BLOCK_J)
-        block = tl.load(weight_ptr + (i[:, None] * num_classes + js[None, :]),
-                        mask=i_in[:, None] & (js < num_classes)[None, :], other=0.0)
-        # Weights are >= 0: a block of non-overlapping partners adds nothing.
-        if tl.max(block) > 0.0:
-            for u in tl.static_range(BLOCK_J):
-                j = tl.cast(start + u, tl.int64)
-                j_in = j < num_classes
-                w = tl.load(weight_ptr + (i * num_classes + j), mask=i_in & j_in, other=0.0)
-                mu_j = tl.load(mu_ptr + (j * dim + cols), mask=col_mask & j_in, other=0.0)
-                acc += w[:, None] * (mu_i - mu_j[None, :])
-    tl.store(delta_ptr + (i[:, None] * dim + cols[None, :]), acc, mask=mask)
+    for col_block in range(tl.program_id(1), tl.cdiv(dim, BLOCK_D), tl.num_programs(1)):
+        cols = col_block * BLOCK_D + tl.arange(0, BLOCK_D)
+        col_mask = cols < dim
+        mask = i_in[:, None] & col_mask[None, :]
+        mu_i = tl.load(mu_ptr + (i[:, None] * dim + cols[None, :]), mask=mask, other=0.0)
+        acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float64)
+        for start in range(0, num_classes, BLOCK_J):
+            js = start + tl.arange(0, BLOCK_J)
+            block = tl.load(weight_ptr + (i[:, None] * num_classes + js[None, :]),
+                            mask=i_in[:, None] & (js < num_classes)[None, :], other=0.0)
+            # A block of partners with zero weights adds nothing.
+            if tl.max(tl.abs(block)) > 0.0:
+                for u in tl.static_range(BLOCK_J):
+                    j = tl.cast(start + u, tl.int64)
+                    j_in = j < num_classes
+                    w = tl.load(weight_ptr + (i * num_classes + j), mask=i_in & j_in, other=0.0)
+                    mu_j = tl.load(mu_ptr + (j * dim + cols), mask=col_mask & j_in, other=0.0)
+                    acc += w[:, None] * (mu_i - mu_j[None, :])
+        tl.store(delta_ptr + (i[:, None] * dim + cols[None, :]), acc, mask=mask)

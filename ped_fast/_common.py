@@ -13,8 +13,10 @@ class Forces:
 
     delta: C x D float64 displacement of every class mean (rescaled space).
     position_change: P = sum |delta| (docs/spec.md §1.4).
-    coincident: K x 2 int64 class indices (i < j) whose means coincide.
-    evaluated_pairs / active_pairs: pairs measured / pairs overlapping.
+    coincident: K x 2 int64 class indices (i < j) whose means coincide,
+        sorted, on the means' device.
+    evaluated_pairs / active_pairs: unordered pairs measured / pairs with a
+        non-zero weight (docs/spec.md §1.6).
     """
 
     delta: torch.Tensor
@@ -99,6 +101,22 @@ def kernel_layout(x):
 
 def row_stride(x):
     return x.stride(0) if x.shape[0] > 1 else x.shape[1]
+
+
+def contiguous_delta(pairwise_forces):
+    """A pairwise_forces launcher whose kernels write delta as a contiguous
+    C x D array: an `out` of another layout (e.g. a transposed view) is
+    filled from a contiguous temporary."""
+
+    @functools.wraps(pairwise_forces)
+    def launcher(mu, radius, *, nsigma, coef, bounds, out=None):
+        if out is None or out.is_contiguous():
+            return pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds, out=out)
+        forces = pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds)
+        forces.delta = out.copy_(forces.delta)
+        return forces
+
+    return launcher
 
 
 def rows_contiguous_integrate(kernel):

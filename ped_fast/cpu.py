@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ._common import Forces, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import Forces, contiguous_delta, kernel_layout, row_stride, rows_contiguous_integrate
 from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 DEVICES = ("cpu",)
@@ -42,6 +42,7 @@ def class_stats(x, index, num_classes):
     return counts, mean, var
 
 
+@contiguous_delta
 def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
     steps skip the pairs that provably do not overlap."""

@@ -57,7 +57,7 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None, out=None):
         position_change=float(delta.abs().sum()),
         coincident=coincident,
         evaluated_pairs=num_classes * (num_classes - 1) // 2,
-        active_pairs=int(torch.triu(weight > 0).sum()),
+        active_pairs=int(torch.triu(weight != 0).sum()),
     )
 
 

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from ._common import Forces, bucket_rows
+from ._common import Forces, bucket_rows, contiguous_delta
 from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 # Where the compiled kernels run; under the interpreter, any device.
@@ -44,6 +44,9 @@ PAIR_COLS = 16
 DELTA_COLS = 16
 # integrate: elements per program.
 INTEGRATE_TILE = 2048
+# Most programs on a grid's second axis (CUDA's limit on gridDim.y): the
+# kernels loop over column blocks, so a wider D gives each program more.
+MAX_GRID_Y = 65535
 
 
 def status():
@@ -103,6 +106,11 @@ def _columns(dim, largest):
     return max(16, min(largest, 1 << (dim - 1).bit_length()))
 
 
+def _column_programs(dim, block):
+    """Programs along the second grid axis for `dim` columns in blocks of `block`."""
+    return min(_cdiv(dim, block), MAX_GRID_Y)
+
+
 def class_stats(x, index, num_classes):
     """See reference.class_stats."""
     kernels = _kernels()
@@ -121,19 +129,20 @@ def class_stats(x, index, num_classes):
     mean = torch.empty(num_classes, dim, dtype=torch.float64, device=device)
     var = torch.empty_like(mean)
     with _on(device):
-        kernels.partial_sums_kernel[(max_chunks, _cdiv(dim, block_d))](
+        kernels.partial_sums_kernel[(max_chunks, _column_programs(dim, block_d))](
             x, x.stride(0), x.stride(1), buckets.order, chunk_begin, chunk_end, chunk_shift, s1, s2, dim,
             BLOCK_R=STATS_ROWS, BLOCK_D=block_d)
-        kernels.finalize_kernel[(num_classes, _cdiv(dim, block_d))](
+        kernels.finalize_kernel[(num_classes, _column_programs(dim, block_d))](
             x, x.stride(0), x.stride(1), class_shift, buckets.counts, buckets.class_chunks, s1, s2, mean, var, dim,
             BLOCK_D=block_d)
     return buckets.counts, mean, var
 
 
+@contiguous_delta
 def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     """See reference.pairwise_forces; `bounds` (from make_bounds, or None for
     a full evaluation that keeps nothing) lets later steps skip the pairs
-    that provably do not overlap; `out` (C x D float64, contiguous) receives
+    that provably do not overlap; `out` (C x D float64, any layout) receives
     delta."""
     kernels = _kernels()
     mu = mu.contiguous()
@@ -156,7 +165,7 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
         kernels.pair_weights_kernel[(tiles.shape[1],)](
             mu, radius, params, tiles[0], tiles[1], dist0, drift, dist_out, weight, tally, num_classes, dim,
             FULL=full, BLOCK_C=PAIR_BLOCK, BLOCK_D=PAIR_COLS)
-        kernels.displacement_kernel[(blocks, _cdiv(dim, DELTA_COLS))](
+        kernels.displacement_kernel[(blocks, _column_programs(dim, DELTA_COLS))](
             mu, weight, delta, num_classes, dim, BLOCK_C=PAIR_BLOCK, BLOCK_J=PAIR_BLOCK, BLOCK_D=DELTA_COLS)
     # One host sync for all four numbers (the pair counts are exact in float64).
     position_change, evaluated, active, coincident = torch.cat(
@@ -184,7 +193,7 @@ def integrate(x, index, shift, out):
     block_d = _columns(dim, 128)
     block_r = INTEGRATE_TILE // block_d
     with _on(x.device):
-        kernels.integrate_kernel[(_cdiv(n, block_r), _cdiv(dim, block_d))](
+        kernels.integrate_kernel[(_cdiv(n, block_r), _column_programs(dim, block_d))](
             x, x.stride(0), x.stride(1), out, out.stride(0), out.stride(1), index, shift, n, dim,
             BLOCK_R=block_r, BLOCK_D=block_d)
     return out

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN, golden_case, require_backend
+from conftest import GOLDEN, golden_case, make_classes, require_backend
 
 INTERPRET = not torch.cuda.is_available()
 if INTERPRET:
@@ -244,6 +244,33 @@ def test_pairwise_forces_pruned_steps():
         bounds.advance(forces.delta)
 
 
+def test_active_pairs_are_the_pairs_with_a_weight():
+    """docs/spec.md §1.6: overlapping_pairs counts the pairs with a non-zero
+    weight. Before, the kernel counted the overlapping pairs, which with
+    coef = 0 (time_step=0 or force_constant=0) weigh nothing: ped() on a
+    60 x 4, 3-class input reported [3] here and [0] on the other backends."""
+    mu, radius, nsigma, _ = (t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in FORCES_CASES["37_classes"])
+    forces = backend.pairwise_forces(mu, radius, nsigma=nsigma, coef=0.0, bounds=backend.make_bounds(37, DEVICE))
+    _check_forces(forces, mu, radius, nsigma, 0.0)
+    assert forces.active_pairs == 0 and forces.position_change == 0.0
+    x, labels = make_classes(60, 4, 3, seed=1)
+    for options in (dict(time_step=0.0), dict(force_constant=0.0)):
+        result = ped_fast.ped(x.to(DEVICE), labels.to(DEVICE), rescale="self", backend="triton", **options)
+        assert result.diagnostics["overlapping_pairs"] == [0] and result.position_changes == [0.0]
+    overlapping = ped_fast.ped(x, labels, rescale="self", backend="reference").diagnostics["overlapping_pairs"]
+    assert overlapping[0] == 3  # with coef > 0 the same pairs have weights
+
+
+def test_delta_written_into_a_non_contiguous_out():
+    """Before, the launcher wrote delta as if `out` were contiguous."""
+    mu, radius, nsigma, coef = (t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in FORCES_CASES["37_classes"])
+    out = torch.full((mu.shape[1], mu.shape[0]), float("nan"), dtype=torch.float64, device=DEVICE).t()
+    forces = backend.pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=backend.make_bounds(37, DEVICE),
+                                     out=out)
+    assert forces.delta is out
+    _check_forces(forces, mu, radius, nsigma, coef)
+
+
 # ------------------------------------------------------------------ integrate
 
 INTEGRATE_SHAPES = [(1, 1, 1), (7, 3, 7), (50, 1, 2), (203, 130, 5)]
@@ -304,6 +331,66 @@ def test_every_block_offset_is_int64(monkeypatch):
     backend.integrate(x, index, mean.float(), torch.empty_like(x))
     assert not narrow, f"integrate: {len(narrow)} offsets of type {narrow[0]}"
     assert int(counts.sum()) == 345  # the kernels did run
+
+
+# --------------------------------------------------- grid limits (large D)
+
+class _RecordedKernel:
+    """Stands in for a kernel: records the grid of each launch, runs nothing."""
+
+    def __init__(self, grids, name):
+        self.grids, self.name = grids, name
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.grids.append((self.name, grid))
+
+
+def test_launch_grids_stay_within_cuda_limits(monkeypatch):
+    """CUDA allows 2^31 - 1 programs on a grid's first axis and 65535 on the
+    others. Before, the second axis counted column blocks: a launch failed
+    above D = 65535 * 16 (displacement) or 65535 * 128 (the others). The
+    kernels are not run (D here is too wide for the interpreter): the
+    launcher's grids are recorded, and the test below checks that the
+    kernels cover every column with a capped grid."""
+    grids = []
+    names = ["partial_sums_kernel", "finalize_kernel", "pair_weights_kernel", "displacement_kernel", "integrate_kernel"]
+    kernels = type("Kernels", (), {name: _RecordedKernel(grids, name) for name in names})
+    monkeypatch.setattr(backend, "_kernels", lambda: kernels)
+    dim = 65535 * 128 + 1
+    # torch.empty only reserves memory: nothing here is written or read but the
+    # tiny tables, so the 200 MB buffers cost no RAM.
+    x = torch.empty(1, dim, dtype=torch.float32, device=DEVICE)
+    index = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    backend.class_stats(x, index, 1)
+    backend.integrate(x, index, torch.empty(1, dim, dtype=torch.float32, device=DEVICE), x)
+    mu = torch.empty(2, dim, dtype=torch.float64, device=DEVICE)
+    backend.pairwise_forces(mu, torch.ones(2, dtype=torch.float64, device=DEVICE), nsigma=0.6, coef=0.005,
+                            bounds=backend.make_bounds(2, DEVICE))
+    assert sorted({name for name, _ in grids}) == sorted(names)
+    for name, grid in grids:
+        assert grid[0] <= 2**31 - 1 and all(1 <= g <= 65535 for g in grid[1:]), (name, grid)
+
+
+def test_kernels_cover_every_column_block_with_a_capped_grid(monkeypatch):
+    """With the second grid axis capped at 2 programs, each program takes
+    several column blocks (130 or 300 columns: 3 blocks of 128, 4 and 19
+    blocks of 16)."""
+    monkeypatch.setattr(backend, "MAX_GRID_Y", 2)
+    x, index, num_classes = _stats_input([1] * 300 + [0] * 40 + [2] * 5, 300, torch.float32, seed=13)
+    got = backend.class_stats(x, index, num_classes)
+    want = reference.class_stats(x, index, num_classes)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], **STATS_TOL)
+    torch.testing.assert_close(got[2], want[2], **STATS_TOL)
+    shift = torch.randn(num_classes, 300, generator=_generator(14)).to(DEVICE)
+    assert torch.equal(backend.integrate(x, index, shift, torch.empty_like(x)),
+                       reference.integrate(x, index, shift, torch.empty_like(x)))
+    for dim in (60, 300):
+        mu, radius = (t.to(DEVICE) for t in _means(20, dim, seed=dim, spread=0.3))
+        nsigma = 0.6 * (dim / 6) ** 0.5  # radii about sqrt(dim) times smaller than the distances: some overlap
+        forces = backend.pairwise_forces(mu, radius, nsigma=nsigma, coef=0.005, bounds=backend.make_bounds(20, DEVICE))
+        _check_forces(forces, mu, radius, nsigma, 0.005)
+        assert forces.active_pairs > 0
 
 
 # ------------------------------------------------ through the public API

@@ -19,7 +19,7 @@ void class_stats(const void* x, bool is_double, int64_t n, int64_t dim, int64_t 
 struct ForcesResult {
   double position_change = 0.0;   // P = sum |delta| (L1 over C x D)
   int64_t evaluated_pairs = 0;    // pairs whose distance was measured
-  int64_t active_pairs = 0;       // overlapping pairs (non-zero weight)
+  int64_t active_pairs = 0;       // pairs with a non-zero weight (docs/spec.md §1.6)
   std::vector<std::pair<int64_t, int64_t>> coincident;  // i < j with mu_i == mu_j
 };
 

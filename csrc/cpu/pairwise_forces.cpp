@@ -123,7 +123,7 @@ ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num
     const Pair& q = candidates[p];
     if (q.dist == 0.0) out.coincident.emplace_back(q.i, q.j);
     const double w = pair_weight(q.dist, overlap_threshold(radius[q.i], radius[q.j], nsigma), coef);
-    if (w > 0.0) {
+    if (w != 0.0) {
       active.emplace_back(p, w);
       ++degree[q.i + 1];
       ++degree[q.j + 1];
