@@ -2,15 +2,26 @@
 
 These are thin public entry points over the launchers (ped_fast.reference,
 ped_fast.cpu, ...), which all share one signature per operation. They check
-what the launchers assume, so they can be called on their own, e.g. to reuse
-the class statistics for another scorer.
+what the launchers assume, with ped()'s errors, so they can be called on
+their own, e.g. to reuse the class statistics for another scorer, and every
+backend gives the same answer or the same error.
 """
 from __future__ import annotations
 
 import torch
 
 from . import _backends
-from ._validate import check_inplace, features_tensor, labels_tensor, to_tensor, to_user
+from ._validate import (
+    all_finite,
+    check_inplace,
+    check_number,
+    features_tensor,
+    labels_tensor,
+    raise_non_finite,
+    to_tensor,
+    to_user,
+)
+from .ped import step_coefficient
 
 
 def class_stats(features, labels, *, backend="auto"):
@@ -18,27 +29,54 @@ def class_stats(features, labels, *, backend="auto"):
 
     Returns (classes, counts, mean, var): the sorted unique labels (C), the
     sample count of each class (C), and per-class means and population
-    variances (C x D, float64), in the caller's array type.
+    variances (C x D, float64), in the caller's array type. Non-finite
+    features raise ped()'s error (how each backend's statistics carry them
+    differs: a NaN mean on one is an inf on another).
     """
     x, as_numpy = features_tensor(features)
     index, classes, _ = labels_tensor(labels, x.shape[0], x.device)
     _, launcher = _backends.resolve(backend, x.device)
     counts, mean, var = launcher.class_stats(x, index, classes.shape[0])
+    if not all_finite(mean, var):
+        raise_non_finite(x, "features")
     return tuple(to_user(t, as_numpy) for t in (classes, counts, mean, var))
 
 
 def pairwise_forces(means, radii, *, nsigma=0.6, time_step=0.1, force_constant=1.0, backend="auto"):
     """One PED step on class means `means` (C x D) with radii `radii` (C), in
-    rescaled space: returns a ped_fast._common.Forces (delta is C x D float64)."""
-    mu, _ = to_tensor(means, "means")
-    radius, _ = to_tensor(radii, "radii")
-    if mu.dim() != 2 or radius.shape != (mu.shape[0],):
-        raise ValueError(f"means must be C x D and radii of length C, got {tuple(mu.shape)} and {tuple(radius.shape)}")
+    rescaled space, measuring every pair: returns a ped_fast._common.Forces
+    (delta is C x D float64). nsigma, time_step and force_constant are
+    ped()'s (docs/spec.md §1.1), checked as ped() checks them; means and radii
+    must be finite, radii >= 0."""
+    time_step = check_number(time_step, "time_step")
+    nsigma = check_number(nsigma, "nsigma")
+    force_constant = check_number(force_constant, "force_constant")
+    mu = _real_tensor(means, "means")
+    radius = _real_tensor(radii, "radii")
+    if mu.dim() != 2 or mu.shape[0] == 0 or mu.shape[1] == 0:
+        raise ValueError(f"means must be C x D with at least one class and one dimension, got shape {tuple(mu.shape)}")
+    if radius.shape != (mu.shape[0],):
+        raise ValueError(f"radii must be a vector of length {mu.shape[0]} (one per row of means), "
+                         f"got shape {tuple(radius.shape)}")
     mu = mu.to(torch.float64)
     radius = radius.to(device=mu.device, dtype=torch.float64)
+    if not all_finite(mu):
+        raise_non_finite(mu, "means")
+    bad = ~torch.isfinite(radius) | (radius < 0)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(f"radii must be finite and >= 0, got {float(radius[first])!r} at index {first}")
     _, launcher = _backends.resolve(backend, mu.device)
     bounds = launcher.make_bounds(mu.shape[0], mu.device)
-    return launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=0.5 * time_step**2 * force_constant, bounds=bounds)
+    return launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=step_coefficient(time_step, force_constant),
+                                    bounds=bounds)
+
+
+def _real_tensor(value, name):
+    t, _ = to_tensor(value, name)
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be real numbers, got {str(t.dtype).replace('torch.', '')}")
+    return t
 
 
 def integrate(features, labels, shift, *, inplace=False, backend="auto"):

@@ -66,6 +66,17 @@ def check_parameters(*, time_step=0.1, nsigma=0.6, force_constant=1.0, exit_rati
             check_count(max_steps, "max_steps"), check_number(eps, "eps", strict=True))
 
 
+def step_coefficient(time_step, force_constant):
+    """coef = 1/2 dt^2 k of checked parameters (docs/spec.md §1.1), capped at 1.
+
+    The step length min(coef * o, o) equals min(coef, 1) * o, bit for bit,
+    for o >= 0: a coef above 1 acts as 1. Capping keeps coef finite when
+    1/2 dt^2 k overflows (time_step=1e200 is finite), where min(inf * 0, 0)
+    would be NaN; products, not `**`, because float.__pow__ raises
+    OverflowError where a product gives inf."""
+    return min(0.5 * time_step * time_step * force_constant, 1.0)
+
+
 def ped(
     features,
     labels,
@@ -116,7 +127,7 @@ def ped(
     radius = var.div_(scale * scale).sum(dim=1).sqrt_()
     del var
 
-    coef = 0.5 * time_step**2 * force_constant
+    coef = step_coefficient(time_step, force_constant)
     bounds = launcher.make_bounds(num_classes, x.device)
     total = torch.zeros_like(mu)
     delta = torch.empty_like(mu)
