@@ -22,7 +22,15 @@ import importlib.util
 
 import torch
 
-from ._common import Forces, PairBounds, bucket_rows, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import (
+    Forces,
+    PairBounds,
+    bucket_rows,
+    contiguous_delta,
+    kernel_layout,
+    row_stride,
+    rows_contiguous_integrate,
+)
 from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 DEVICES = ("cuda",)
@@ -36,6 +44,9 @@ STATS_COLS = 32
 STATS_TARGET_BLOCKS = 2048
 STATS_MIN_ROWS = 64
 STATS_MAX_ROWS = 1024
+# Elements of the C x C coincidence flags searched per torch.nonzero call
+# (older torch releases refuse more than 2^31 - 1 on CUDA tensors).
+FLAG_ELEMENTS = 1 << 28
 
 try:
     from . import _cuda
@@ -110,10 +121,12 @@ def class_stats(x, index, num_classes):
     return plan.counts, mean, var
 
 
+@contiguous_delta
 def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
     steps skip the pairs that provably do not overlap. Waits for the GPU:
-    P and the pair counts come back to the host."""
+    P and the pair counts come back to the host; the coincident pairs stay
+    on the device."""
     mu = mu.contiguous()
     radius = radius.contiguous()
     num_classes, dim = mu.shape
@@ -121,20 +134,35 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     if bounds is None:
         bounds = PairBounds(num_classes, device)
     with torch.cuda.device(device):
-        delta = out if out is not None and out.is_contiguous() else torch.empty_like(mu)
+        delta = torch.empty_like(mu) if out is None else out
+        flags = torch.empty(num_classes, num_classes, dtype=torch.uint8, device=device)
         workspace = _workspace(_cuda.pairwise_forces_workspace_bytes(num_classes, dim), device)
         position_change, evaluated, active, coincident = _cuda.pairwise_forces(
             mu.data_ptr(), radius.data_ptr(), num_classes, dim, float(nsigma), float(coef), bounds.dist.data_ptr(),
-            bounds.drift.data_ptr(), bounds.full, delta.data_ptr(), workspace.data_ptr(), *_launch(device))
-    if out is not None and delta is not out:
-        delta = out.copy_(delta)
+            bounds.drift.data_ptr(), bounds.full, delta.data_ptr(), flags.data_ptr(), workspace.data_ptr(),
+            *_launch(device))
+        pairs = flagged_pairs(flags) if coincident else torch.empty(0, 2, dtype=torch.int64, device=device)
     return Forces(
         delta=delta,
         position_change=position_change,
-        coincident=torch.tensor(coincident, dtype=torch.int64).reshape(-1, 2).to(device),
+        coincident=pairs,
         evaluated_pairs=evaluated,
         active_pairs=active,
     )
+
+
+def flagged_pairs(flags):
+    """K x 2 int64 (i, j), sorted, of the non-zero entries of the C x C
+    `flags`, found on its device: only the rows holding a flag are searched,
+    FLAG_ELEMENTS at a time, and only the K pairs are written."""
+    rows = torch.nonzero(flags.any(dim=1)).flatten()
+    per_call = max(1, FLAG_ELEMENTS // flags.shape[1])
+    blocks = []
+    for start in range(0, rows.shape[0], per_call):
+        block_rows = rows[start : start + per_call]
+        found = torch.nonzero(flags[block_rows])
+        blocks.append(torch.stack([block_rows[found[:, 0]], found[:, 1]], dim=1))
+    return torch.cat(blocks)
 
 
 @rows_contiguous_integrate

@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +24,8 @@ import torch
 import ped_fast
 from conftest import DTYPES, GOLDEN, TOLERANCE, assert_close, golden_case, make_classes, require_backend, run_steps
 from conftest import means_and_radii as shared_means_and_radii
-from ped_fast import cuda, reference
+from ped_fast import cpu, cuda, reference
+from test_cross_backend import interleaved_groups, spec_evaluated_pairs
 
 DEVICE = torch.device("cuda")
 F64 = TOLERANCE[torch.float64]
@@ -243,18 +246,42 @@ def test_pairwise_forces_matches_reference_over_steps(c, d, coef):
 @pytest.mark.parametrize("size", [5, 40])  # a few candidates per tile (one by one), many (whole tile)
 def test_pairwise_forces_pruning_keeps_results(size):
     # Two tight groups far apart: after the first full evaluation, only the
-    # pairs inside a group stay candidates.
+    # pairs inside a group stay candidates. With 40 per group, the tile of
+    # classes 0-31 against 32-63 holds 256 candidates (measured as a whole
+    # tile) and 768 pruned pairs, which before were counted as evaluated too.
     g = torch.Generator().manual_seed(0)
     groups = torch.cat([torch.zeros(size, 8), torch.full((size, 8), 100.0)]).double()
     mu = groups + 0.1 * torch.randn(2 * size, 8, generator=g, dtype=torch.float64)
     radius = torch.full((2 * size,), 1.0, dtype=torch.float64)
+    evaluated, want = spec_evaluated_pairs(mu, radius, 0.6, 0.005, 3)
     mu, radius = on_gpu(mu, radius)
     got = run_steps(cuda, mu, radius, 3, nsigma=0.6, coef=0.005)
-    want = run_steps(reference, mu, radius, 3, nsigma=0.6, coef=0.005)
-    total = size * (2 * size - 1)
-    assert got[0].evaluated_pairs == total
-    assert all(f.evaluated_pairs < total for f in got[1:])
+    assert evaluated == [size * (2 * size - 1)] + [size * (size - 1)] * 2
+    assert [f.evaluated_pairs for f in got] == evaluated
     assert_forces_close(got, want)
+
+
+@gpu
+def test_pruned_steps_count_the_candidates_as_cpu_and_triton_do():
+    """The issue's case: C = 70, D = 5, three interleaved groups. Before, the
+    first pruned step reported 2142 evaluated pairs here (every valid pair of
+    a tile with more than 64 candidates) against 771 on cpu and Triton."""
+    mu, radius = interleaved_groups(70, 5)
+    evaluated, want = spec_evaluated_pairs(mu, radius, 0.6, 0.005, 3)
+    got = run_steps(cuda, *on_gpu(mu, radius), 3, nsigma=0.6, coef=0.005)
+    on_cpu = run_steps(cpu, mu, radius, 3, nsigma=0.6, coef=0.005)
+    assert [f.evaluated_pairs for f in got] == [f.evaluated_pairs for f in on_cpu] == evaluated
+    assert evaluated[1] < 70 * 69 // 6
+    assert_forces_close(got, want)
+
+
+@gpu
+def test_delta_written_into_a_non_contiguous_out():
+    mu, radius = means_and_radii(37, 6, seed=9)
+    out = torch.full((6, 37), float("nan"), dtype=torch.float64, device=DEVICE).t()
+    forces = cuda.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005, bounds=cuda.make_bounds(37, DEVICE), out=out)
+    assert forces.delta is out
+    assert_forces_close([forces], [reference.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005)])
 
 
 @gpu
@@ -268,6 +295,52 @@ def test_pairwise_forces_coincident_means():
     assert forces.coincident.tolist() == [[2, 5], [2, 36], [5, 36], [11, 20]]
     assert torch.isfinite(forces.delta).all()
     assert_forces_close([forces], [want])
+
+
+def test_flagged_pairs_lists_the_flags_in_order(monkeypatch):
+    # The coincident pairs are read from the C x C flags on the device, a
+    # block of rows per torch.nonzero call; plain torch, so checked here on
+    # CPU tensors, with blocks of a row or two.
+    flags = torch.zeros(9, 9, dtype=torch.uint8)
+    for i, j in [(0, 3), (0, 8), (2, 5), (6, 7), (7, 8)]:
+        flags[i, j] = 1
+    want = torch.nonzero(flags)
+    for elements in (9, 18, 81, 1 << 28):
+        monkeypatch.setattr(cuda, "FLAG_ELEMENTS", elements)
+        assert torch.equal(cuda.flagged_pairs(flags), want)
+
+
+COINCIDENT_MEMORY_SCRIPT = """
+import torch
+from ped_fast import cuda
+
+def hwm():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+
+C = 20_000  # a 400 MB C x C flag matrix
+g = torch.Generator().manual_seed(0)
+mu = torch.randn(C, 2, generator=g, dtype=torch.float64).cuda()
+radius = torch.full((C,), 1e-3, dtype=torch.float64, device="cuda")
+cuda.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005, bounds=cuda.make_bounds(C, mu.device))  # warm-up
+mu[7] = mu[3]
+open("/proc/self/clear_refs", "w").write("5")
+before = hwm()
+forces = cuda.pairwise_forces(mu, radius, nsigma=0.6, coef=0.005, bounds=cuda.make_bounds(C, mu.device))
+print(forces.coincident.tolist(), hwm() - before)
+"""
+
+
+@gpu
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read peak memory")
+def test_coincident_means_copy_only_their_pairs_to_the_host():
+    """Before, two coincident means made the extension copy the whole C x C
+    flag matrix to the host (400 MB here, 2.5 GB at C = 50,000)."""
+    done = subprocess.run([sys.executable, "-c", COINCIDENT_MEMORY_SCRIPT], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    pairs, grown = done.stdout.rsplit(maxsplit=1)
+    assert pairs == "[[3, 7]]"
+    assert int(grown) < 50 * 2**20, f"host peak memory grew by {int(grown) / 2**20:.0f} MB"
 
 
 @gpu

@@ -10,8 +10,10 @@
 // applied displacements), so by the triangle inequality a pair whose old
 // distance minus both drifts still exceeds its overlap threshold cannot
 // overlap now and is skipped. Only the remaining candidates are measured.
-// The skipped pairs contribute exactly zero either way, so the result is the
-// all-pairs result.
+// A skipped pair's weight would be exactly zero, so the result is the
+// all-pairs result up to rounding: a candidate's distance is summed by
+// squared_distance, where an all-pairs step sums it in the four-row loop of
+// all_distances (its own vectorised order).
 //
 // Displacements are accumulated per class over its overlapping partners in
 // ascending order, so the result does not depend on the number of threads.

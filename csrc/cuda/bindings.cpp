@@ -5,7 +5,6 @@
 // runtime is linked statically. The GIL is released while the GPU works.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
@@ -39,16 +38,17 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("pairwise_forces_workspace_bytes", &ped::cuda::pairwise_forces_workspace_bytes);
   m.def("pairwise_forces",
         [](std::uintptr_t mu, std::uintptr_t radius, int64_t num_classes, int64_t dim, double nsigma, double coef,
-           std::uintptr_t dist, std::uintptr_t drift, bool full, std::uintptr_t delta, std::uintptr_t workspace,
-           int device, std::uintptr_t stream) {
-          ped::ForcesResult r;
+           std::uintptr_t dist, std::uintptr_t drift, bool full, std::uintptr_t delta, std::uintptr_t coincident,
+           std::uintptr_t workspace, int device, std::uintptr_t stream) {
+          ped::cuda::ForcesTotals r;
           {
             py::gil_scoped_release release;
             r = ped::cuda::pairwise_forces(ptr<const double>(mu), ptr<const double>(radius), num_classes, dim, nsigma,
                                            coef, ptr<double>(dist), ptr<const double>(drift), full, ptr<double>(delta),
-                                           ptr<void>(workspace), device, ptr<void>(stream));
+                                           ptr<unsigned char>(coincident), ptr<void>(workspace), device,
+                                           ptr<void>(stream));
           }
-          return py::make_tuple(r.position_change, r.evaluated_pairs, r.active_pairs, r.coincident);
+          return py::make_tuple(r.position_change, r.evaluated_pairs, r.active_pairs, r.coincident_pairs);
         });
   m.def("integrate",
         [](std::uintptr_t x, int64_t x_stride, std::uintptr_t out, int64_t out_stride, bool is_double,

@@ -21,8 +21,6 @@
 
 #include <cstdint>
 
-#include "../cpu/ops.h"  // ped::ForcesResult, shared with the CPU backend
-
 namespace ped {
 namespace cuda {
 
@@ -50,14 +48,24 @@ int64_t class_stats_workspace_bytes(int64_t chunks, int64_t dim);
 void class_stats(const void* x, bool is_double, int64_t n, int64_t dim, int64_t row_stride, const ClassChunks& chunks,
                  double* mean, double* var, void* workspace, int device, void* stream);
 
+// What one pairwise_forces step reports (docs/spec.md §1.6).
+struct ForcesTotals {
+  double position_change;    // P = sum |delta| (L1 over C x D)
+  int64_t evaluated_pairs;   // unordered pairs measured (the candidates on a pruned step)
+  int64_t active_pairs;      // pairs with a non-zero weight
+  int64_t coincident_pairs;  // pairs i < j with mu_i == mu_j, flagged in `coincident`
+};
+
 // mu[C*D], radius[C] in rescaled space; coef = 0.5 * dt^2 * k. dist[C*C]:
 // upper triangle written when `full`, read (with drift[C]) to prune pairs
-// otherwise. delta[C*D] is overwritten. Waits for the stream (the results go
-// to the host).
+// otherwise. delta[C*D] is overwritten. coincident[C*C] is zeroed, then
+// coincident[i*C + j] = 1 for every coincident pair i < j: the caller lists
+// them on the device (only they, not the C x C flags, need reach the host).
+// Waits for the stream (the totals go to the host).
 int64_t pairwise_forces_workspace_bytes(int64_t num_classes, int64_t dim);
-ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num_classes, int64_t dim, double nsigma,
-                             double coef, double* dist, const double* drift, bool full, double* delta, void* workspace,
-                             int device, void* stream);
+ForcesTotals pairwise_forces(const double* mu, const double* radius, int64_t num_classes, int64_t dim, double nsigma,
+                             double coef, double* dist, const double* drift, bool full, double* delta,
+                             unsigned char* coincident, void* workspace, int device, void* stream);
 
 // out[i] = x[i] + shift[index[i]]; `out` may be `x`.
 void integrate(const void* x, int64_t x_stride, void* out, int64_t out_stride, bool is_double, const int64_t* index,

@@ -5,12 +5,18 @@
 //    triangle). Distances come from direct float64 differences, staged
 //    through shared memory 16 columns at a time like a GEMM tile, 2 x 2 pairs
 //    per thread. The weights w_ij = a_ij / d_ij (ped_math.h, the CPU's
-//    expressions) go into a dense C x C matrix, both (i, j) and (j, i).
+//    expressions) go into a dense C x C matrix, both (i, j) and (j, i), and
+//    coincident pairs (d_ij == 0) into the caller's C x C flags.
 //    On later steps the tile first applies the drift bound of PairBounds
 //    (pair_pruned, ped_math.h): a tile with no candidate is skipped, a tile
-//    with a few is measured pair by pair, a tile with many as a whole. A
-//    skipped pair contributes exactly zero either way, so pruning never
-//    changes the result.
+//    with a few is measured pair by pair, a tile with many as a whole; in
+//    every case only the candidates are used and counted as evaluated (a
+//    whole tile's other pairs are measured but pruned, as on the CPU and in
+//    Triton). A pruned pair's weight would be exactly zero, so pruning
+//    changes no force; the result equals the all-pairs result up to
+//    rounding, because a candidate of a sparse tile has its squared
+//    distance tree-reduced over the block, where a whole tile sums it
+//    sequentially per thread.
 // 2. delta_kernel: delta_i = sum_j w_ij (mu_i - mu_j) as a tiled
 //    matrix product, accumulated over j in ascending order (as on the CPU),
 //    skipping 16-column blocks of W that are all zero (sparse overlaps).
@@ -21,7 +27,7 @@
 #include "ops.h"
 
 #include <cmath>
-#include <vector>
+#include <string>
 
 #include "../ped_math.h"
 
@@ -45,7 +51,7 @@ struct Totals {
 struct Layout {
   int64_t tiles;     // pair tiles per edge
   int64_t l1_blocks; // delta blocks
-  int64_t weight, coincident, tile_counts, l1, totals, bytes;  // offsets into the workspace
+  int64_t weight, tile_counts, l1, totals, bytes;  // offsets into the workspace
 };
 
 Layout layout(int64_t C, int64_t D) {
@@ -53,8 +59,7 @@ Layout layout(int64_t C, int64_t D) {
   l.tiles = ceil_div(C, kTile);
   l.l1_blocks = l.tiles * ceil_div(D, kDeltaCols);
   l.weight = 0;
-  l.coincident = l.weight + align_up(C * C * static_cast<int64_t>(sizeof(double)));
-  l.tile_counts = l.coincident + align_up(C * C);
+  l.tile_counts = l.weight + align_up(C * C * static_cast<int64_t>(sizeof(double)));
   l.l1 = l.tile_counts + align_up(3 * l.tiles * l.tiles * static_cast<int64_t>(sizeof(long long)));
   l.totals = l.l1 + align_up(l.l1_blocks * static_cast<int64_t>(sizeof(double)));
   l.bytes = l.totals + align_up(sizeof(Totals));
@@ -143,11 +148,6 @@ __global__ void __launch_bounds__(kThreads)
       }
       __syncthreads();
     }
-    // Every pair of the tile was measured: use them all.
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) wanted[r][c] = valid[r][c];
   } else {
     // A few candidates: the whole block measures one pair at a time.
     for (int q = 0; q < candidates; ++q) {
@@ -312,9 +312,9 @@ __global__ void __launch_bounds__(kThreads)
 
 int64_t pairwise_forces_workspace_bytes(int64_t num_classes, int64_t dim) { return layout(num_classes, dim).bytes; }
 
-ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num_classes, int64_t dim, double nsigma,
-                             double coef, double* dist, const double* drift, bool full, double* delta, void* workspace,
-                             int device, void* stream_handle) {
+ForcesTotals pairwise_forces(const double* mu, const double* radius, int64_t num_classes, int64_t dim, double nsigma,
+                             double coef, double* dist, const double* drift, bool full, double* delta,
+                             unsigned char* coincident, void* workspace, int device, void* stream_handle) {
   if (num_classes < 1 || dim < 1) throw std::invalid_argument("pairwise_forces: need num_classes >= 1 and dim >= 1");
   const int64_t C = num_classes, D = dim;
   const Layout l = layout(C, D);
@@ -326,7 +326,6 @@ ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num
   const cudaStream_t stream = as_stream(stream_handle);
   char* ws = static_cast<char*>(workspace);
   double* weight = reinterpret_cast<double*>(ws + l.weight);
-  unsigned char* coincident = reinterpret_cast<unsigned char*>(ws + l.coincident);
   long long* tile_counts = reinterpret_cast<long long*>(ws + l.tile_counts);
   double* l1_partial = reinterpret_cast<double*>(ws + l.l1);
   Totals* totals = reinterpret_cast<Totals*>(ws + l.totals);
@@ -347,20 +346,7 @@ ForcesResult pairwise_forces(const double* mu, const double* radius, int64_t num
   Totals host;
   check(cudaMemcpyAsync(&host, totals, sizeof(Totals), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(totals)");
   check(cudaStreamSynchronize(stream), "pairwise_forces kernels");
-  ForcesResult out;
-  out.position_change = host.position_change;
-  out.evaluated_pairs = host.evaluated;
-  out.active_pairs = host.active;
-  if (host.coincident > 0) {
-    std::vector<unsigned char> flags(C * C);
-    check(cudaMemcpyAsync(flags.data(), coincident, C * C, cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync(coincident)");
-    check(cudaStreamSynchronize(stream), "cudaMemcpyAsync(coincident)");
-    for (int64_t i = 0; i < C; ++i)
-      for (int64_t j = i + 1; j < C; ++j)
-        if (flags[i * C + j]) out.coincident.emplace_back(i, j);
-  }
-  return out;
+  return ForcesTotals{host.position_change, host.evaluated, host.active, host.coincident};
 }
 
 }  // namespace cuda
