@@ -8,10 +8,11 @@
    pair_weight) to both W[i, j] and W[j, i], the distances to dist_out[i, j]
    (i < j only), and per tile the numbers of evaluated pairs, pairs with a
    non-zero weight (what docs/spec.md §1.6 calls overlapping: with coef = 0
-   pairs overlap but weigh nothing) and coincident pairs. On a pruned step (FULL false) a pair whose distance at
-   the last full step, minus both means' drift since, still exceeds its
-   threshold (ped_math.h, pair_pruned) is not evaluated: weight 0, distance
-   +inf; a tile with no pair left skips its distance loop.
+   pairs overlap but weigh nothing) and coincident pairs. On a pruned step
+   (FULL false) a pair whose distance at the last full step, minus both
+   means' drift since, still exceeds its threshold (ped_math.h,
+   pair_pruned) is not evaluated: weight 0, distance +inf; a tile with no
+   pair left skips its distance loop.
 2. displacement_kernel: one program per (BLOCK_C rows, BLOCK_D columns) of
    delta accumulates delta_i = sum_j w_ij (mu_i - mu_j) over j in ascending
    order, the order of the CPU kernel, skipping blocks of j whose weights are

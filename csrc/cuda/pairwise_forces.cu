@@ -9,14 +9,14 @@
 //    coincident pairs (d_ij == 0) into the caller's C x C flags.
 //    On later steps the tile first applies the drift bound of PairBounds
 //    (pair_pruned, ped_math.h): a tile with no candidate is skipped, a tile
-//    with a few is measured pair by pair, a tile with many as a whole; in
-//    every case only the candidates are used and counted as evaluated (a
-//    whole tile's other pairs are measured but pruned, as on the CPU and in
-//    Triton). A pruned pair's weight would be exactly zero, so pruning
-//    changes no force; the result equals the all-pairs result up to
-//    rounding, because a candidate of a sparse tile has its squared
-//    distance tree-reduced over the block, where a whole tile sums it
-//    sequentially per thread.
+//    with a few is measured pair by pair, a tile with many as a whole. Only
+//    the candidates are used and counted as evaluated, as on the CPU and in
+//    Triton: a tile measured whole still prunes its other pairs. A pruned
+//    pair's weight would be exactly zero, so pruning changes no force, but
+//    the result equals the all-pairs result only up to rounding: a
+//    candidate of a sparse tile has its squared distance tree-reduced over
+//    the block, where a tile measured whole (every tile on a full step)
+//    sums it sequentially per thread.
 // 2. delta_kernel: delta_i = sum_j w_ij (mu_i - mu_j) as a tiled
 //    matrix product, accumulated over j in ascending order (as on the CPU),
 //    skipping 16-column blocks of W that are all zero (sparse overlaps).
