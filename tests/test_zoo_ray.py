@@ -1,11 +1,15 @@
 """Screening on Ray (ped_fast.zoo.ray_executor): the same results as the
-local executor, a worker killed mid-task retried, failing models as error
-rows, cache misses counted when a node does not see the cache, and the CLI
-and the core without Ray.
+local executor, a worker killed mid-task and transient failures retried and
+counted, failing models as error rows, cache misses counted when a node
+does not see the cache, the image sets put in the object store once, what
+each task reserves and where its device is resolved, and the CLI and the
+core without Ray.
 
 Run in CI (ray is in the test extra): one local cluster with 2 CPUs is
-shared by the module; the kill test starts its own two-node cluster."""
+shared by the module; the kill test starts its own two-node cluster, the
+resources test its own cluster declaring a (fake) GPU."""
 import dataclasses
+import errno
 import importlib
 import json
 import os
@@ -21,9 +25,11 @@ from ray.cluster_utils import Cluster
 
 import ped_fast
 from ped_fast.__main__ import main
-from ped_fast.zoo import Cache, failed, screen
-from ped_fast.zoo.images import write_image_folder
+from ped_fast.zoo import Cache, failed, ray_executor, screen
+from ped_fast.zoo.extract import Settings
+from ped_fast.zoo.images import ImageSet, write_image_folder
 from ped_fast.zoo.ray_executor import RayExecutor
+from ped_fast.zoo.screen import ModelTask
 from zoo_helpers import small_checkpoint
 
 # Ray start-up under load (other jobs on the 2 cores) can take tens of
@@ -82,8 +88,9 @@ def cluster(shared_cluster):
 
 
 class Wrapping:
-    """A RayExecutor whose tasks run `wrapper(screen_model, task)`: how the
-    tests inject faults with no hook in the production code."""
+    """A RayExecutor whose tasks run `wrapper(screen_model, task,
+    raise_transient=...)`: how the tests inject faults with no hook in the
+    production code."""
     extracts_per_unit = True
 
     def __init__(self, wrapper, **options):
@@ -93,8 +100,8 @@ class Wrapping:
     def map(self, function, tasks):
         wrapper = self.wrapper
 
-        def unit(task):
-            return wrapper(function, task)
+        def unit(task, **options):
+            return wrapper(function, task, **options)
 
         return self.inner.map(unit, tasks)
 
@@ -112,15 +119,19 @@ def comparable(results):
     return results
 
 
-def check_cache_intact(root):
-    """Every entry reads back whole, and no temporary file is left (the
-    killed writer's was swept by the retry)."""
+def check_cache_intact(root, killed=()):
+    """Every entry reads back whole, and the only temporary files are those
+    of the `killed` writers' stages, which no live writer holds: the next
+    screen's sweep removes them."""
     cache = Cache(root)
     manifests = [p for p in Path(root).rglob("*.json") if not p.name.startswith(".")]
     assert manifests
     for manifest in manifests:
         assert cache.get(manifest.parent.name, manifest.stem) is not None, manifest
-    assert [p for p in Path(root).rglob(".tmp-*")] == []
+    left = sorted(Path(root).rglob(".tmp-*"))
+    assert {path.parent.name for path in left} == set(killed)
+    assert sorted(map(Path, cache.sweep())) == left
+    assert list(Path(root).rglob(".tmp-*")) == []
 
 
 def test_ray_results_identical_to_local(zoo, local_results, cluster, tmp_path):
@@ -134,21 +145,26 @@ def test_ray_results_identical_to_local(zoo, local_results, cluster, tmp_path):
     assert failed(written) == ["bad"]
     assert written["models"][3]["error"].startswith("ValueError: model 'bad': cannot read safetensors file")
     assert written["executor"]["name"] == "ray" and written["executor"]["cache_misses"] == 0
+    # A bad checkpoint is no transient failure: not retried.
+    assert written["executor"]["retries"] == 0 and written["executor"]["retries_by_model"] == {}
     check_cache_intact(tmp_path / "cache")
 
 
 def test_task_that_keeps_failing_is_an_error_row(zoo, cluster, tmp_path):
     """A worker that dies on every attempt: after max_retries retries its
-    model is an error row; the others are scored."""
-    def die_on_b(function, task):
+    model is an error row that says so in one line; the others are scored."""
+    def die_on_b(function, task, **options):
         if task.name == "b":
             os.kill(os.getpid(), signal.SIGKILL)
-        return function(task)
+        return function(task, **options)
 
     results = screen(zoo["specs"], zoo["data"], "self", cache=tmp_path, executor=Wrapping(die_on_b, max_retries=1),
                      **SCREEN)
     assert failed(results) == ["b"]
-    assert "(after 1 retries)" in results["models"][1]["error"]
+    error = results["models"][1]["error"]
+    assert error.startswith("TaskFailed: WorkerCrashedError: ") and error.endswith(" (after 1 retry)"), error
+    assert "\n" not in error
+    assert results["executor"]["retries_by_model"] == {"b": 1}
     assert all(row["scores"]["logme"]["ped"] is not None for row in results["models"] if row["name"] != "b")
 
 
@@ -160,8 +176,8 @@ def test_cache_not_shared_is_correct_and_counted(zoo, local_results, cluster, tm
     screen(specs, zoo["data"], zoo["reference"], cache=tmp_path / "driver", executor="ray", **SCREEN)
     node_cache = str(tmp_path / "node")
 
-    def on_node_disk(function, task):
-        return function(dataclasses.replace(task, cache_root=node_cache))
+    def on_node_disk(function, task, **options):
+        return function(dataclasses.replace(task, cache_root=node_cache), **options)
 
     results = screen(specs, zoo["data"], zoo["reference"], cache=tmp_path / "driver",
                      executor=Wrapping(on_node_disk), **SCREEN)
@@ -173,6 +189,167 @@ def test_cache_not_shared_is_correct_and_counted(zoo, local_results, cluster, tm
     again = screen(specs, zoo["data"], zoo["reference"], cache=tmp_path / "driver", executor="ray", **SCREEN)
     assert again["executor"]["cache_misses"] == 0
     assert [row["cached"] for row in again["models"][:3]] == [["features", "reference", "scores"]] * 3
+
+
+def model_tasks(names, settings, **fields):
+    """Work units for executor tests whose function is not screen_model."""
+    return [ModelTask(name=name, scorers=("sfda",), backend="auto", settings=settings, cache_root="unused", **fields)
+            for name in names]
+
+
+def big_image_set(root, count=20_000):
+    return ImageSet(root, tuple(f"class{i % 10}/image{i:06d}.jpg" for i in range(count)), None, (), "0" * 64)
+
+
+def test_image_sets_put_in_the_object_store_once(cluster, monkeypatch):
+    """Every task holds the same two 20,000-path image sets: each is put in
+    the object store once, each task sent is small, and the worker's task
+    holds the sets themselves (and, on a cluster without GPUs, device
+    None made "cpu")."""
+    data, reference = big_image_set("/data"), big_image_set("/reference")
+    tasks = model_tasks("abc", Settings.make(check_device=False), data=data, reference=reference)
+    put, ray_put = [], ray.put
+    monkeypatch.setattr(ray, "put", lambda value: put.append(value) or ray_put(value))
+
+    shipped, count = ray_executor.share(tasks, ray.put, ray.cloudpickle.dumps)
+    assert count == 2 and [id(value) for value in put] == [id(data), id(reference)]
+    whole = len(ray.cloudpickle.dumps(tasks[0]))
+    assert whole > 500_000  # what each task carried when the sets were pickled into it
+    assert all(len(ray.cloudpickle.dumps(task)) < 2_000 for task in shipped)
+
+    def probe(task, raise_transient=False):
+        return {"data": (task.data.root, len(task.data)), "reference": (task.reference.root, len(task.reference)),
+                "device": task.settings.device, "resolved": str(task.settings.torch_device()),
+                "raise_transient": raise_transient}
+
+    put.clear()
+    executor = RayExecutor(progress=False)
+    rows = list(executor.map(probe, tasks))
+    assert sorted(map(id, put)) == sorted([id(data), id(reference)])
+    assert rows == [{"data": ("/data", 20_000), "reference": ("/reference", 20_000), "device": "cpu",
+                     "resolved": "cpu", "raise_transient": True}] * 3
+    assert executor.summary()["shared_objects"] == 2 and executor.summary()["gpus_per_task"] == 0
+
+
+def test_what_each_task_reserves(tmp_path):
+    """On a cluster declaring one GPU (this machine has no CUDA): a "cpu"
+    task reserves none; device None and "cuda" reserve one (or an explicit
+    gpus_per_task), and None resolves in the worker, to the CPU here; a
+    task reserving no GPU computes on the CPU; decoding workers and torch
+    threads follow cpus_per_task unless the settings name the workers."""
+    ray.shutdown()  # a cluster of its own; `cluster` restarts the shared one for later tests
+    ray.init(num_cpus=2, num_gpus=1, **RAY_START)
+    try:
+        def probe(task, raise_transient=False):
+            settings = task.settings
+            return {"gpus": ray.get_runtime_context().get_assigned_resources().get("GPU", 0),
+                    "visible": os.environ.get("CUDA_VISIBLE_DEVICES") if settings.device != "cpu" else "-",
+                    "device": settings.device,
+                    "resolved": None if settings.device == "cuda" else str(settings.torch_device()),
+                    "workers": settings.workers, "threads": torch.get_num_threads()}
+
+        tasks = [*model_tasks(["cpu"], Settings.make(device="cpu", check_device=False)),
+                 *model_tasks(["auto"], Settings.make(check_device=False)),
+                 *model_tasks(["cuda"], Settings.make(device="cuda", check_device=False)),
+                 *model_tasks(["auto-3-workers"], Settings.make(workers=3, check_device=False))]
+        executor = RayExecutor(cpus_per_task=2, progress=False)
+        assert list(executor.map(probe, tasks)) == [
+            {"gpus": 0, "visible": "-", "device": "cpu", "resolved": "cpu", "workers": 1, "threads": 2},
+            {"gpus": 1, "visible": "0", "device": None, "resolved": "cpu", "workers": 1, "threads": 2},
+            {"gpus": 1, "visible": "0", "device": "cuda", "resolved": None, "workers": 1, "threads": 2},
+            {"gpus": 1, "visible": "0", "device": None, "resolved": "cpu", "workers": 3, "threads": 2}]
+        assert executor.summary()["gpus_per_task"] == {"cpu": 0, "auto": 1, "cuda": 1, "auto-3-workers": 1}
+
+        half = RayExecutor(gpus_per_task=0.5, progress=False)
+        assert [row["gpus"] for row in half.map(probe, tasks[:3])] == [0, 0.5, 0.5]
+        assert [row["workers"] for row in half.map(probe, tasks[:3])] == [0, 0, 0]  # 1 CPU: none left to decode
+        none = RayExecutor(gpus_per_task=0, progress=False)
+        # Ray leaves a task without GPUs every GPU of its node visible: it is told "cpu".
+        [row] = none.map(probe, tasks[1:2])
+        assert (row["gpus"], row["device"], row["resolved"]) == (0, "cpu", "cpu")
+        with pytest.raises(ValueError, match="device 'cuda' computes on a GPU, but gpus_per_task is 0"):
+            list(none.map(probe, tasks[2:3]))
+    finally:
+        ray.shutdown()
+
+
+def test_transient_failures_are_retried_and_counted(zoo, local_results, cluster, tmp_path):
+    """Writing model b's reference statistics to the cache meets a stale
+    network file handle on its first attempt only (a file per model counts
+    the attempts), model c's a lost connection on every attempt: b is
+    retried once, reuses the features its first attempt cached and is
+    scored as the local executor scores it; c is an error row after
+    max_retries retries; a and the bad checkpoint (no transient failure)
+    run once."""
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+
+    def flaky(function, task, **options):
+        from ped_fast.zoo.refstats import ReferenceStage
+
+        with open(attempts / task.name, "a") as f:
+            f.write("attempt\n")
+        attempt = len((attempts / task.name).read_text().split())
+        original = ReferenceStage.sink
+
+        def sink(stage, cache, key, loaded):
+            if task.name == "b" and attempt == 1:
+                raise OSError(errno.ESTALE, "Stale file handle")
+            if task.name == "c":
+                raise ConnectionError(f"connection to the cache server reset (attempt {attempt})")
+            return original(stage, cache, key, loaded)
+
+        ReferenceStage.sink = sink
+        try:
+            return function(task, **options)
+        finally:
+            ReferenceStage.sink = original
+
+    results = screen(zoo["specs"] + [zoo["bad"]], zoo["data"], zoo["reference"], cache=tmp_path / "cache",
+                     executor=Wrapping(flaky, max_retries=2), **SCREEN)
+    results = json.loads(json.dumps(results))
+    assert {path.name: len(path.read_text().split()) for path in attempts.iterdir()} == \
+        {"a": 1, "b": 2, "c": 3, "bad": 1}
+    assert failed(results) == ["c", "bad"]
+    assert results["models"][2]["error"] == \
+        "TaskFailed: ConnectionError: connection to the cache server reset (attempt 3) (after 2 retries)"
+    assert results["models"][3]["error"] == local_results["models"][3]["error"]
+    assert results["models"][1]["cached"] == ["features"]  # the first attempt's work, not redone
+    # The rows' zoo-level warnings name the scored models, which c is not here.
+    def scored(results):
+        return [{k: v for k, v in row.items() if k not in ("cached", "warnings")}
+                for row in comparable(results)["models"][:2]]
+
+    assert scored(results) == scored(local_results)
+    assert (results["executor"]["retries"], results["executor"]["retries_by_model"]) == (3, {"b": 1, "c": 2})
+
+
+def test_cancelled_task_claims_no_retries(cluster):
+    """A cancelled task is a failure in one line, never "after N retries",
+    whatever retries came before."""
+    def never_runs():
+        return None
+
+    # Asking for a resource no node has, it waits to be scheduled until cancelled.
+    ref = ray.remote(never_runs).options(resources={"absent": 1}).remote()
+    ray.cancel(ref)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=60)
+    outcome = RayExecutor(max_retries=3, progress=False)._outcome(ref, retries=2)
+    assert isinstance(outcome, ray_executor.TaskFailed)
+    assert str(outcome).startswith("TaskCancelledError: ") and "retr" not in str(outcome)
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"max_retries": -1}, ValueError, "max_retries must be an integer >= 0, got -1"),
+    ({"max_retries": 1.5}, TypeError, "max_retries must be an integer >= 0, got float 1.5"),
+    ({"cpus_per_task": "2"}, TypeError, "cpus_per_task must be a real number, got str '2'"),
+    ({"gpus_per_task": -1}, ValueError, "gpus_per_task must be a finite number >= 0, got -1.0"),
+    ({"gpus_per_task": 1.5}, ValueError, "gpus_per_task must be a fraction up to 1 or a whole number"),
+])
+def test_options_checked(options, error, message):
+    with pytest.raises(error, match=message):
+        RayExecutor(**options)
 
 
 def test_cli_executor_ray(zoo, local_results, cluster, tmp_path, capsys):
@@ -221,9 +398,9 @@ def test_worker_killed_mid_task_is_retried(zoo, local_results, tmp_path):
         nodes.wait_for_nodes()
         attempts = tmp_path / "attempts"
 
-        def die_midway_once(function, task):
+        def die_midway_once(function, task, **options):
             if task.name != "b":
-                return function(task)
+                return function(task, **options)
             extract_module = importlib.import_module("ped_fast.zoo.extract")  # the package exports a function extract
             with open(attempts, "a") as f:
                 f.write(f"{os.getpid()}\n")
@@ -231,15 +408,15 @@ def test_worker_killed_mid_task_is_retried(zoo, local_results, tmp_path):
             original = extract_module._forward
             batches = []
 
-            def forward(model, batch, precision):
+            def forward(*args, **options):
                 batches.append(1)
                 if first and len(batches) == 2:  # the features file is half written
                     os.kill(os.getpid(), signal.SIGKILL)
-                return original(model, batch, precision)
+                return original(*args, **options)
 
             extract_module._forward = forward
             try:
-                return function(task)
+                return function(task, **options)
             finally:
                 extract_module._forward = original
 
@@ -249,9 +426,10 @@ def test_worker_killed_mid_task_is_retried(zoo, local_results, tmp_path):
         pids = attempts.read_text().split()
         assert len(pids) == 2 and pids[0] != pids[1]  # killed once, run again by a new worker
         assert results["executor"]["nodes"] == 2
+        assert results["executor"]["retries_by_model"] == {"b": 1}
         written = json.loads((tmp_path / "out" / "results.json").read_text())
         assert comparable(written) == comparable(local_results)
-        check_cache_intact(tmp_path / "cache")
+        check_cache_intact(tmp_path / "cache", killed=["features"])
     finally:
         ray.shutdown()
         nodes.shutdown()
