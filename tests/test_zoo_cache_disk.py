@@ -161,3 +161,26 @@ def test_arrays_round_trip_when_the_space_is_reserved(tmp_path):
     key = os.path.basename(array.filename).split("-", 2)[2].split(".")[0]
     np.testing.assert_array_equal(cache.put("features", key, {}, {"x": array}).arrays["x"],
                                   np.arange(15).reshape(3, 5))
+
+
+def test_a_screen_on_a_full_disk_reports_enospc_and_leaves_no_temporary(small_disk, tmp_path):
+    """Issue 14: the screen died of SIGBUS (exit -7) with no message, no
+    report and its temporaries left behind. 300 images: the first model's
+    entries fit the 2 MiB disk, the second's do not."""
+    from ped_fast.zoo.images import write_image_folder
+    from zoo_helpers import small_checkpoint
+
+    write_image_folder(tmp_path / "data", classes=3, per_class=100, size=32)
+    write_image_folder(tmp_path / "reference", classes=2, per_class=10, size=32, seed=5, labelled=False)
+    specs = ",".join(f"{name}:{arch}={small_checkpoint(tmp_path / name, arch, seed)}"
+                     for name, arch, seed in (("m1", "test_resnet", 1), ("m2", "test_convnext", 2)))
+    done = subprocess.run([sys.executable, "-m", "ped_fast", "screen", "--models", specs,
+                           "--data", str(tmp_path / "data"), "--reference", str(tmp_path / "reference"),
+                           "--scorers", "sfda", "--cache", str(small_disk), "--out", str(tmp_path / "report"),
+                           "--quiet"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "m2    failed: OSError: [Errno 28] No space left on device" in done.stdout
+    assert (tmp_path / "report" / "results.json").is_file()
+    assert [p for p in small_disk.rglob("*") if p.name.startswith(".tmp-")] == []
+    assert Cache(small_disk).verify() == []  # no array of an unfinished entry either
