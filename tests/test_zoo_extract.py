@@ -58,7 +58,8 @@ def test_one_decode_per_image_and_data_config(zoo, tmp_path, monkeypatch):
 
 
 def test_logits_come_from_the_same_pass(zoo, tmp_path):
-    result = extract([zoo["a"], zoo["headless"]], zoo["data"], cache=tmp_path, batch_size=8, progress=False)
+    result = extract([zoo["a"], zoo["headless"]], zoo["data"], cache=tmp_path, batch_size=8, progress=False,
+                     predictions="exact")
     images = image_folder(zoo["data"])
     files = [images.file(i) for i in range(len(images))]
     model = load_model(zoo["a"]).model
@@ -70,9 +71,10 @@ def test_logits_come_from_the_same_pass(zoo, tmp_path):
         logits = model(torch.stack([transform(Image.open(f).convert("RGB")) for f in files])).numpy()
     # The head applied inside the pass vs model() in one batch of 15 images
     # instead of batches of 8: float32 kernel choice only (~1e-6 relative).
-    np.testing.assert_allclose(result["a"].logits, logits, rtol=0, atol=1e-4 * np.abs(logits).max())
-    assert result["a"].logits.shape == (15, 1000)
-    assert result["headless"].logits is None and result["headless"].features.shape == (15, 64)
+    kept = result["a"].predictions.arrays["logits"]
+    np.testing.assert_allclose(kept, logits, rtol=0, atol=1e-4 * np.abs(logits).max())
+    assert kept.shape == (15, 1000)
+    assert result["headless"].predictions is None and result["headless"].features.shape == (15, 64)
 
 
 def test_workers_and_precision(zoo, tmp_path):

@@ -76,17 +76,21 @@ def broken_data(tmp_path_factory):
 def test_undecodable_image_is_skipped_with_a_warning(broken_data, tmp_path):
     broken_data, spec = broken_data
     with pytest.warns(RuntimeWarning, match=r"1 of 19 images under .*broken could not be decoded.*class1/2b\.png"):
-        broken = extract(spec, broken_data / "broken", cache=tmp_path, batch_size=5, progress=False)["m"]
-    clean = extract(spec, broken_data / "clean", cache=tmp_path, batch_size=5, progress=False)["m"]
+        broken = extract(spec, broken_data / "broken", cache=tmp_path, batch_size=5, progress=False,
+                         predictions="exact")["m"]
+    clean = extract(spec, broken_data / "clean", cache=tmp_path, batch_size=5, progress=False,
+                    predictions="exact")["m"]
     assert broken.skipped == ["class1/2b.png"]
     assert broken.features.shape == clean.features.shape == (18, 96)
     # The remaining rows are the right images, in order, with their labels.
     np.testing.assert_array_equal(broken.labels, clean.labels)
     scale = np.abs(clean.features).max()
     np.testing.assert_allclose(broken.features, clean.features, rtol=0, atol=BATCH_TOLERANCE * scale)
-    np.testing.assert_allclose(broken.logits, clean.logits, rtol=0, atol=BATCH_TOLERANCE * np.abs(clean.logits).max())
+    broken_logits, clean_logits = broken.predictions.arrays["logits"], clean.predictions.arrays["logits"]
+    np.testing.assert_allclose(broken_logits, clean_logits, rtol=0, atol=BATCH_TOLERANCE * np.abs(clean_logits).max())
     # Read back from the cache, the skipped image is still reported.
-    again = extract(spec, broken_data / "broken", cache=tmp_path, batch_size=5, progress=False)["m"]
+    again = extract(spec, broken_data / "broken", cache=tmp_path, batch_size=5, progress=False,
+                    predictions="exact")["m"]
     assert again.cached and again.skipped == ["class1/2b.png"]
 
 

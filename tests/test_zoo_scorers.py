@@ -83,9 +83,10 @@ def test_logits_from_image_zoo_and_extract_out(tmp_path):
     --features layout that extract --out writes gives the same score."""
     write_image_folder(tmp_path / "data", classes=3, per_class=6, size=32)
     spec = f"r:test_resnet={small_checkpoint(tmp_path / 'r', 'test_resnet', 4)}"
-    results = screen([spec], tmp_path / "data", "self", scorers="leep,nce", cache=tmp_path / "c", progress=False)
-    feature_sets = extract([spec], tmp_path / "data", cache=tmp_path / "c", progress=False)
-    logits, labels = np.asarray(feature_sets["r"].logits), feature_sets["r"].labels
+    results = screen([spec], tmp_path / "data", "self", scorers="leep,nce", cache=tmp_path / "c", progress=False,
+                     predictions="exact")
+    feature_sets = extract([spec], tmp_path / "data", cache=tmp_path / "c", progress=False, predictions="exact")
+    logits, labels = np.asarray(feature_sets["r"].predictions.arrays["logits"]), feature_sets["r"].labels
     assert logits.shape == (18, 1000)  # test_resnet's ImageNet head
     row = results["models"][0]
     assert row["error"] is None and row["steps"] is None  # no PED ran

@@ -37,9 +37,9 @@ def counting_forward(monkeypatch):
     calls = []
     original = extract_module._forward
 
-    def forward(model, batch, precision):
+    def forward(model, batch, precision, **options):
         calls.append(type(model).__name__)
-        return original(model, batch, precision)
+        return original(model, batch, precision, **options)
 
     monkeypatch.setattr(extract_module, "_forward", forward)
     return calls
@@ -88,11 +88,11 @@ def test_failing_model_is_an_error_row(zoo, tmp_path, monkeypatch):
     original = extract_module._forward
     seen = []
 
-    def forward(model, batch, precision):
+    def forward(model, batch, precision, **options):
         seen.append(model)
         if model is seen[0] and len(seen) > 2:  # model a, on its second batch
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(model, batch, precision)
+        return original(model, batch, precision, **options)
 
     monkeypatch.setattr(extract_module, "_forward", forward)
     specs = zoo["specs"][:2] + [f"bad:test_resnet={bad}"]

@@ -117,9 +117,9 @@ def test_fp32_extraction_turns_tf32_off_and_restores_it(folders, tmp_path, monke
     seen = []
     forward = extract_module._forward
 
-    def spy(model, batch, precision):
+    def spy(model, batch, precision, **options):
         seen.append((matmul.fp32_precision, conv.fp32_precision))
-        return forward(model, batch, precision)
+        return forward(model, batch, precision, **options)
 
     monkeypatch.setattr(extract_module, "_forward", spy)
     before = matmul.fp32_precision

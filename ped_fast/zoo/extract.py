@@ -2,10 +2,11 @@
 when there is one, cached per (model, image set, data config, precision).
 
 Features are a model's pre-logit features: ``forward_features`` then
-``forward_head(..., pre_logits=True)``, stored float32. When the model has a
-classifier head, its logits come from the same trunk pass (the head applied
-to the same ``forward_features`` output) and are kept as well: the source
-model's predictions, for scorers that use them.
+``forward_head(..., pre_logits=True)``, stored float32. Only when a scorer
+reads the source model's predictions (LEEP, NCE) is its classifier head
+applied too, to the same trunk output, and its predictions kept, in the
+form zoo.predictions describes (a separate cache entry, "predictions"); the
+reference pass never computes them.
 
 Models that share a data config (timm's resolved input size, interpolation,
 crop and normalisation) share decoded batches: each image is decoded and
@@ -37,12 +38,15 @@ from .cache import Cache, content_key
 from .errors import checking_inputs, describe
 from .device import MATH_MODES, device_name, math_context, resolve_device
 from .images import ImageSet, image_folder, load_rgb
+from .predictions import COMPACT_BYTES, Predictions, check_form, compact_rows
 from .progress import progress as progress_bar
 
 # Part of every cache key of extracted data: bump it whenever a change here
 # would change the numbers extraction produces. 2: keys hold the library
 # versions and the math mode, and the architecture instead of the spec's name.
 EXTRACTION_VERSION = 2
+# Part of every predictions key: bump it when their form changes.
+PREDICTIONS_VERSION = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows copied at once when compacting a feature file after skipped images.
 _COPY_ROWS = 8192
@@ -151,8 +155,8 @@ class FeatureSet:
     """One model's features of one labelled image set.
 
     features: N x D float32 (read-only, memory-mapped from the cache).
-    logits: N x K float32 from the model's classifier head, or None when it
-    has none. labels: N int64 class indices; classes[c] names class c.
+    predictions: the classifier head's predictions (zoo.predictions), when
+    they were asked for and the model has a head; else None. labels: N int64 class indices; classes[c] names class c.
     skipped: relative paths of images that could not be decoded (not in
     the N rows). key: the cache key. cached: read from the cache rather than
     computed in this call. seconds: this model's forward time plus its share
@@ -163,7 +167,7 @@ class FeatureSet:
     identity: str
     key: str
     features: np.ndarray
-    logits: np.ndarray | None
+    predictions: Predictions | None
     labels: np.ndarray
     classes: tuple
     skipped: list
@@ -244,20 +248,44 @@ class Stage:
 
 
 class FeaturesStage(Stage):
-    """Writes each model's features (and logits) of a labelled set to the cache."""
+    """Writes each model's features of a labelled set to the cache, and its
+    predictions when `predictions` names their form (zoo.predictions.FORMS)."""
     name = "features"
 
-    def result(self, entry, label, *, cached):
+    def __init__(self, images: ImageSet, predictions=None):
+        super().__init__(images)
+        self.predictions = None if predictions is None else check_form(predictions)
+
+    def predictions_key(self, features_key) -> str:
+        return content_key("predictions", PREDICTIONS_VERSION, features_key, self.predictions, COMPACT_BYTES)
+
+    def cached(self, cache, key, label):
+        """The features entry, with the predictions entry when they are asked
+        for and the model has a head; None when either is missing."""
+        entry = cache.get(self.name, key)
+        if entry is None:
+            return None
+        predictions = None
+        if self.predictions is not None and entry.meta.get("num_sources"):
+            predictions = cache.get("predictions", self.predictions_key(key))
+            if predictions is None:
+                return None
+        return self.result(entry, label, cached=True, predictions=predictions)
+
+    def result(self, entry, label, *, cached, predictions=None):
         meta = entry.meta
+        if predictions is not None:
+            predictions = Predictions(form=predictions.meta["form"], num_sources=predictions.meta["num_sources"],
+                                      arrays=predictions.arrays)
         return FeatureSet(label=label, name=meta["model"], identity=meta["identity"], key=entry.key,
-                          features=entry.arrays["features"], logits=entry.arrays.get("logits"),
+                          features=entry.arrays["features"], predictions=predictions,
                           labels=np.array(entry.arrays["labels"]), classes=tuple(meta["classes"]),
                           skipped=meta["skipped"], data_config=meta["data_config"], cached=cached,
                           seconds=0.0 if cached else meta["seconds"], device=meta.get("device"),
                           math=meta.get("math"))
 
     def sink(self, cache, key, loaded):
-        return _FeatureSink(self, cache, key)
+        return _FeatureSink(self, cache, key, loaded)
 
 
 def data_config_key(spec, identity):
@@ -451,18 +479,20 @@ def _transform(data_config):
     return create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()})
 
 
-def _forward(model, batch, precision):
-    """(pre-logit features B x D, logits B x K or None) as float32 on the CPU."""
+def _forward(model, batch, precision, logits=False):
+    """(pre-logit features B x D as float32 on the CPU, logits B x K float32
+    on the device or None): the head's logits only when asked for and the
+    model has a head."""
     dtype = PRECISIONS[precision]
     context = torch.autocast(batch.device.type, dtype=dtype) if dtype is not None else nullcontext()
     with context:
         trunk = model.forward_features(batch)
         features = model.forward_head(trunk, pre_logits=True)
-        logits = model.forward_head(trunk) if getattr(model, "num_classes", 0) else None
+        head = model.forward_head(trunk) if logits and getattr(model, "num_classes", 0) else None
     if features.dim() != 2:
         raise ValueError(f"forward_head(pre_logits=True) returned shape {tuple(features.shape)}; expected "
                          f"batch x features (2-D)")
-    return features.float().cpu(), (logits.float().cpu() if logits is not None else None)
+    return features.float().cpu(), (head.float() if head is not None else None)
 
 
 def _run_pass(stage, group, settings, cache, device):
@@ -500,7 +530,8 @@ def _run_pass(stage, group, settings, cache, device):
                         label = outcome.spec.label
                         start = time.perf_counter()
                         try:
-                            sinks[label].add(index, *_forward(loaded.model, batch, settings.precision))
+                            sinks[label].add(index, *_forward(loaded.model, batch, settings.precision,
+                                                              logits=getattr(stage, "predictions", None) is not None))
                         except Exception as error:
                             outcome.fail([stage], error)
                             sinks.pop(label).abandon()
@@ -531,28 +562,33 @@ def _run_pass(stage, group, settings, cache, device):
 
 
 class _FeatureSink:
-    """Features (and logits) of each image written to row `index` of
-    memory-mapped temporary files, allocated at the first batch (when D is
-    known)."""
+    """Features (and, when asked for, predictions) of each image written to
+    row `index` of memory-mapped temporary files, allocated at the first
+    batch (when D and K are known)."""
 
-    def __init__(self, stage, cache, key):
+    def __init__(self, stage, cache, key, loaded):
         images = stage.images
         if images.labels is None:
             raise ValueError(f"features need a labelled image folder, got the unlabelled set {images.root!r}")
         self.stage, self.cache, self.key, self.images = stage, cache, key, images
-        self.arrays = {}
+        self.num_sources = int(getattr(loaded.model, "num_classes", 0) or 0)
+        self.arrays, self.predictions = {}, {}
 
     def add(self, index, features, logits):
+        n = len(self.images)
         if not self.arrays:
-            n = len(self.images)
             self.arrays["features"] = self.cache.new_array("features", self.key, "features",
                                                            (n, features.shape[1]), np.float32)
-            if logits is not None:
-                self.arrays["logits"] = self.cache.new_array("features", self.key, "logits",
-                                                             (n, logits.shape[1]), np.float32)
         self.arrays["features"][index] = features.numpy()
-        if logits is not None:
-            self.arrays["logits"][index] = logits.numpy()
+        if logits is None:
+            return
+        rows = compact_rows(logits) if self.stage.predictions == "compact" else {"logits": logits.cpu().numpy()}
+        if not self.predictions:
+            key = self.stage.predictions_key(self.key)
+            self.predictions = {name: self.cache.new_array("predictions", key, name, (n, *part.shape[1:]), part.dtype)
+                                for name, part in rows.items()}
+        for name, part in rows.items():
+            self.predictions[name][index] = part
 
     def finish(self, skipped, meta, label):
         if not self.arrays:
@@ -560,25 +596,38 @@ class _FeatureSink:
         keep = np.ones(len(self.images), dtype=bool)
         if skipped:
             keep[skipped] = False
-            for name, array in list(self.arrays.items()):
-                self.arrays[name] = self._compact(name, array, keep)
-        arrays = dict(self.arrays, labels=self.images.labels[keep])
-        entry = self.cache.put("features", self.key, dict(meta, classes=list(self.images.classes)), arrays)
+            self.arrays = {name: self._compact("features", name, array, keep) for name, array in self.arrays.items()}
+            self.predictions = {name: self._compact("predictions", name, array, keep)
+                                for name, array in self.predictions.items()}
+        predictions = None
+        if self.predictions:
+            predictions = self.cache.put("predictions", self.stage.predictions_key(self.key),
+                                         {"form": self.stage.predictions, "num_sources": self.num_sources,
+                                          "model": meta["model"], "label": label}, self.predictions)
+            self.predictions = {}
+        entry = self.cache.get("features", self.key)
+        if entry is None:  # not only the predictions were missing
+            entry = self.cache.put("features", self.key, dict(meta, classes=list(self.images.classes),
+                                                              num_sources=self.num_sources),
+                                   dict(self.arrays, labels=self.images.labels[keep]))
+        else:
+            self.abandon()
         self.arrays = {}
-        return self.stage.result(entry, label, cached=False)
+        return self.stage.result(entry, label, cached=False, predictions=predictions)
 
-    def _compact(self, name, array, keep):
+    def _compact(self, kind, name, array, keep):
         rows = np.flatnonzero(keep)
-        out = self.cache.new_array("features", self.key, name, (rows.size, array.shape[1]), np.float32)
+        key = self.key if kind == "features" else self.stage.predictions_key(self.key)
+        out = self.cache.new_array(kind, key, name, (rows.size, *array.shape[1:]), array.dtype)
         for start in range(0, rows.size, _COPY_ROWS):
             out[start:start + _COPY_ROWS] = array[rows[start:start + _COPY_ROWS]]
         Cache.discard(array)
         return out
 
     def abandon(self):
-        for array in self.arrays.values():
+        for array in [*self.arrays.values(), *self.predictions.values()]:
             Cache.discard(array)
-        self.arrays = {}
+        self.arrays, self.predictions = {}, {}
 
 
 def collect(outcomes, stage_name) -> dict:
@@ -591,7 +640,7 @@ def collect(outcomes, stage_name) -> dict:
 
 
 def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
-            workers=None, models_per_pass=8, progress=True, use_ema=True) -> dict:
+            workers=None, models_per_pass=8, progress=True, use_ema=True, predictions=None) -> dict:
     """Features of the labelled image folder `data` (ImageFolder layout) from
     each model, cached: {label: FeatureSet}.
 
@@ -605,15 +654,18 @@ def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64,
     `seed` instead of timm's pretrained weights (tests, offline trials); a
     spec with a weights PATH always loads its file. use_ema: a training
     checkpoint's EMA weights when it holds them (as timm prefers), else its
-    plain ones."""
+    plain ones. predictions: None, or keep the classifier head's predictions
+    too, "compact" or "exact" (zoo.predictions; export_features writes the
+    exact ones as LABEL.logits.npy)."""
     with checking_inputs():
         images = image_folder(data, what="data")
+        stage = FeaturesStage(images, predictions)
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
                                  progress=progress, use_ema=use_ema)
         cache = Cache.of(cache)
         specs = check_models(models, settings, cache)
-    return run_alone(specs, FeaturesStage(images), settings, cache)
+    return run_alone(specs, stage, settings, cache)
 
 
 def run_alone(specs, stage, settings, cache) -> dict:
@@ -626,7 +678,8 @@ def run_alone(specs, stage, settings, cache) -> dict:
 def export_features(feature_sets, out) -> list:
     """Write feature sets of one image folder in the layout `screen
     --features` reads: OUT/labels.npy, OUT/LABEL.npy (N x D) and, for models
-    with a head, OUT/LABEL.logits.npy. Returns the paths written."""
+    whose exact predictions were kept, OUT/LABEL.logits.npy. Returns the
+    paths written."""
     from pathlib import Path
 
     out = Path(out)
@@ -637,7 +690,8 @@ def export_features(feature_sets, out) -> list:
         if labels is not None and not np.array_equal(labels, fs.labels):
             raise ValueError(f"feature sets to export must share their images, but {label!r} has other labels")
         labels = fs.labels
-        for suffix, array in ((".npy", fs.features), (".logits.npy", fs.logits)):
+        logits = fs.predictions.arrays["logits"] if fs.predictions and fs.predictions.form == "exact" else None
+        for suffix, array in ((".npy", fs.features), (".logits.npy", logits)):
             if array is not None:
                 np.save(out / f"{label}{suffix}", np.asarray(array))
                 written.append(out / f"{label}{suffix}")

@@ -57,13 +57,15 @@ def check_scorers(scorers) -> tuple:
     return scorers
 
 
-def score_key(features_key, reference_key, scorer, reduce=None) -> str:
+def score_key(features_key, reference_key, predictions, scorer, reduce=None) -> str:
     """Cache key of one score: the features' and the reference's keys
-    (reference_key "self" for rescale='self'), the scorer and `reduce`.
-    A scorer that reads the source model's logits depends on neither the
-    reference nor `reduce` (the features key covers the logits)."""
+    (reference_key "self" for rescale='self'), the form of the predictions
+    (zoo.predictions.FORMS, or None when no scorer reads them), the scorer
+    and `reduce`. A scorer that reads the source model's predictions
+    depends on the features key (which names the model and images) and the
+    predictions' form, not on the reference or `reduce`."""
     if not get(scorer).ped_applies:
-        return content_key("score", SCORE_VERSION, scoring_code(), features_key, "logits", scorer)
+        return content_key("score", SCORE_VERSION, scoring_code(), features_key, "predictions", predictions, scorer)
     return content_key("score", SCORE_VERSION, scoring_code(), features_key, reference_key, scorer,
                        *(() if reduce is None else (reduce,)))
 
@@ -126,16 +128,35 @@ def score_features(features, labels, scorers, *, reference, backend="auto", devi
             for name, result in results.items()}
 
 
-def score_logits(logits, labels, scorer, *, backend="auto", device="cpu") -> dict:
-    """A scorer that reads the source model's predictions (leep, nce), from
-    its N x K logits; PED does not apply ("ped" is None). logits None (a
-    model without a classifier head): every value None and a "note" saying
-    why. Same keys as score_features."""
+def score_predictions(predictions, labels, scorer, *, backend="auto", device="cpu") -> dict:
+    """A scorer that reads the source model's predictions (leep, nce, or a
+    registered one), from `predictions` (zoo.predictions.Predictions); PED
+    does not apply ("ped" is None). LEEP and NCE are computed in row blocks
+    from either form; another scorer needs the exact form, and gets its
+    logits (or their softmax) whole. predictions None (a model without a
+    classifier head): every value None and a "note" saying why. Same keys
+    as score_features' values."""
     start = time.perf_counter()
     nothing = {"baseline": None, "ped": None, "steps": None, "saturated": {"baseline": None, "ped": None}}
-    if logits is None:
+    if predictions is None:
         return dict(nothing, seconds=0.0, note=f"{scorer.upper()}: no score, the model has no classifier head (it "
                                               f"reads the source model's predictions)")
+    if scorer == "leep":
+        value = predictions.leep(labels)
+    elif scorer == "nce":
+        value = float(get("nce").function(predictions.argmax(), labels))
+    else:
+        if not predictions.serves(scorer):
+            raise ValueError(f"{scorer} reads the source model's full predictions, but only their compact form is "
+                             f"cached; screen with predictions='exact' (--predictions exact)")
+        value = _dense_predictions_score(predictions.arrays["logits"], labels, scorer, backend, device)
+    classes = int(np.unique(labels).size)
+    reason = saturation(scorer, value, samples=int(len(labels)), dimensions=predictions.num_sources, classes=classes)
+    return dict(nothing, baseline=value, seconds=time.perf_counter() - start,
+                saturated={"baseline": reason, "ped": None})
+
+
+def _dense_predictions_score(logits, labels, scorer, backend, device):
     y = torch.as_tensor(np.asarray(labels)).to(device)
     record = get(scorer)
     # A copy: the cache's logits are read-only memory maps, which torch warns about.
@@ -145,11 +166,7 @@ def score_logits(logits, labels, scorer, *, backend="auto", device="cpu") -> dic
         options["logits"] = True
     else:  # a registered scorer that reads probabilities only
         inputs = torch.softmax(inputs.to(torch.float64), dim=1)
-    value = float(record.function(inputs, y, **options))
-    classes = int(torch.unique(y).numel())
-    reason = saturation(scorer, value, samples=int(y.shape[0]), dimensions=int(np.shape(logits)[1]), classes=classes)
-    return dict(nothing, baseline=value, seconds=time.perf_counter() - start,
-                saturated={"baseline": reason, "ped": None})
+    return float(record.function(inputs, y, **options))
 
 
 def empty_row(name) -> dict:
@@ -161,7 +178,7 @@ def empty_row(name) -> dict:
 def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
     """Fill `row` from the cache when every scorer's score is there (then
     the `stages` before scoring were skipped too); keys: (features key,
-    reference key or "self")."""
+    reference key or "self", predictions form)."""
     entries = [cache.get("score", score_key(*keys, scorer, reduce)) for scorer in scorers]
     if any(entry is None for entry in entries):
         return False
@@ -172,13 +189,14 @@ def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
     return True
 
 
-def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *, logits=None, backend="auto",
-              device="cpu", reduce=None):
+def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *, predictions=None,
+              backend="auto", device="cpu", reduce=None):
     """Fill `row` with one model's scores, plain and with PED, computing
     (and caching) those not in the cache. features: N x D (read into memory
     here: one model's at a time); reference: ReferenceStats, M x D
-    reference features, or "self"; logits: N x K or None (no classifier
-    head), for the scorers that read predictions; skipped: {"data": [...],
+    reference features, or "self"; keys: (features key, reference key,
+    predictions form); predictions: zoo.predictions.Predictions or None (no
+    classifier head), for the scorers that read them; skipped: {"data": [...],
     "reference": [...]} undecodable images; reduce: None or "pca:K"."""
     classes = int(np.unique(labels).size)
     row["_skipped"] = skipped
@@ -189,7 +207,7 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
         reference_arg = (reference.mean, reference.std)
     else:
         reference_arg = reference
-    context = dict(features=features, labels=labels, logits=logits, reference=reference_arg, backend=backend,
+    context = dict(features=features, labels=labels, predictions=predictions, reference=reference_arg, backend=backend,
                    device=device, reduce=reduce, meta=dict(dim=int(features.shape[1]), n=int(features.shape[0]),
                                                            classes=classes, skipped=skipped, model=row["name"],
                                                            features_device=row["device"], features_math=row["math"]))
@@ -235,8 +253,8 @@ def _compute_scores(cache, keys, scorers, context) -> dict:
         if features else {}
     for scorer in scorers:
         if scorer not in values:
-            values[scorer] = score_logits(context["logits"], context["labels"], scorer, backend=context["backend"],
-                                          device=context["device"])
+            values[scorer] = score_predictions(context["predictions"], context["labels"], scorer,
+                                               backend=context["backend"], device=context["device"])
     return {scorer: cache.put("score", keys[scorer], dict(values[scorer], scorer=scorer, **context["meta"]))
             for scorer in scorers}
 

@@ -29,12 +29,14 @@ import torch
 
 from .. import __version__, _backends
 from ..score import parse_reduce
+from ..scorers import get as get_scorer
 from .cache import Cache, content_key
 from .device import device_name
 from .digest import file_sha256
 from .errors import checking_inputs, describe, is_transient
 from .extract import FeaturesStage, Settings, check_models, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
+from .predictions import COMPACT_SCORERS, Predictions, check_form
 from .refstats import ReferenceStage, ReferenceStats, load_stats_file, stats_of
 from .report import check_ground_truth, check_output_folder, evaluation, json_safe, load_ground_truth, write_report
 from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
@@ -75,6 +77,7 @@ class ModelTask:
     prior_seconds: dict = field(default_factory=dict)
     prior_error: str | None = None
     reduce: str | None = None
+    predictions: str | None = None
 
 
 class LocalExecutor:
@@ -90,7 +93,7 @@ class LocalExecutor:
 def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
            workers=None, models_per_pass=8, progress=True, executor=None, log=None, reduce=None,
-           combine=None, use_ema=True) -> dict:
+           combine=None, use_ema=True, predictions="compact") -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -124,6 +127,9 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     batch_size, device, precision, workers, models_per_pass: extraction's
         (see extract()); device None is cuda where the work runs, when
         there is one.
+    predictions: how the source model's predictions are kept when a scorer
+        reads them: "compact" (at most 1 KiB per image; serves leep and
+        nce) or "exact" (the N x K logits; any scorer). docs/spec.md §2.6.
     executor: runs the per-model work units: "local" (default, one after
         another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
         defaults) or an object with map(function, tasks) yielding the rows
@@ -137,6 +143,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     started = time.perf_counter()
     with checking_inputs():  # every mistake in the arguments is found here, before any work
         scorers = check_scorers(scorers)
+        check_form(predictions)
         combine = check_combine(combine, scorers)
         _check_reduce(reduce, reference, features)
         executor = _executor(executor)
@@ -182,13 +189,15 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     cache.sweep()
     if features is None:
         tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
-                             shared_phase=here, reduce=reduce)
+                             shared_phase=here, reduce=reduce, predictions=predictions)
     # What the driver's view of the cache holds for each unit: a unit run
     # elsewhere that reports fewer cache hits recomputed what its machine
     # could not see.
     expected = [cached_stages(task) for task in tasks] if not here else None
     rows = []
-    for index, (task, outcome) in enumerate(zip(tasks, executor.map(screen_model, tasks))):
+    # strict: an executor must yield one item per task (and zip then runs
+    # its generator to the end, where it finishes its summary).
+    for index, (task, outcome) in enumerate(zip(tasks, executor.map(screen_model, tasks), strict=True)):
         row = outcome if isinstance(outcome, dict) else _failed_unit(task, outcome)
         rows.append(row)
         status = f"failed: {row['error']}" if row["error"] else (
@@ -281,16 +290,31 @@ def _describe_reference(reference, files=False):
     return "per-model files" if files else None
 
 
-def stages_of(images, reference) -> list:
-    """The extraction stages of a screen: the features of `images`, then
-    the reference statistics when `reference` is an image set (not "self")."""
-    return [FeaturesStage(images)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet) else [])
+def stages_of(images, reference, predictions=None) -> list:
+    """The extraction stages of a screen: the features of `images` (with
+    the source model's predictions in form `predictions`, when a scorer
+    reads them), then the reference statistics when `reference` is an image
+    set (not "self")."""
+    return [FeaturesStage(images, predictions)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet)
+                                                   else [])
 
 
-def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None):
+def predictions_form(scorers, predictions) -> str | None:
+    """The form of predictions a screen keeps: None when no scorer reads
+    them; `predictions` ("compact" by default) when every such scorer is
+    one the compact form serves, else "exact"."""
+    readers = [scorer for scorer in scorers if not get_scorer(scorer).ped_applies]
+    if not readers:
+        return None
+    return predictions if all(scorer in COMPACT_SCORERS for scorer in readers) else "exact"
+
+
+def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None,
+                 predictions="compact"):
     """One task per model; with `shared_phase`, after the shared extraction
     phase for the models whose scores are not all cached."""
-    stages = stages_of(images, reference)
+    form = predictions_form(scorers, predictions)
+    stages = stages_of(images, reference, form)
     todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache, reduce)] \
         if shared_phase else []
     prior, errors = {}, {}
@@ -306,7 +330,8 @@ def _model_tasks(specs, images, reference, scorers, backend, settings, cache, lo
                     prior[label][_TIMINGS[stage.name]] = result.seconds
     return [ModelTask(name=spec.label, scorers=scorers, backend=backend, settings=settings,
                       cache_root=str(cache.root), spec=spec, data=images, reference=reference,
-                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=reduce)
+                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=reduce,
+                      predictions=form)
             for spec in specs]
 
 
@@ -317,13 +342,14 @@ def _scores_cached(spec, stages, scorers, settings, cache, reduce):
 
 
 def _stage_keys(spec, identity, stages, settings, cache):
-    """(features key, reference key or "self"), or None while the model's
-    data config is unknown (never built with this cache)."""
+    """(features key, reference key or "self", predictions form), or None
+    while the model's data config is unknown (never built with this
+    cache)."""
     config = remembered_config(cache, spec, identity)
     if config is None:
         return None
     keys = [stage.key(spec, identity, config, settings.precision) for stage in stages]
-    return keys[0], keys[1] if len(keys) > 1 else "self"
+    return keys[0], keys[1] if len(keys) > 1 else "self", stages[0].predictions
 
 
 def cached_stages(task: ModelTask) -> list:
@@ -336,7 +362,7 @@ def cached_stages(task: ModelTask) -> list:
     if task.files is not None:
         stages, keys = [], _files_keys(task.files, cache)
     else:
-        stages = stages_of(task.data, task.reference)
+        stages = stages_of(task.data, task.reference, task.predictions)
         identity = task.settings.identity(task.spec, cache)
         keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
         if keys is None:
@@ -380,17 +406,18 @@ def _score_model(task, row):
         # (the shared one, or the unit itself) met the error.
         row["error"] = task.prior_error
         return
-    stages = stages_of(task.data, task.reference)
+    stages = stages_of(task.data, task.reference, task.predictions)
     keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
     if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages], task.reduce):
         return
 
     def inputs():
         outcome = run_stages([task.spec], stages, settings, cache)[task.name]
+        # A failed stage skips the ones after it: its exception is the row's.
+        for stage in stages:
+            if isinstance(outcome.results.get(stage.name), BaseException):
+                raise outcome.results[stage.name]
         results = [outcome.results[stage.name] for stage in stages]
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
         row["seconds"].update(outcome.seconds)
         for stage, result in zip(stages, results):
             timing = _TIMINGS[stage.name]
@@ -404,18 +431,18 @@ def _score_model(task, row):
         if isinstance(reference, ReferenceStats):
             reference.check_dim(features.dim, task.name)
         skipped = {"data": features.skipped, "reference": reference.skipped if reference != "self" else []}
-        return features.features, features.labels, features.logits, reference, \
-            (features.key, getattr(reference, "key", "self")), skipped
+        return features.features, features.labels, features.predictions, reference, \
+            (features.key, getattr(reference, "key", "self"), task.predictions), skipped
 
     _score(task, row, cache, inputs)
 
 
 def _score(task, row, cache, inputs):
     """Score every scorer whose score is not cached; `inputs()` gives
-    (features, labels, logits or None, reference stats, reference features
-    or "self", keys, skipped images)."""
-    features, labels, logits, reference, keys, skipped = inputs()
-    score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, logits=logits,
+    (features, labels, predictions or None, reference stats, reference
+    features or "self", keys, skipped images)."""
+    features, labels, predictions, reference, keys, skipped = inputs()
+    score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, predictions=predictions,
               backend=task.backend, device=task.settings.torch_device(), reduce=task.reduce)
 
 
@@ -494,20 +521,23 @@ def _files_keys(files, cache):
     features key covers the logits file when there is one."""
     features_key = content_key("features-file", _file_key(files.features, cache), _file_key(files.labels, cache),
                                *([_file_key(files.logits, cache)] if files.logits else []))
-    return features_key, _file_key(files.reference, cache) if files.reference else "self"
+    return features_key, _file_key(files.reference, cache) if files.reference else "self", "exact"
 
 
 def _score_files(task, row):
     cache = Cache(task.cache_root)
     files = task.files
-    features_key, reference_key = _files_keys(files, cache)
-    if cached_row(row, cache, (features_key, reference_key), task.scorers, [], task.reduce):
+    keys = _files_keys(files, cache)
+    if cached_row(row, cache, keys, task.scorers, [], task.reduce):
         return
 
     def inputs():
         features = np.load(files.features, mmap_mode="r", allow_pickle=False)
         labels = np.load(files.labels, allow_pickle=False)
-        logits = np.load(files.logits, mmap_mode="r", allow_pickle=False) if files.logits else None
+        predictions = None
+        if files.logits:
+            logits = np.load(files.logits, mmap_mode="r", allow_pickle=False)
+            predictions = Predictions(form="exact", num_sources=int(logits.shape[1]), arrays={"logits": logits})
         if files.reference is None:
             reference = "self"
         elif files.reference.endswith(".npz"):
@@ -521,7 +551,7 @@ def _score_files(task, row):
             row["seconds"]["reference"] = time.perf_counter() - start
         if isinstance(reference, ReferenceStats):
             reference.check_dim(features.shape[1], task.name)
-        return features, labels, logits, reference, (features_key, reference_key), {"data": [], "reference": []}
+        return features, labels, predictions, reference, keys, {"data": [], "reference": []}
 
     _score(task, row, cache, inputs)
 
