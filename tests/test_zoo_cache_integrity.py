@@ -89,6 +89,7 @@ def test_entries_list_kind_model_size_and_age_and_nothing_else(tmp_path):
     cache.put("config", "c1", {"model": "timm/resnet", "data_config": {}})
     (tmp_path / "features" / temporary_name("k3.features.npy")).write_bytes(b"partial")
     np.save(tmp_path / "features" / "k4.features.npy", np.zeros(3))  # no manifest: not an entry
+    (tmp_path / "features" / "notes.v2.json").write_text("{}")  # no key has a dot: not a manifest
     records = cache.entries()
     assert [(r.kind, r.key, r.label, r.model) for r in records] == [
         ("config", "c1", None, "timm/resnet"), ("features", "k1", "resnet", "timm/resnet"),

@@ -355,7 +355,8 @@ class Cache:
         records = []
         for folder in self._kinds(kind):
             for manifest in sorted(folder.glob("*.json")):
-                if not manifest.name.startswith("."):
+                # A key has no dot: anything else is no manifest of this cache.
+                if manifest.name.count(".") == 1 and not manifest.name.startswith("."):
                     records.append(self._record(folder.name, manifest))
         return records
 
@@ -447,6 +448,10 @@ class Cache:
                 if not got:
                     result.busy.append(record)
                     continue
+                manifest = self.manifest_path(record.kind, record.key)
+                if record.files and record.files[0] == manifest:
+                    # What the entry holds now: a writer may have replaced it since it was listed.
+                    record = dataclasses.replace(record, files=self._record(record.kind, manifest).files)
                 for path in record.files:  # the manifest first
                     path.unlink(missing_ok=True)
                 remove_temporaries(self.root / record.kind, match=lambda final, k=record.key:
