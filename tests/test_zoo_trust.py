@@ -407,3 +407,40 @@ def test_a_cached_rerun_reads_no_checkpoint_bytes(folders, tmp_path, monkeypatch
     monkeypatch.setattr(digest, "_MEMO", {})
     screen(**arguments)  # a new version of the file is read again
     assert reads == [pth, pth]
+
+
+def test_one_decode_per_resize_group_whatever_the_normalisation(folders, tmp_path, monkeypatch):
+    """Issue 15: models at one input size with ImageNet and (0.5, 0.5, 0.5)
+    normalisation, given interleaved with a model at another size: each
+    image is decoded once per resize group, and every model's features are
+    timm's own transform's (bit for bit: normalising the shared batch is the
+    same float32 subtraction and division)."""
+    import timm
+
+    from ped_fast.zoo import image_folder, load_model
+    from ped_fast.zoo.models import save_model_dir
+    from zoo_helpers import SMALL_CONFIG, timm_features
+
+    imagenet = dict(SMALL_CONFIG, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    larger = dict(SMALL_CONFIG, input_size=(3, 48, 48))
+    specs = []
+    for name, arch, config in (("half", "test_resnet", SMALL_CONFIG), ("big", "test_convnext", larger),
+                               ("imagenet", "test_convnext", imagenet), ("vit", "test_vit", imagenet)):
+        torch.manual_seed(len(specs))
+        model = timm.create_model(arch, **({"img_size": 32} if arch == "test_vit" else {}))
+        folder = save_model_dir(model, tmp_path / name, architecture=arch, pretrained_cfg=config,
+                                model_args={"img_size": 32} if arch == "test_vit" else None)
+        specs.append(f"{name}:{arch}={folder}")
+    images_module = importlib.import_module("ped_fast.zoo.images")
+    decoded = []
+    load_rgb = images_module.load_rgb
+    monkeypatch.setattr(extract_module, "load_rgb", lambda path: decoded.append(path) or load_rgb(path))
+    results = extract(specs, folders / "data", cache=tmp_path / "c", progress=False)
+    images = image_folder(folders / "data")
+    assert len(decoded) == 2 * len(images) and len(set(decoded)) == len(images)
+    files = [images.file(i) for i in range(len(images))]
+    for spec in specs:
+        label = spec.split(":")[0]
+        loaded = load_model(spec)
+        np.testing.assert_array_equal(results[label].features, timm_features(loaded.model, files,
+                                                                             loaded.data_config))

@@ -8,10 +8,13 @@ applied too, to the same trunk output, and its predictions kept, in the
 form zoo.predictions describes (a separate cache entry, "predictions"); the
 reference pass never computes them.
 
-Models that share a data config (timm's resolved input size, interpolation,
-crop and normalisation) share decoded batches: each image is decoded and
-transformed once per pass and fed to every model of the pass. A pass holds
-up to ``models_per_pass`` models (their weights) at once; each model's
+Models that share a resize config (timm's resolved input size,
+interpolation and crop) share decoded batches, whatever their
+normalisation: each image is decoded and transformed once per pass, and
+each model normalises the batch on its device. Passes are planned over the
+whole zoo (grouped by resize config, then filled); a pass holds up to
+``models_per_pass`` models (their weights) at once, by default as many as
+a weights budget allows; each model's
 features go straight into its own N x D float32 file in the cache (a
 memory-mapped temporary file, renamed into place when complete), so no
 model's feature matrix is ever held in memory by extraction.
@@ -62,7 +65,8 @@ class Settings:
     worker processes decoding images (0: in the main process; None: 0 on
     the CPU, where decoding would take cores from the forward passes, up to
     8 with a GPU). models_per_pass: how many models' weights one shared pass
-    over the images holds at once. use_ema: a training checkpoint's EMA
+    over the images holds at once (None: as many as fit in 1 GiB of weights
+    on the CPU, 40% of a GPU's memory). use_ema: a training checkpoint's EMA
     weights when it holds them (timm's preference), else its plain ones."""
     pretrained: bool = True
     seed: int = 0
@@ -70,13 +74,13 @@ class Settings:
     device: str | None = None
     precision: str = "fp32"
     workers: int | None = None
-    models_per_pass: int = 8
+    models_per_pass: int | None = None
     progress: bool = True
     use_ema: bool = True
 
     @classmethod
     def make(cls, *, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", workers=None,
-             models_per_pass=8, progress=True, use_ema=True, check_device=True):
+             models_per_pass=None, progress=True, use_ema=True, check_device=True):
         """Validated settings. check_device: also check that `device` is
         usable in this process (off when the work runs elsewhere)."""
         for name, value in (("pretrained", pretrained), ("use_ema", use_ema)):
@@ -84,9 +88,10 @@ class Settings:
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if device is not None:
             device = str(resolve_device(device) if check_device else _device_syntax(device))
-        for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1), ("models_per_pass", models_per_pass, 1),
-                                 ("workers", workers, 0)):
-            if value is not None or name != "workers":
+        check_integer(seed, "seed", minimum=0)
+        check_integer(batch_size, "batch_size", minimum=1)
+        for name, value, low in (("models_per_pass", models_per_pass, 1), ("workers", workers, 0)):
+            if value is not None:
                 check_integer(value, name, minimum=low)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -324,12 +329,18 @@ def check_models(models, settings: Settings, cache=None) -> list:
 
 def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
     """Run every stage for every model, skipping what the cache holds:
-    {label: Outcome}. Models are built one by one and pushed through the
-    stages in groups of settings.models_per_pass; a model whose stage fails
-    skips the stages after it. The caller sweeps the cache (once per run)."""
+    {label: Outcome}. The caller sweeps the cache (once per run).
+
+    Passes are planned over the whole zoo: the models are grouped by resize
+    config (a data config less its normalisation, which each model applies
+    to the shared decoded batch itself), and each group's models are built
+    and pushed through the stages in passes as large as the pass budget
+    allows (settings.models_per_pass, or the weights' bytes), so a group's
+    images are decoded once per pass, and only once when the group fits in
+    one. A model whose stage fails skips the stages after it."""
     from .models import parse_models
 
-    outcomes, pending = {}, []
+    outcomes, groups = {}, {}
     for spec in parse_models(models):
         outcome = outcomes[spec.label] = Outcome(spec)
         try:
@@ -339,33 +350,92 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
             continue
         outcome.data_config = remembered_config(cache, spec, outcome.identity)
         todo = _missing(outcome, stages, settings, cache)
-        if not todo:
-            continue
-        start = time.perf_counter()
-        try:
-            loaded = settings.load(spec)
-        except Exception as error:
-            outcome.fail(todo, error)
-            continue
-        outcome.seconds["load"] = time.perf_counter() - start
-        config = canonical_config(loaded.data_config)
-        if outcome.data_config is None:
-            cache.put("config", data_config_key(spec, outcome.identity),
-                      {"model": spec.name, "identity": outcome.identity, "data_config": config})
-        if outcome.data_config != config:
-            # Not remembered yet, or remembered differently from what the
-            # model now says: the model decides.
-            outcome.data_config = config
-            todo = _missing(outcome, stages, settings, cache)
-            if not todo:
+        if todo:
+            planned = outcome.data_config or _planned_config(spec)
+            groups.setdefault(resize_key(planned), []).append((outcome, todo))
+    keys = list(groups)
+    for key in keys:  # grows when a built model's config moves it to another group
+        members = []
+        for outcome, todo in groups[key]:
+            built = _build(outcome, stages, todo, settings, cache)
+            if built is None:
                 continue
-        pending.append((outcome, loaded, todo))
-        if len(pending) >= settings.models_per_pass:
-            _run_group(pending, stages, settings, cache)
-            pending = []
-    if pending:
-        _run_group(pending, stages, settings, cache)
+            loaded, todo = built
+            own = resize_key(outcome.data_config)
+            if own != key:
+                if own not in groups:
+                    groups[own] = []
+                    keys.append(own)
+                groups[own].append((outcome, todo))
+                continue
+            members.append((outcome, loaded, todo))
+            if _pass_full(members, settings):
+                _run_group(members, stages, settings, cache)
+                members = []
+        if members:
+            _run_group(members, stages, settings, cache)
     return outcomes
+
+
+def _planned_config(spec):
+    from .models import planned_data_config
+
+    try:
+        return planned_data_config(spec)
+    except Exception:  # reported when the model is built
+        return None
+
+
+def _build(outcome, stages, todo, settings, cache):
+    """(the built model, the stages it still needs), or None when it failed
+    or the cache turned out to hold everything. The first build of a model
+    records its data config (an entry is never rewritten); the built
+    model's config decides over a remembered one."""
+    start = time.perf_counter()
+    try:
+        loaded = settings.load(outcome.spec)
+    except Exception as error:
+        outcome.fail(todo, error)
+        return None
+    outcome.seconds["load"] = time.perf_counter() - start
+    config = canonical_config(loaded.data_config)
+    if outcome.data_config is None:
+        cache.put("config", data_config_key(outcome.spec, outcome.identity),
+                  {"model": outcome.spec.name, "identity": outcome.identity, "data_config": config})
+    if outcome.data_config != config:
+        outcome.data_config = config
+        todo = _missing(outcome, stages, settings, cache)
+        if not todo:
+            return None
+    return loaded, todo
+
+
+def resize_key(data_config) -> str:
+    """What decides the decoded pixels: the data config less its mean and
+    std ("null" for a model whose config is not known yet: a group of its
+    own)."""
+    if data_config is None:
+        return "null"
+    return json.dumps({k: v for k, v in canonical_config(data_config).items() if k not in ("mean", "std")},
+                      sort_keys=True)
+
+
+# Weights one pass holds when models_per_pass is not given: on the CPU a
+# fixed budget (so tiny and ImageNet-size models alike share passes); on a
+# GPU a share of its memory, leaving room for the activations.
+_PASS_BYTES_CPU = 1 << 30
+_PASS_SHARE_GPU = 0.4
+
+
+def _pass_full(members, settings) -> bool:
+    if settings.models_per_pass is not None:
+        return len(members) >= settings.models_per_pass
+    device = settings.torch_device()
+    budget = _PASS_BYTES_CPU if device.type == "cpu" else \
+        _PASS_SHARE_GPU * torch.cuda.get_device_properties(device).total_memory
+    held = sum(t.numel() * t.element_size() for _, loaded, _ in members
+               for t in (*loaded.model.parameters(), *loaded.model.buffers()))
+    return held >= budget
 
 
 def _missing(outcome, stages, settings, cache):
@@ -438,10 +508,10 @@ def _claim(stage, due, settings, cache, held):
 
 
 def _run_passes(stage, members, settings, cache, device):
-    """One pass over the stage's images per data config among `members`."""
+    """One pass over the stage's images per resize config among `members`."""
     groups = {}
     for outcome, loaded in members:
-        groups.setdefault(json.dumps(outcome.data_config, sort_keys=True), []).append((outcome, loaded))
+        groups.setdefault(resize_key(outcome.data_config), []).append((outcome, loaded))
     for group in groups.values():
         _run_pass(stage, group, settings, cache, device)
 
@@ -473,10 +543,23 @@ def _collate(items):
     return index, batch, failed
 
 
-def _transform(data_config):
+def _decoding(data_config):
+    """timm's eval transform of `data_config` without its normalisation
+    (mean 0, std 1: torchvision's normalize then subtracts 0 and divides by
+    1, changing no value): the pixels every model of a resize group shares."""
     from timm.data import create_transform
 
-    return create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()})
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+    return create_transform(**dict(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+
+
+def _normaliser(data_config, device):
+    """The model's own normalisation of a decoded batch, as timm's transform
+    computes it (torchvision's normalize: subtract the mean, then divide by
+    the std, in float32): the same values as decoding with it."""
+    mean = torch.as_tensor(data_config["mean"], dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.as_tensor(data_config["std"], dtype=torch.float32, device=device).view(-1, 1, 1)
+    return lambda batch: batch.sub(mean).div(std)
 
 
 def _forward(model, batch, precision, logits=False):
@@ -496,16 +579,20 @@ def _forward(model, batch, precision, logits=False):
 
 
 def _run_pass(stage, group, settings, cache, device):
-    """One pass over stage.images for a group of models sharing a data config."""
+    """One pass over stage.images for a group of models sharing a resize
+    config: each image decoded once, each model normalising the batch its
+    own way."""
     images = stage.images
-    config = group[0][0].data_config
-    sinks, spent = {}, {}
+    sinks, spent, normalise = {}, {}, {}
     for outcome, loaded in group:
-        key = stage.key(outcome.spec, outcome.identity, config, settings.precision)
-        sinks[outcome.spec.label] = stage.sink(cache, key, loaded)
-        spent[outcome.spec.label] = 0.0
+        label = outcome.spec.label
+        key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
+        sinks[label] = stage.sink(cache, key, loaded)
+        spent[label] = 0.0
+        normalise[label] = _normaliser(outcome.data_config, device)
     active = list(group)
-    loader = torch.utils.data.DataLoader(_Decoded(images, _transform(config)), batch_size=settings.batch_size,
+    loader = torch.utils.data.DataLoader(_Decoded(images, _decoding(group[0][0].data_config)),
+                                         batch_size=settings.batch_size,
                                          shuffle=False, num_workers=settings.decoding_workers(device),
                                          collate_fn=_collate, pin_memory=device.type == "cuda")
     labels = ", ".join(outcome.spec.label for outcome, _ in group)
@@ -530,7 +617,8 @@ def _run_pass(stage, group, settings, cache, device):
                         label = outcome.spec.label
                         start = time.perf_counter()
                         try:
-                            sinks[label].add(index, *_forward(loaded.model, batch, settings.precision,
+                            sinks[label].add(index, *_forward(loaded.model, normalise[label](batch),
+                                                              settings.precision,
                                                               logits=getattr(stage, "predictions", None) is not None))
                         except Exception as error:
                             outcome.fail([stage], error)
@@ -547,7 +635,8 @@ def _run_pass(stage, group, settings, cache, device):
                           f"skipped: {shown}{'; ...' if len(failed) > 5 else ''}", RuntimeWarning, stacklevel=2)
         for outcome, loaded in active:
             label = outcome.spec.label
-            meta = {"label": label, "model": outcome.spec.name, "identity": outcome.identity, "data_config": config,
+            meta = {"label": label, "model": outcome.spec.name, "identity": outcome.identity,
+                    "data_config": outcome.data_config,
                     "images": images.root, "fingerprint": images.fingerprint, "precision": settings.precision,
                     "math": MATH_MODES[settings.precision], "device": device_name(device),
                     "versions": library_versions(), "version": EXTRACTION_VERSION,
@@ -640,7 +729,7 @@ def collect(outcomes, stage_name) -> dict:
 
 
 def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
-            workers=None, models_per_pass=8, progress=True, use_ema=True, predictions=None) -> dict:
+            workers=None, models_per_pass=None, progress=True, use_ema=True, predictions=None) -> dict:
     """Features of the labelled image folder `data` (ImageFolder layout) from
     each model, cached: {label: FeatureSet}.
 

@@ -334,6 +334,31 @@ def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
                        data_config=dict(timm.data.resolve_model_data_config(model)))
 
 
+def planned_data_config(spec) -> dict | None:
+    """The data config `spec` will have once built, read from timm's config
+    of the architecture (and a hub-layout folder's config.json) with the
+    model built on the meta device: no weights are read or allocated. For
+    planning which models share decoding; the built model's own config
+    decides. None when timm cannot build the architecture on the meta
+    device."""
+    import timm
+
+    spec = parse_spec(spec)
+    arch = check_name(spec)
+    name, kwargs, overlay = spec.name, {}, {}
+    if spec.path is not None:
+        files = _weight_files(spec, arch)
+        if len(files) == 2:
+            name = arch
+            kwargs, overlay = _directory_config(spec, arch, files[0])
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, pretrained_cfg_overlay=overlay or None, **kwargs)
+    except Exception:  # an architecture whose constructor needs real tensors
+        return None
+    return dict(timm.data.resolve_model_data_config(model))
+
+
 def _seeded(name, seed, **kwargs):
     import timm
 

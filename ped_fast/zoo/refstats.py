@@ -129,7 +129,7 @@ def load_stats_file(path) -> ReferenceStats:
 
 
 def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None,
-                    precision="fp32", workers=None, models_per_pass=8, progress=True, use_ema=True):
+                    precision="fp32", workers=None, models_per_pass=None, progress=True, use_ema=True):
     """Each model's ReferenceStats on the images under `reference` (any
     layout; labels ignored), streamed and cached: {label: ReferenceStats}.
 

@@ -92,7 +92,7 @@ class LocalExecutor:
 
 def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
-           workers=None, models_per_pass=8, progress=True, executor=None, log=None, reduce=None,
+           workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None,
            combine=None, use_ema=True, predictions="compact") -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
