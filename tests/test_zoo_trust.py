@@ -444,3 +444,42 @@ def test_one_decode_per_resize_group_whatever_the_normalisation(folders, tmp_pat
         loaded = load_model(spec)
         np.testing.assert_array_equal(results[label].features, timm_features(loaded.model, files,
                                                                              loaded.data_config))
+
+
+def test_reference_budgets(folders, tmp_path):
+    """Issue 15: a seeded subset of N reference images (the same for every
+    model) and "auto", which stops each model's pass once its statistics
+    are known to the tolerance; each row says how many images it used."""
+    from ped_fast.zoo import image_files, reference_stats
+    from ped_fast.zoo.images import write_image_folder
+
+    write_image_folder(tmp_path / "reference", classes=4, per_class=100, size=32, seed=8, labelled=False)
+    a = small_checkpoint(tmp_path / "a", "test_resnet", 1)
+    b = small_checkpoint(tmp_path / "b", "test_convnext", 2)
+    common = dict(models=f"a:test_resnet={a},b:test_convnext={b}", data=folders / "data",
+                  reference=tmp_path / "reference", cache=tmp_path / "c", progress=False, batch_size=100)
+    whole = screen(**common)
+    assert [row["reference_images"] for row in whole["models"]] == [400, 400]
+    subset = screen(**common, reference_images=100)
+    assert [row["reference_images"] for row in subset["models"]] == [100, 100]
+    # The subset is seeded: the statistics are those of the same 100 images.
+    stats = dict(cache=tmp_path / "c", progress=False, batch_size=100)
+    some = reference_stats(f"a:test_resnet={a}", tmp_path / "reference", reference_images=100, **stats)["a"]
+    assert some.cached and some.count == 100
+    everything = reference_stats(f"a:test_resnet={a}", tmp_path / "reference", **stats)["a"]
+    assert everything.cached and not np.allclose(some.mean, everything.mean)
+    # Another cache, another run: the same 100 images, the same statistics.
+    again = reference_stats(f"a:test_resnet={a}", tmp_path / "reference", reference_images=100,
+                            **dict(stats, cache=tmp_path / "other"))["a"]
+    assert not again.cached and image_files(tmp_path / "reference").subset(100).paths == \
+        image_files(tmp_path / "reference").subset(100).paths
+    np.testing.assert_array_equal(again.mean, some.mean)
+    loose = screen(**common, reference_images="auto", reference_tolerance=0.5)
+    assert all(256 <= row["reference_images"] < 400 for row in loose["models"])
+    tight = screen(**common, reference_images="auto", reference_tolerance=0.001)
+    assert [row["reference_images"] for row in tight["models"]] == [400, 400]
+    cached = screen(**common, reference_images="auto", reference_tolerance=0.5)
+    assert [row["reference_images"] for row in cached["models"]] == \
+        [row["reference_images"] for row in loose["models"]]
+    with pytest.raises(TypeError, match="reference_images must be an integer >= 1"):
+        screen(**common, reference_images="some")

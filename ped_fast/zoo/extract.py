@@ -590,7 +590,7 @@ def _run_pass(stage, group, settings, cache, device):
         sinks[label] = stage.sink(cache, key, loaded)
         spent[label] = 0.0
         normalise[label] = _normaliser(outcome.data_config, device)
-    active = list(group)
+    active, satisfied = list(group), []
     loader = torch.utils.data.DataLoader(_Decoded(images, _decoding(group[0][0].data_config)),
                                          batch_size=settings.batch_size,
                                          shuffle=False, num_workers=settings.decoding_workers(device),
@@ -626,6 +626,10 @@ def _run_pass(stage, group, settings, cache, device):
                             active.remove(member)
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
+                        else:
+                            if getattr(sinks[label], "done", False):  # needs no more images (a reference budget)
+                                active.remove(member)
+                                satisfied.append(member)
                         spent[label] += time.perf_counter() - start
                 bar.update(len(index) + len(bad))
         skipped = sorted(i for i, _ in failed)
@@ -633,7 +637,7 @@ def _run_pass(stage, group, settings, cache, device):
             shown = "; ".join(f"{images.paths[i]} ({message})" for i, message in sorted(failed)[:5])
             warnings.warn(f"{len(failed)} of {len(images)} images under {images.root} could not be decoded and were "
                           f"skipped: {shown}{'; ...' if len(failed) > 5 else ''}", RuntimeWarning, stacklevel=2)
-        for outcome, loaded in active:
+        for outcome, loaded in active + satisfied:
             label = outcome.spec.label
             meta = {"label": label, "model": outcome.spec.name, "identity": outcome.identity,
                     "data_config": outcome.data_config,

@@ -39,6 +39,25 @@ class ImageSet:
     def file(self, index) -> str:
         return os.path.join(self.root, self.paths[index])
 
+    def subset(self, count, seed=0) -> "ImageSet":
+        """`count` of the images, drawn at random (seeded: the same for every
+        model and every run), kept in their order; the whole set when it has
+        no more than `count`."""
+        if count >= len(self):
+            return self
+        chosen = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
+        return self._take(chosen, f"subset:{count}:{seed}")
+
+    def shuffled(self, seed=0) -> "ImageSet":
+        """The images in a seeded random order (a pass that may stop early
+        then sees a random sample of the set)."""
+        return self._take(np.random.default_rng(seed).permutation(len(self)), f"shuffled:{seed}")
+
+    def _take(self, indices, how) -> "ImageSet":
+        labels = None if self.labels is None else self.labels[indices]
+        fingerprint = hashlib.sha256(f"{self.fingerprint}\n{how}".encode()).hexdigest()[:32]
+        return ImageSet(self.root, tuple(self.paths[i] for i in indices), labels, self.classes, fingerprint)
+
 
 def image_folder(root, *, what="data") -> ImageSet:
     """The labelled images of an ImageFolder-layout folder. `what` names the

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import Cache
+from .._validate import check_integer, check_number
+from .cache import Cache, content_key
 from .errors import checking_inputs
 from .extract import Settings, Stage, check_models, run_alone
-from .images import image_files
+from .images import ImageSet, image_files
 
 # Rows of a feature matrix reduced at once by stats_of(): bounds the float64
 # working copy (rows x D x 8 bytes) whatever the matrix's size.
@@ -129,22 +130,25 @@ def load_stats_file(path) -> ReferenceStats:
 
 
 def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None,
-                    precision="fp32", workers=None, models_per_pass=None, progress=True, use_ema=True):
+                    precision="fp32", workers=None, models_per_pass=None, progress=True, use_ema=True,
+                    reference_images=None, reference_tolerance=0.01):
     """Each model's ReferenceStats on the images under `reference` (any
     layout; labels ignored), streamed and cached: {label: ReferenceStats}.
 
     models: model specs (see ped_fast.zoo.models). Models with the same data
     config share each decoded batch. Raises ExtractionError, after finishing
     the others, when a model fails. pretrained, seed, use_ema: as in
-    extract()."""
+    extract(). reference_images, reference_tolerance: the budget (None:
+    every image; N; "auto"; see ReferenceStage)."""
     with checking_inputs():
         images = image_files(reference, what="reference")
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
                                  progress=progress, use_ema=use_ema)
         cache = Cache.of(cache)
+        stage = ReferenceStage(images, reference_images, reference_tolerance)
         specs = check_models(models, settings, cache)
-    return run_alone(specs, ReferenceStage(images), settings, cache)
+    return run_alone(specs, stage, settings, cache)
 
 
 def export_stats(stats, out) -> list:
@@ -161,9 +165,47 @@ def export_stats(stats, out) -> list:
     return written
 
 
+# "auto": a model's reference pass never stops before this many images,
+# whatever its estimates say (a few batches' kurtosis is too noisy to trust).
+_AUTO_MINIMUM = 256
+
+
+def check_budget(images, tolerance=0.01) -> tuple:
+    """(images, tolerance) of a reference budget: `images` None (every image
+    of the reference set, the paper's setting), a positive integer (a seeded
+    random subset of that many, the same for every model), or "auto" (stop
+    each model's pass once its mean and std are known to `tolerance`, a
+    relative standard error, see ReferenceStage)."""
+    if images is not None and images != "auto":
+        check_integer(images, "reference_images", minimum=1)
+    check_number(tolerance, "reference_tolerance", minimum=0.0, strict=True)
+    return images, float(tolerance)
+
+
 class ReferenceStage(Stage):
-    """Streams a reference set into RunningMoments, one per model."""
+    """Streams a reference set into RunningMoments, one per model.
+
+    budget: None (every image), N (a seeded random subset of N images), or
+    "auto": the images in a seeded random order, each model's pass stopped
+    once every dimension's mean is known to `tolerance` of its std (standard
+    error std / sqrt(n)) and its std to `tolerance` relative (standard error
+    std sqrt((kurtosis - 1) / (4 n)), the kurtosis estimated from the
+    images seen), after at least 256 images. The statistics then rest on
+    the images seen (`count`)."""
     name = "reference"
+
+    def __init__(self, images: ImageSet, budget=None, tolerance=0.01):
+        budget, tolerance = check_budget(budget, tolerance)
+        if isinstance(budget, int):
+            images = images.subset(budget)
+        elif budget == "auto":
+            images = images.shuffled()
+        super().__init__(images)
+        self.budget, self.tolerance = budget, tolerance
+
+    def key(self, spec, identity, data_config, precision) -> str:
+        key = super().key(spec, identity, data_config, precision)
+        return key if self.budget != "auto" else content_key(key, "auto", self.tolerance, _AUTO_MINIMUM)
 
     def result(self, entry, label, *, cached):
         meta = entry.meta
@@ -179,9 +221,15 @@ class _MomentsSink:
     def __init__(self, stage, cache, key):
         self.stage, self.cache, self.key, self.images = stage, cache, key, stage.images
         self.moments = RunningMoments()
+        self.precision = _Precision() if stage.budget == "auto" else None
+        self.done = False
 
     def add(self, index, features, logits):
         self.moments.update(features)
+        if self.precision is not None:
+            self.precision.update(features)
+            self.done = self.moments.count >= _AUTO_MINIMUM and \
+                self.precision.relative_error() <= self.stage.tolerance
 
     def finish(self, skipped, meta, label):
         if not self.moments.count:
@@ -192,3 +240,37 @@ class _MomentsSink:
 
     def abandon(self):
         self.moments = None
+
+
+class _Precision:
+    """Power sums of the features about their first batch's mean (float64),
+    for the standard errors of the running mean and std."""
+
+    def __init__(self):
+        self.shift, self.count, self.sums = None, 0, None
+
+    def update(self, batch):
+        x = np.asarray(batch.detach().cpu() if hasattr(batch, "detach") else batch, dtype=np.float64)
+        if self.shift is None:
+            self.shift, self.sums = x.mean(axis=0), np.zeros((4, x.shape[1]))
+        y = x - self.shift
+        power = y.copy()
+        for k in range(4):
+            self.sums[k] += power.sum(axis=0)
+            power *= y
+        self.count += x.shape[0]
+
+    def relative_error(self) -> float:
+        """The largest standard error over the dimensions: of a mean,
+        relative to the dimension's std; of a std, relative to itself.
+        Constant dimensions (std 0) are known exactly."""
+        n = self.count
+        m1, m2, m3, m4 = self.sums / n
+        variance = m2 - m1 * m1
+        fourth = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1 ** 4
+        varying = variance > 0
+        if not varying.any():
+            return 0.0
+        kurtosis = fourth[varying] / variance[varying] ** 2
+        std_error = np.sqrt(np.maximum(kurtosis - 1.0, 0.0) / (4.0 * n))
+        return float(max(1.0 / np.sqrt(n), std_error.max()))

@@ -172,7 +172,7 @@ def _dense_predictions_score(logits, labels, scorer, backend, device):
 def empty_row(name) -> dict:
     """A result row before anything is known (see docs/screening.md §5)."""
     return {"name": name, "dim": None, "n": None, "steps": None, "scores": {}, "seconds": {}, "warnings": [],
-            "error": None, "identity": None, "cached": [], "device": None, "math": None}
+            "error": None, "identity": None, "cached": [], "device": None, "math": None, "reference_images": None}
 
 
 def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
@@ -210,7 +210,8 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
     context = dict(features=features, labels=labels, predictions=predictions, reference=reference_arg, backend=backend,
                    device=device, reduce=reduce, meta=dict(dim=int(features.shape[1]), n=int(features.shape[0]),
                                                            classes=classes, skipped=skipped, model=row["name"],
-                                                           features_device=row["device"], features_math=row["math"]))
+                                                           features_device=row["device"], features_math=row["math"],
+                                                           reference_images=row["reference_images"]))
     keys = {scorer: score_key(*keys, scorer, reduce) for scorer in scorers}
     entries, waiting = {}, []
     with contextlib.ExitStack() as held:
@@ -264,6 +265,7 @@ def _take_score(row, scorer, meta):
     row["dim"], row["n"] = meta["dim"], meta["n"]
     # What computed the features scored: a cached row keeps its original's.
     row["device"], row["math"] = meta.get("features_device"), meta.get("features_math")
+    row["reference_images"] = meta.get("reference_images")
     if meta["steps"] is not None:  # None for the scorers PED does not apply to
         row["steps"] = meta["steps"]
     if meta.get("note"):

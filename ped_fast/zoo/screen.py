@@ -37,7 +37,7 @@ from .errors import checking_inputs, describe, is_transient
 from .extract import FeaturesStage, Settings, check_models, remembered_config, run_stages
 from .images import ImageSet, image_files, image_folder
 from .predictions import COMPACT_SCORERS, Predictions, check_form
-from .refstats import ReferenceStage, ReferenceStats, load_stats_file, stats_of
+from .refstats import ReferenceStage, ReferenceStats, check_budget, load_stats_file, stats_of
 from .report import check_ground_truth, check_output_folder, evaluation, json_safe, load_ground_truth, write_report
 from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
                     zoo_warnings)
@@ -78,6 +78,7 @@ class ModelTask:
     prior_error: str | None = None
     reduce: str | None = None
     predictions: str | None = None
+    reference_budget: tuple = (None, 0.01)
 
 
 class LocalExecutor:
@@ -93,7 +94,8 @@ class LocalExecutor:
 def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
            workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None,
-           combine=None, use_ema=True, predictions="compact") -> dict:
+           combine=None, use_ema=True, predictions="compact", reference_images=None,
+           reference_tolerance=0.01) -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -130,6 +132,12 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     predictions: how the source model's predictions are kept when a scorer
         reads them: "compact" (at most 1 KiB per image; serves leep and
         nce) or "exact" (the N x K logits; any scorer). docs/spec.md §2.6.
+    reference_images, reference_tolerance: the reference budget of each
+        model's statistics: None (every image, the paper's setting), N (a
+        seeded random subset, the same for every model) or "auto" (stop
+        once every dimension's mean and std are known to
+        reference_tolerance; see refstats.ReferenceStage). Each row's
+        "reference_images" says how many it used.
     executor: runs the per-model work units: "local" (default, one after
         another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
         defaults) or an object with map(function, tasks) yielding the rows
@@ -144,6 +152,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     with checking_inputs():  # every mistake in the arguments is found here, before any work
         scorers = check_scorers(scorers)
         check_form(predictions)
+        budget = check_budget(reference_images, reference_tolerance)
         combine = check_combine(combine, scorers)
         _check_reduce(reduce, reference, features)
         executor = _executor(executor)
@@ -189,7 +198,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     cache.sweep()
     if features is None:
         tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
-                             shared_phase=here, reduce=reduce, predictions=predictions)
+                             shared_phase=here, reduce=reduce, predictions=predictions, budget=budget)
     # What the driver's view of the cache holds for each unit: a unit run
     # elsewhere that reports fewer cache hits recomputed what its machine
     # could not see.
@@ -290,13 +299,13 @@ def _describe_reference(reference, files=False):
     return "per-model files" if files else None
 
 
-def stages_of(images, reference, predictions=None) -> list:
+def stages_of(images, reference, predictions=None, budget=(None, 0.01)) -> list:
     """The extraction stages of a screen: the features of `images` (with
     the source model's predictions in form `predictions`, when a scorer
     reads them), then the reference statistics when `reference` is an image
-    set (not "self")."""
-    return [FeaturesStage(images, predictions)] + ([ReferenceStage(reference)] if isinstance(reference, ImageSet)
-                                                   else [])
+    set (not "self"), within `budget` (reference images, tolerance)."""
+    return [FeaturesStage(images, predictions)] + ([ReferenceStage(reference, *budget)]
+                                                   if isinstance(reference, ImageSet) else [])
 
 
 def predictions_form(scorers, predictions) -> str | None:
@@ -310,11 +319,11 @@ def predictions_form(scorers, predictions) -> str | None:
 
 
 def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None,
-                 predictions="compact"):
+                 predictions="compact", budget=(None, 0.01)):
     """One task per model; with `shared_phase`, after the shared extraction
     phase for the models whose scores are not all cached."""
     form = predictions_form(scorers, predictions)
-    stages = stages_of(images, reference, form)
+    stages = stages_of(images, reference, form, budget)
     todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache, reduce)] \
         if shared_phase else []
     prior, errors = {}, {}
@@ -331,7 +340,7 @@ def _model_tasks(specs, images, reference, scorers, backend, settings, cache, lo
     return [ModelTask(name=spec.label, scorers=scorers, backend=backend, settings=settings,
                       cache_root=str(cache.root), spec=spec, data=images, reference=reference,
                       prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=reduce,
-                      predictions=form)
+                      predictions=form, reference_budget=budget)
             for spec in specs]
 
 
@@ -362,7 +371,7 @@ def cached_stages(task: ModelTask) -> list:
     if task.files is not None:
         stages, keys = [], _files_keys(task.files, cache)
     else:
-        stages = stages_of(task.data, task.reference, task.predictions)
+        stages = stages_of(task.data, task.reference, task.predictions, task.reference_budget)
         identity = task.settings.identity(task.spec, cache)
         keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
         if keys is None:
@@ -406,7 +415,7 @@ def _score_model(task, row):
         # (the shared one, or the unit itself) met the error.
         row["error"] = task.prior_error
         return
-    stages = stages_of(task.data, task.reference, task.predictions)
+    stages = stages_of(task.data, task.reference, task.predictions, task.reference_budget)
     keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
     if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages], task.reduce):
         return
@@ -430,6 +439,7 @@ def _score_model(task, row):
         reference = results[1] if len(results) > 1 else "self"
         if isinstance(reference, ReferenceStats):
             reference.check_dim(features.dim, task.name)
+            row["reference_images"] = reference.count
         skipped = {"data": features.skipped, "reference": reference.skipped if reference != "self" else []}
         return features.features, features.labels, features.predictions, reference, \
             (features.key, getattr(reference, "key", "self"), task.predictions), skipped
