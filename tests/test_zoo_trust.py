@@ -483,3 +483,25 @@ def test_reference_budgets(folders, tmp_path):
         [row["reference_images"] for row in loose["models"]]
     with pytest.raises(TypeError, match="reference_images must be an integer >= 1"):
         screen(**common, reference_images="some")
+
+
+def test_forward_threads_leave_cores_to_the_decoding_workers(folders, tmp_path, monkeypatch):
+    """Issue 15: torch's threads during the forward passes are the cores
+    this process may use less the decoding workers (never oversubscribed),
+    or --threads; restored afterwards."""
+    seen = []
+    forward = extract_module._forward
+
+    def spy(model, batch, precision, **options):
+        seen.append(torch.get_num_threads())
+        return forward(model, batch, precision, **options)
+
+    monkeypatch.setattr(extract_module, "_forward", spy)
+    monkeypatch.setattr(extract_module, "available_cores", lambda: 3)
+    before = torch.get_num_threads()
+    common = dict(cache=tmp_path / "c", pretrained=False, progress=False)
+    extract("test_resnet", folders / "data", workers=1, **common)
+    assert set(seen) == {2} and torch.get_num_threads() == before
+    seen.clear()
+    extract("test_convnext", folders / "data", threads=1, **common)
+    assert set(seen) == {1}

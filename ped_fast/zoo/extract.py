@@ -66,7 +66,10 @@ class Settings:
     the CPU, where decoding would take cores from the forward passes, up to
     8 with a GPU). models_per_pass: how many models' weights one shared pass
     over the images holds at once (None: as many as fit in 1 GiB of weights
-    on the CPU, 40% of a GPU's memory). use_ema: a training checkpoint's EMA
+    on the CPU, 40% of a GPU's memory). threads: torch's intra-op threads
+    during the forward passes (None: the cores this process may use less
+    the decoding workers, at least 1, so decoding and forward passes never
+    oversubscribe the cores). use_ema: a training checkpoint's EMA
     weights when it holds them (timm's preference), else its plain ones."""
     pretrained: bool = True
     seed: int = 0
@@ -77,10 +80,11 @@ class Settings:
     models_per_pass: int | None = None
     progress: bool = True
     use_ema: bool = True
+    threads: int | None = None
 
     @classmethod
     def make(cls, *, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", workers=None,
-             models_per_pass=None, progress=True, use_ema=True, check_device=True):
+             models_per_pass=None, progress=True, use_ema=True, threads=None, check_device=True):
         """Validated settings. check_device: also check that `device` is
         usable in this process (off when the work runs elsewhere)."""
         for name, value in (("pretrained", pretrained), ("use_ema", use_ema)):
@@ -90,13 +94,15 @@ class Settings:
             device = str(resolve_device(device) if check_device else _device_syntax(device))
         check_integer(seed, "seed", minimum=0)
         check_integer(batch_size, "batch_size", minimum=1)
-        for name, value, low in (("models_per_pass", models_per_pass, 1), ("workers", workers, 0)):
+        for name, value, low in (("models_per_pass", models_per_pass, 1), ("workers", workers, 0),
+                                 ("threads", threads, 1)):
             if value is not None:
                 check_integer(value, name, minimum=low)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         return cls(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device, precision=precision,
-                   workers=workers, models_per_pass=models_per_pass, progress=bool(progress), use_ema=use_ema)
+                   workers=workers, models_per_pass=models_per_pass, progress=bool(progress), use_ema=use_ema,
+                   threads=threads)
 
     def identity(self, spec, cache=None) -> str:
         """The weights' identity of `spec` under these settings (file facts
@@ -118,7 +124,32 @@ class Settings:
     def decoding_workers(self, device) -> int:
         if self.workers is not None:
             return self.workers
-        return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+        return 0 if device.type == "cpu" else min(8, available_cores())
+
+    def forward_threads(self, device) -> int:
+        if self.threads is not None:
+            return self.threads
+        return max(1, available_cores() - self.decoding_workers(device))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's
+    or a cluster task's share, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """torch's intra-op thread count for the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _device_syntax(device) -> torch.device:
@@ -464,28 +495,33 @@ def _run_group(pending, stages, settings, cache):
             outcome.fail(todo, error)
             continue
         members.append((outcome, loaded, todo))
-    for stage in stages:
-        due = [(outcome, loaded) for outcome, loaded, todo in members if stage in todo and not outcome.failed()]
-        with contextlib.ExitStack() as held:
-            mine, waiting = _claim(stage, due, settings, cache, held)
-            _run_passes(stage, mine, settings, cache, device)
-        for outcome, loaded in waiting:
-            # Another process is computing this entry: wait for it, holding
-            # no other lock (cache.lock's rule), and read it; compute it
-            # here only if that process did not finish it.
-            key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
-            with cache.lock(stage.name, key):
-                result = stage.cached(cache, key, outcome.spec.label)
-                if result is not None:
-                    outcome.results[stage.name] = result
-                else:
-                    _run_passes(stage, [(outcome, loaded)], settings, cache, device)
+    with torch_threads(settings.forward_threads(device)):
+        for stage in stages:
+            _run_stage(stage, members, settings, cache, device)
     # Dropping the last references frees the weights (reference counting);
     # the CUDA allocator keeps freed blocks cached unless told to return them.
     members.clear()
     pending.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _run_stage(stage, members, settings, cache, device):
+    due = [(outcome, loaded) for outcome, loaded, todo in members if stage in todo and not outcome.failed()]
+    with contextlib.ExitStack() as held:
+        mine, waiting = _claim(stage, due, settings, cache, held)
+        _run_passes(stage, mine, settings, cache, device)
+    for outcome, loaded in waiting:
+        # Another process is computing this entry: wait for it, holding no
+        # other lock (cache.lock's rule), and read it; compute it here only
+        # if that process did not finish it.
+        key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
+        with cache.lock(stage.name, key):
+            result = stage.cached(cache, key, outcome.spec.label)
+            if result is not None:
+                outcome.results[stage.name] = result
+            else:
+                _run_passes(stage, [(outcome, loaded)], settings, cache, device)
 
 
 def _claim(stage, due, settings, cache, held):
@@ -733,7 +769,7 @@ def collect(outcomes, stage_name) -> dict:
 
 
 def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
-            workers=None, models_per_pass=None, progress=True, use_ema=True, predictions=None) -> dict:
+            workers=None, models_per_pass=None, progress=True, use_ema=True, predictions=None, threads=None) -> dict:
     """Features of the labelled image folder `data` (ImageFolder layout) from
     each model, cached: {label: FeatureSet}.
 
@@ -755,7 +791,7 @@ def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64,
         stage = FeaturesStage(images, predictions)
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                 progress=progress, use_ema=use_ema)
+                                 progress=progress, use_ema=use_ema, threads=threads)
         cache = Cache.of(cache)
         specs = check_models(models, settings, cache)
     return run_alone(specs, stage, settings, cache)

@@ -131,7 +131,7 @@ def load_stats_file(path) -> ReferenceStats:
 
 def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None,
                     precision="fp32", workers=None, models_per_pass=None, progress=True, use_ema=True,
-                    reference_images=None, reference_tolerance=0.01):
+                    reference_images=None, reference_tolerance=0.01, threads=None):
     """Each model's ReferenceStats on the images under `reference` (any
     layout; labels ignored), streamed and cached: {label: ReferenceStats}.
 
@@ -144,7 +144,7 @@ def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, b
         images = image_files(reference, what="reference")
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                 progress=progress, use_ema=use_ema)
+                                 progress=progress, use_ema=use_ema, threads=threads)
         cache = Cache.of(cache)
         stage = ReferenceStage(images, reference_images, reference_tolerance)
         specs = check_models(models, settings, cache)

@@ -95,7 +95,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
            workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None,
            combine=None, use_ema=True, predictions="compact", reference_images=None,
-           reference_tolerance=0.01) -> dict:
+           reference_tolerance=0.01, threads=None) -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -126,7 +126,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         offline trials); a spec with a weights PATH always loads its file.
     use_ema: a training checkpoint's EMA weights when it holds them (as
         timm prefers), else its plain ones.
-    batch_size, device, precision, workers, models_per_pass: extraction's
+    batch_size, device, precision, workers, models_per_pass, threads: extraction's
         (see extract()); device None is cuda where the work runs, when
         there is one.
     predictions: how the source model's predictions are kept when a scorer
@@ -161,7 +161,8 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         here = not getattr(executor, "extracts_per_unit", False)
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
-                                 progress=progress, use_ema=use_ema, check_device=here)
+                                 progress=progress, use_ema=use_ema, threads=threads,
+                                 check_device=here)
         if here:
             _check_backend(backend, settings.torch_device())
         cache = Cache.of(cache)
