@@ -3,16 +3,17 @@ statistics, a resumable cache, scoring every model plain and with PED, and
 the report (docs/screening.md).
 
 Stages, each usable alone: models (specs, building, weights) -> extract
-(images -> features) -> reference (streamed mean/std) -> score (one model ->
-one row) -> report (JSON, CSV, plot); screen() composes them over one cache.
+(images -> features, and predictions when a scorer reads them) -> refstats
+(streamed mean/std) -> scoring (one model -> one row) -> report (JSON, CSV,
+plot); screen() composes them over one cache.
 """
 from .cache import Cache, default_root
 from .extract import ExtractionError, FeatureSet, export_features, extract
 from .images import ImageSet, image_files, image_folder
 from .models import LoadedModel, ModelSpec, load_model, parse_models, parse_spec, weights_identity
+from .predictions import Predictions
 from .refstats import ReferenceStats, RunningMoments, export_stats, load_stats_file, reference_stats, stats_of
-from .report import format_table, load_ground_truth, write_report
-from .report import evaluation as evaluate_results
+from .report import evaluation, format_table, load_ground_truth, write_report
 from .scoring import score_features
 from .screen import LocalExecutor, ModelTask, failed, screen, screen_model
 
@@ -23,7 +24,7 @@ __all__ = [
     "export_features",
     "reference_stats",
     "export_stats",
-    "evaluate_results",
+    "evaluation",
     "score_features",
     "write_report",
     "format_table",
@@ -31,6 +32,7 @@ __all__ = [
     "Cache",
     "default_root",
     "FeatureSet",
+    "Predictions",
     "ReferenceStats",
     "RunningMoments",
     "stats_of",
