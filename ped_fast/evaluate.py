@@ -1,23 +1,34 @@
 """Judging a ranking of models (docs/spec.md §4): how well scores
-predict fine-tuning accuracies.
+predict fine-tuning accuracies, and how sure that judgement is.
 
 weighted_tau follows scipy.stats.weightedtau exactly (Vigna's weighted
 Kendall tau: hyperbolic weights 1/(r+1) on the rank r of each element, a
 pair weighing the sum of its elements' weights, ties handled like tau-b, and
 by default the average of the values ranked by either variable). The
-measures are written out pairwise in numpy, O(M^2) for M models: model zoos
-have tens of models, where this is instant and easy to check.
+measures are written out pairwise in numpy, O(M^2) for M models.
+
+A handful of models ranks noisily: which of two scorers "wins" often flips
+with the models or the fine-tuning seeds chosen (Agostinelli et al., ECCV
+2022). evaluate() and compare() therefore give percentile bootstrap
+intervals: the models are resampled with replacement and, where the ground
+truth has one accuracy per fine-tuning seed, each model's seeds too. Every
+measure of every resample is computed at once, batched over resamples
+(docs/spec.md §4 has the method and its cost).
 """
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import numpy as np
 
 MEASURES = ("weighted_tau", "kendall_tau", "pearson")
+BOOTSTRAP, CONFIDENCE = 1000, 0.95
+# Fewer models than this get no interval (see _interval).
+MIN_MODELS = 3
 
 
 def weighted_tau(scores, accuracies, *, rank=True, weigher=None, additive=True):
@@ -68,8 +79,7 @@ def rel_at_k(scores, accuracies, k):
     earns credit that an ordering of the tied models would not.
     """
     x, y = _pair(scores, accuracies)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= x.size:
-        raise ValueError(f"k must be an integer in [1, {x.size}] (the number of models), got {k!r}")
+    _check_k(k, x.size)
     best = y.max()
     if best <= 0:
         raise ValueError(f"rel@k divides by the best accuracy, which must be positive, got {best}")
@@ -77,24 +87,132 @@ def rel_at_k(scores, accuracies, k):
     return float(y[order[:k]].max() / best)
 
 
-def evaluate(scores, accuracies, *, ks=(1, 3)):
-    """Every ranking measure of `scores` against ground-truth `accuracies`.
+def evaluate(scores, accuracies, *, ks=(1, 3), bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0):
+    """Every ranking measure of `scores` against ground-truth `accuracies`,
+    with bootstrap confidence intervals.
 
     scores: {model: score}, or {scorer name: {model: score}} (a table: one
-    result per scorer), or a sequence of scores aligned with a sequence of
-    accuracies. accuracies: {model: accuracy} (matched to the scores by
-    model name; every scored model needs one) or a sequence.
+    result per scorer, as judge() gives them), or a sequence of scores
+    aligned with a sequence of accuracies. accuracies: {model: accuracy}
+    (matched to the scores by model name; every scored model needs one) or
+    a sequence; an accuracy may be a list, one per fine-tuning seed: the
+    measures use each model's mean and the bootstrap resamples the seeds.
+    bootstrap: resamples (0: no intervals); confidence: the intervals'
+    level; seed: the resampling's seed (the same seed, the same intervals).
     Returns {"weighted_tau", "kendall_tau", "pearson", "rel@k" for k in ks}
-    (floats), or {scorer name: that dict} for a table.
+    (floats; NaN where undefined, e.g. a tau of constant scores), plus with
+    bootstrap > 0 "interval": {measure: [low, high], or None where
+    undefined or with fewer than MIN_MODELS models} and "bootstrap":
+    {"resamples", "confidence", "seed", "models" (M), "seeds_resampled"
+    (whether some model had several accuracies), "undefined": {measure:
+    resamples where it was undefined, left out of its interval}}; or
+    {scorer name: that dict} for a table.
     """
+    options = dict(ks=ks, bootstrap=bootstrap, confidence=confidence, seed=seed)
     if isinstance(scores, Mapping) and scores and all(isinstance(v, Mapping) for v in scores.values()):
-        return {name: evaluate(table, accuracies, ks=ks) for name, table in scores.items()}
-    x, y = _aligned(scores, accuracies)
-    out = {
-        "weighted_tau": weighted_tau(x, y),
-        "kendall_tau": kendall_tau(x, y),
-        "pearson": pearson(x, y),
-    }
+        return judge(scores, accuracies, **options)[0]
+    return _judge({"scores": scores}, accuracies, **options, minimum=0, label=str)[0]["scores"]
+
+
+def compare(scores_a, scores_b, accuracies, *, measure="weighted_tau", bootstrap=BOOTSTRAP, confidence=CONFIDENCE,
+            seed=0):
+    """Is ranking a better than ranking b? A paired bootstrap: both are
+    judged on the same resamples of the models (and seeds), so what the
+    two share (an easy or a hard draw of models) cancels out.
+
+    scores_a, scores_b: {model: score} over the same models, or sequences
+    aligned with `accuracies` (as for evaluate). measure: "weighted_tau"
+    (default), "kendall_tau", "pearson" or "rel@k".
+    Returns {"delta": measure(a) - measure(b) (NaN where either is
+    undefined), "delta_" + measure: [low, high], the `confidence` interval
+    of that difference (None where undefined or with fewer than
+    MIN_MODELS models), "p_better": the share of resamples in which a
+    scores higher (ties count half; None with the interval)}. The
+    difference is resolved at that confidence when its interval excludes 0.
+    """
+    if isinstance(scores_a, Mapping) != isinstance(scores_b, Mapping):
+        raise TypeError("scores_a and scores_b must both be {model: score} mappings or both be sequences")
+    if isinstance(scores_a, Mapping) and set(scores_a) != set(scores_b):
+        raise ValueError(f"scores_a and scores_b must score the same models; only one of them scores "
+                         f"{sorted(set(scores_a) ^ set(scores_b), key=str)}")
+    _, comparisons = _judge({"scores_a": scores_a, "scores_b": scores_b}, accuracies, pairs=[("scores_a", "scores_b")],
+                            measure=measure, ks=(), bootstrap=bootstrap, confidence=confidence, seed=seed, minimum=1,
+                            label=str)
+    return comparisons["scores_a", "scores_b"]
+
+
+def judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks=(1, 3), bootstrap=BOOTSTRAP,
+          confidence=CONFIDENCE, seed=0):
+    """evaluate() of several rankings and compare() of pairs of them at
+    once: rankings of the same models share their resamples, and what the
+    resamples cost for the ground truth alone is done once for all.
+
+    rankings: {name: {model: score}} (or {name: sequence}, with sequence
+    accuracies); pairs: (name a, name b) to compare on `measure`, each
+    two rankings of the same models. The other arguments are evaluate()'s.
+    Returns ({name: evaluate()'s result}, {(a, b): compare()'s result}).
+    """
+    return _judge(rankings, accuracies, pairs=pairs, measure=measure, ks=ks, bootstrap=bootstrap,
+                  confidence=confidence, seed=seed, minimum=1 if pairs else 0,
+                  label=lambda name: f"the scores of {name!r}")
+
+
+def _judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks, bootstrap, confidence, seed, minimum,
+           label):
+    """judge(); label(name) names a ranking in errors."""
+    check_bootstrap(bootstrap, confidence, seed, minimum=minimum)
+    ks = tuple(ks)
+    computed = tuple(dict.fromkeys(ks + _measure_ks(measure)))
+    groups, group_of = {}, {}  # the rankings of each set of models (each in the accuracies' order)
+    for name, scores in rankings.items():
+        x, truth = _aligned(scores, accuracies)
+        group = groups.setdefault(frozenset(scores) if isinstance(scores, Mapping) else None,
+                                  {"truth": truth, "names": [], "x": []})
+        group["names"].append(name)
+        group["x"].append(_vector(x, label(name)))
+        group_of[name] = group
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in rankings:
+                raise ValueError(f"pairs names {name!r}, which is not one of the rankings {list(rankings)}")
+        if group_of[a] is not group_of[b]:
+            raise ValueError(f"rankings {a!r} and {b!r} must score the same models to be compared")
+    for group in groups.values():
+        group["truth"] = _Truth.of(group["truth"])
+        for x in group["x"]:
+            _check_sizes(x, group["truth"].mean)
+            for k in computed:
+                _check_k(k, x.size)
+    out, resampled = {}, {}
+    for group in groups.values():
+        truth = group["truth"]
+        values = _bootstrap_values(group["x"], truth, computed, bootstrap, seed) if bootstrap else None
+        for index, (name, x) in enumerate(zip(group["names"], group["x"])):
+            point = _point(x, truth.mean, computed)
+            out[name] = {measure_name: point[measure_name] for measure_name in _names(ks)}
+            if values is not None:
+                resampled[name] = (point, values[index])
+                shown = {measure_name: values[index][measure_name] for measure_name in out[name]}
+                out[name].update(_summary(out[name], shown, bootstrap, confidence, seed, truth))
+    comparisons = {}
+    for a, b in pairs:
+        delta = resampled[a][1][measure] - resampled[b][1][measure]
+        interval, _ = _interval(delta, bootstrap, confidence, group_of[a]["truth"].mean.size)
+        p_better = None
+        if interval is not None:
+            defined = delta[~np.isnan(delta)]
+            p_better = float(((defined > 0).sum() + 0.5 * (defined == 0).sum()) / defined.size)
+        comparisons[a, b] = {"delta": resampled[a][0][measure] - resampled[b][0][measure],
+                             f"delta_{measure}": interval, "p_better": p_better}
+    return out, comparisons
+
+
+def _names(ks):
+    return MEASURES + tuple(f"rel@{k}" for k in ks)
+
+
+def _point(x, y, ks):
+    out = {"weighted_tau": weighted_tau(x, y), "kendall_tau": kendall_tau(x, y), "pearson": pearson(x, y)}
     for k in ks:
         out[f"rel@{k}"] = rel_at_k(x, y, k)
     return out
@@ -108,6 +226,214 @@ def ssl_resnet50_accuracies():
     return json.loads(text)
 
 
+class _Truth:
+    """The ground truth of M models: `mean` (M,), each model's mean
+    accuracy, and for the bootstrap `seeds` (M x S, each model's per-seed
+    accuracies, NaN-padded) with `counts` (M,)."""
+
+    def __init__(self, mean, seeds, counts):
+        self.mean, self.seeds, self.counts = mean, seeds, counts
+
+    @classmethod
+    def of(cls, accuracies):
+        if isinstance(accuracies, (str, bytes)) or not isinstance(accuracies, (Sequence, np.ndarray)):
+            raise TypeError(f"accuracies must be numbers (or per-seed lists of numbers), got "
+                            f"{type(accuracies).__name__}")
+        lists = []
+        for position, value in enumerate(accuracies):
+            runs = list(value) if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)) \
+                else [value]
+            if not runs or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in runs):
+                raise TypeError(f"accuracies must be numbers or non-empty lists of numbers (one per fine-tuning "
+                                f"seed), got {value!r} at position {position}")
+            if not all(math.isfinite(v) for v in runs):
+                raise ValueError(f"accuracies has non-finite values (NaN or inf) at position {position}: {value!r}")
+            lists.append([float(v) for v in runs])
+        counts = np.array([len(runs) for runs in lists], dtype=np.intp)
+        seeds = np.full((len(lists), int(counts.max(initial=1))), np.nan)
+        for row, runs in zip(seeds, lists):
+            row[:len(runs)] = runs
+        mean = np.array([sum(runs) / len(runs) for runs in lists])
+        return cls(mean, seeds, counts)
+
+
+class _Samples:
+    """B bootstrap resamples of M models: `models` (B x M, the models drawn),
+    `counts` (B x M, how often each model was drawn), `accuracies` (B x M,
+    each model's accuracy in each resample; None when every model has one
+    accuracy, which then holds in every resample) and `degenerate` (B,):
+    resamples that drew a single model, which rank nothing."""
+
+    def __init__(self, models, counts, accuracies, degenerate):
+        self.models, self.counts, self.accuracies, self.degenerate = models, counts, accuracies, degenerate
+
+
+def _resample(truth, resamples, seed):
+    """Models drawn with replacement; for a model with S > 1 seeds, its
+    accuracy in a resample is the mean of S seeds drawn with replacement
+    from its own (the bootstrap of that mean), the same for every copy of
+    the model within the resample."""
+    rng = np.random.default_rng(seed)
+    m = truth.mean.size
+    models = rng.integers(0, m, size=(resamples, m))
+    counts = np.bincount((models + m * np.arange(resamples)[:, None]).ravel(), minlength=resamples * m)
+    counts = counts.reshape(resamples, m).astype(np.float64)
+    accuracies = None
+    if truth.counts.max() > 1:
+        draws = np.floor(rng.random((resamples, m, truth.seeds.shape[1])) * truth.counts[None, :, None])
+        used = np.arange(truth.seeds.shape[1])[None, None, :] < truth.counts[None, :, None]
+        picked = np.where(used, truth.seeds[np.arange(m)[None, :, None], draws.astype(np.intp)], 0.0)
+        accuracies = picked.sum(axis=2) / truth.counts[None, :]
+    return _Samples(models, counts, accuracies, counts.max(axis=1) == m)
+
+
+def _bootstrap_values(xs, truth, ks, resamples, seed):
+    """[{measure: (B,) values}] of each ranking of `xs` (scores of the same
+    M models) on B = `resamples` resamples drawn with `seed`; NaN where
+    undefined: a tau or r of constant scores or accuracies, rel@k with a
+    best accuracy <= 0, and every measure of a degenerate resample."""
+    samples = _resample(truth, resamples, seed)
+    y = truth.mean[samples.models] if samples.accuracies is None else \
+        np.take_along_axis(samples.accuracies, samples.models, axis=1)
+    out = []
+    for x, taus in zip(xs, _taus(xs, truth, samples, y)):
+        drawn = x[samples.models]
+        values = {"weighted_tau": taus[0], "kendall_tau": taus[1], "pearson": _pearson_rows(drawn, y)}
+        for k in ks:
+            values[f"rel@{k}"] = _rel_rows(drawn, y, k)
+        for array in values.values():
+            array[samples.degenerate] = np.nan
+        out.append(values)
+    return out
+
+
+def _taus(xs, truth, samples, ys):
+    """[(weighted tau, Kendall's tau-b) of each resample] for each ranking
+    of `xs` (ys: B x M, the drawn models' accuracies).
+
+    With s_ij = sgn(x_i - x_j) sgn(y_i - y_j), symmetric, a pair weight
+    w_i + w_j sums as sum_{i<j} (w_i + w_j) s_ij = sum_i w_i c_i, with
+    c_i = sum_j s_ij; the same for the norms with |sgn(dx)| and |sgn(dy)|.
+    And c_i depends only on which model element i is: it is the model's
+    row of the M x M matrix s weighted by how often each model was drawn.
+    So one (B x M) @ (M x M) product gives every resample's row sums, or,
+    when the seeds make y differ between resamples, M products (B x M) @
+    (M x R) for the R rankings together; both weighted-tau rankings and
+    Kendall's tau (w = 1) share them."""
+    n = samples.counts
+    sxs = [np.sign(x[:, None] - x[None, :]) for x in xs]
+    if samples.accuracies is None:
+        sy = np.sign(truth.mean[:, None] - truth.mean[None, :])
+        norm_y = n @ np.abs(sy)
+        concordance = [n @ (sx * sy) for sx in sxs]
+    else:
+        # Model v's row of s in every resample at once: (B x M) signs of
+        # its accuracy against the others', times the counts, times each
+        # ranking's signs (one B x M @ M x R product).
+        a = samples.accuracies
+        by_model = np.stack(sxs, axis=2)  # M x M x R
+        norm_y = np.empty_like(n)
+        concordance = np.empty((len(xs),) + n.shape)
+        for v in range(n.shape[1]):
+            q = np.sign(a[:, v:v + 1] - a) * n
+            norm_y[:, v] = np.abs(q).sum(axis=1)
+            concordance[:, :, v] = (q @ by_model[v]).T
+    sums = [(c, n @ np.abs(sx), norm_y) for c, sx in zip(concordance, sxs)]
+    out = []
+    for x, entry in zip(xs, sums):
+        drawn = x[samples.models]
+        per_element = np.stack([np.take_along_axis(v, samples.models, axis=1) for v in entry])
+        weighted = [_ratio(*(w * per_element).sum(axis=2))
+                    for w in (_hyperbolic_weights(drawn, ys), _hyperbolic_weights(ys, drawn))]
+        out.append(((weighted[0] + weighted[1]) / 2, _ratio(*per_element.sum(axis=2))))
+    return out
+
+
+def _hyperbolic_weights(x, y):
+    """1 / (r + 1) for the rank r of each element by decreasing (x, y),
+    joint ties by position as in _weighted_tau (per row)."""
+    b, m = x.shape
+    order = np.lexsort((y, x), axis=1)[:, ::-1]
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(m), (b, m)), axis=1)
+    return 1.0 / (rank + 1.0)
+
+
+def _ratio(numerator, norm_x, norm_y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = numerator / np.sqrt(norm_x * norm_y)
+    tau[(norm_x == 0) | (norm_y == 0)] = np.nan
+    return np.clip(tau, -1.0, 1.0)
+
+
+def _pearson_rows(x, y):
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((xc * xc).sum(1)) * np.sqrt((yc * yc).sum(1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (xc * yc).sum(1) / denominator
+    r[denominator == 0] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _rel_rows(x, y, k):
+    order = np.lexsort((y, -x), axis=1)[:, :k]
+    best = y.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.take_along_axis(y, order, axis=1).max(axis=1) / best
+    rel[best <= 0] = np.nan
+    return rel
+
+
+def _summary(point, values, resamples, confidence, seed, truth):
+    """The "interval" and "bootstrap" entries of evaluate()'s result."""
+    intervals, undefined = {}, {}
+    for measure, samples in values.items():
+        interval, undefined[measure] = _interval(samples, resamples, confidence, truth.mean.size)
+        intervals[measure] = interval if math.isfinite(point[measure]) else None
+    return {"interval": intervals,
+            "bootstrap": {"resamples": resamples, "confidence": confidence, "seed": seed, "models": truth.mean.size,
+                          "seeds_resampled": bool(truth.counts.max() > 1), "undefined": undefined}}
+
+
+def _interval(samples, resamples, confidence, models):
+    """([low, high], the percentile interval of the defined resamples, and
+    how many were undefined). None for fewer than MIN_MODELS models (two
+    models give every resample the same tau: a zero-width interval that
+    says nothing) or when fewer than half of the resamples are defined."""
+    defined = samples[~np.isnan(samples)]
+    missing = int(samples.size - defined.size)
+    if models < MIN_MODELS or defined.size * 2 < resamples:
+        return None, missing
+    low, high = np.quantile(defined, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return [float(low), float(high)], missing
+
+
+def _measure_ks(measure):
+    if measure in MEASURES:
+        return ()
+    if isinstance(measure, str) and measure.startswith("rel@") and measure[4:].isdigit() and int(measure[4:]) >= 1:
+        return (int(measure[4:]),)
+    raise ValueError(f"measure must be one of {', '.join(MEASURES)} or 'rel@k' with k a positive integer, got "
+                     f"{measure!r}")
+
+
+def check_bootstrap(bootstrap, confidence, seed, minimum=0):
+    """Raise naming the bad one of evaluate()'s bootstrap options (for
+    callers that check their arguments before any work)."""
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, numbers.Integral) or bootstrap < minimum:
+        raise ValueError(f"bootstrap must be an integer >= {minimum} (the number of resamples), got {bootstrap!r}")
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a number strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (the resampling's seed), got {seed!r}")
+
+
+def _check_k(k, size):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= size:
+        raise ValueError(f"k must be an integer in [1, {size}] (the number of models), got {k!r}")
+
+
 def _aligned(scores, accuracies):
     if isinstance(scores, Mapping):
         if not isinstance(accuracies, Mapping):
@@ -115,7 +441,9 @@ def _aligned(scores, accuracies):
         missing = [m for m in scores if m not in accuracies]
         if missing:
             raise ValueError(f"accuracies has no entry for the scored models {missing}")
-        models = list(scores)
+        # In the accuracies' order: the resamples, drawn by position, then
+        # do not depend on the order of a scores mapping's keys.
+        models = [m for m in accuracies if m in scores]
         return [scores[m] for m in models], [accuracies[m] for m in models]
     if isinstance(accuracies, Mapping):
         raise TypeError("accuracies is a {model: accuracy} mapping, so scores must be a {model: score} mapping")
@@ -125,11 +453,15 @@ def _aligned(scores, accuracies):
 def _pair(scores, accuracies):
     x = _vector(scores, "scores")
     y = _vector(accuracies, "accuracies")
+    _check_sizes(x, y)
+    return x, y
+
+
+def _check_sizes(x, y):
     if x.size != y.size:
         raise ValueError(f"scores has {x.size} entries but accuracies has {y.size}")
     if x.size < 2:
         raise ValueError(f"a ranking needs at least 2 models, got {x.size}")
-    return x, y
 
 
 def _vector(values, name):
@@ -167,5 +499,7 @@ def _tau(x, y, pair_weight):
     norm_y = float(w @ np.abs(sy))
     if norm_x == 0 or norm_y == 0:
         return math.nan
-    tau = float(w @ (sx * sy)) / math.sqrt(norm_x) / math.sqrt(norm_y)
+    # One square root of the product: a perfect ranking (numerator = norms)
+    # gives exactly 1 (sqrt(fl(a * a)) == a), not 1 - 1e-16.
+    tau = float(w @ (sx * sy)) / math.sqrt(norm_x * norm_y)
     return max(-1.0, min(1.0, tau))
