@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 from . import __version__, _backends
+from .evaluate import BOOTSTRAP, CONFIDENCE, check_bootstrap
 from .scorers import available
 from .zoo.errors import checking_inputs, is_input_error
 from .zoo.finetune import Recipe
+from .zoo.report import ROWS_FIT, TABLE_WIDTH
 
 EXIT_FAILED_MODELS, EXIT_USAGE, EXIT_RUN, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 ERROR_LOG = "ped-fast-error.log"
@@ -61,6 +63,17 @@ def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
                            help="models sharing one pass over the images (their weights are held together; "
                                 "default: 8)")
     _output_options(group)
+
+
+def _bootstrap_options(group, seed_flags):
+    """The bootstrap intervals of the ranking measures (docs/screening.md §5)."""
+    group.add_argument("--bootstrap", type=int, default=BOOTSTRAP, metavar="B",
+                       help="resamples of the models (and of their fine-tuning seeds) for the intervals; 0: none "
+                            "(default: %(default)s)")
+    group.add_argument("--confidence", type=float, default=CONFIDENCE, metavar="C",
+                       help="the intervals' confidence level (default: %(default)s)")
+    group.add_argument(*seed_flags, dest="bootstrap_seed", type=int, default=0, metavar="S",
+                       help="the resampling's seed: the same seed gives the same intervals (default: %(default)s)")
 
 
 def _output_options(group):
@@ -115,10 +128,18 @@ def _parser(prog):
     screen.add_argument("--combine", metavar="SPEC", action="append",
                         help="a zoo-level combination, minmax:TERM+TERM... (TERM: a screened scorer, or ped_SCORER "
                              "for its PED score): the mean of the terms min-max normalised across the zoo; repeatable")
-    screen.add_argument("--ground-truth", metavar="FILE", help="JSON {model: accuracy}: adds the ranking measures")
+    screen.add_argument("--ground-truth", metavar="FILE",
+                        help="JSON {model: accuracy} or {model: [accuracy per fine-tuning seed]}: adds the ranking "
+                             "measures with their bootstrap intervals")
     screen.add_argument("--out", metavar="DIR", default="ped_fast_results",
                         help="report folder: results.json, results.csv, ranking.png (default: ped_fast_results)")
     _common(screen, backend=True)
+    report = screen.add_argument_group("report options")
+    report.add_argument("--show", choices=["fit", "all"], default="fit",
+                        help=f"the printed table: fit (default) keeps it within {TABLE_WIDTH} columns (the scores "
+                             f"that rank first, at most {ROWS_FIT} models); all prints every model and column "
+                             f"(results.csv always has them)")
+    _bootstrap_options(report, seed_flags=("--bootstrap-seed",))
     cluster = screen.add_argument_group("executor options")
     cluster.add_argument("--executor", default="local", choices=["local", "ray"],
                          help="run the per-model work units here, one after another (local, default), or as Ray "
@@ -138,9 +159,11 @@ def _parser(prog):
     evaluate = verbs.add_parser("evaluate", help="ranking measures of a finished screen")
     evaluate.add_argument("--results", required=True, metavar="FILE|DIR",
                           help="a screen's results.json, or the screen's --out folder holding it")
-    evaluate.add_argument("--ground-truth", required=True, metavar="FILE", help="JSON {model: accuracy}")
+    evaluate.add_argument("--ground-truth", required=True, metavar="FILE",
+                          help="JSON {model: accuracy} or {model: [accuracy per fine-tuning seed]}")
     evaluate.add_argument("--out", metavar="DIR",
                           help="also write the report with the measures and the accuracy plot here")
+    _bootstrap_options(evaluate, seed_flags=("--seed", "--bootstrap-seed"))
     _output_options(evaluate.add_argument_group("common options"))
 
     finetune = verbs.add_parser("finetune", help="fine-tune each model: ground-truth accuracies")
@@ -318,14 +341,22 @@ def _run_reference_stats(args):
 
 
 def _run_screen(args):
-    from .zoo.report import FILES, format_table
+    from .zoo.report import FILES, evaluation, format_table, json_safe, load_ground_truth, write_report
     from .zoo.screen import failed, screen
 
     settings = _settings(args)
+    with checking_inputs():
+        check_bootstrap(args.bootstrap, args.confidence, args.bootstrap_seed)
     results = screen(args.models, args.data, args.reference, scorers=args.scorers, ground_truth=args.ground_truth,
                      out=args.out, cache=args.cache, features=args.features, backend=args.backend,
                      executor=_executor(args), reduce=args.reduce, combine=args.combine, **settings)
-    print(format_table(results))
+    options = dict(bootstrap=args.bootstrap, confidence=args.confidence, seed=args.bootstrap_seed)
+    if results.get("evaluation") and options != dict(bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0):
+        # screen() judges the rankings with the default bootstrap: other
+        # options judge them again and rewrite the report.
+        results["evaluation"] = json_safe(evaluation(results, load_ground_truth(args.ground_truth), **options))
+        write_report(results, args.out)
+    print(format_table(results, width=None if args.show == "all" else TABLE_WIDTH))
     print(f"\nwrote the report ({', '.join(FILES)}) to {args.out}")
     bad = failed(results)
     if bad:
@@ -372,15 +403,19 @@ def _read_results(path):
 
 
 def _run_evaluate(args):
-    from .zoo.report import check_output_folder, evaluation, format_evaluation, load_ground_truth, write_report
+    from .zoo.report import (check_output_folder, evaluation, format_evaluation, json_safe, load_ground_truth,
+                             recorded_ground_truth, write_report)
 
     with checking_inputs():
+        check_bootstrap(args.bootstrap, args.confidence, args.bootstrap_seed)
         results = _read_results(args.results)
         truth = load_ground_truth(args.ground_truth)
         if args.out:
             check_output_folder(args.out)
-        results["evaluation"] = evaluation(results, truth)
-    results["ground_truth"] = {row["name"]: truth[row["name"]] for row in results["models"] if not row["error"]}
+        results["evaluation"] = json_safe(evaluation(results, truth, bootstrap=args.bootstrap,
+                                                     confidence=args.confidence, seed=args.bootstrap_seed))
+    results["ground_truth"] = recorded_ground_truth(truth, [row["name"] for row in results["models"]
+                                                            if not row["error"]])
     print(format_evaluation(results["evaluation"]))
     if args.out:
         write_report(results, args.out)

@@ -325,9 +325,10 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
     accuracy, the skipped images, ...) with the run's inputs; so a killed
     run, run again, fine-tunes only what is missing.
 
-    out: a JSON file {label: mean accuracy} (what ``ped-fast evaluate
-    --ground-truth`` reads), rewritten atomically after each model, so that
-    it always holds the models this call has finished. A model that fails
+    out: a JSON file {label: accuracy} for one seed, {label: [accuracy of
+    each seed]} for several (what ``ped-fast evaluate --ground-truth``
+    reads), rewritten atomically after each model, so that it always
+    holds the models this call has finished. A model that fails
     does not stop the others; after the last one, FinetuneFailed names the
     failures (the file then holds the models that succeeded)."""
     # Bad specs, folders, seeds and an unusable device are the caller's
@@ -340,9 +341,9 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
         if out is not None:
             check_output_file(out)
     cache = Cache.of(cache)
-    accuracies, errors = {}, {}
+    accuracies, written, errors = {}, {}, {}
     if out is not None:
-        write_json(out, accuracies)
+        write_json(out, written)
     for spec in progress_bar(specs, desc="fine-tuning", unit="model", enabled=progress):
         try:
             runs, ran = _finetune_model(spec, splits, seeds, recipe=recipe, seed=seed, pretrained=pretrained,
@@ -351,12 +352,15 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
             errors[spec.label] = describe(err)
         else:
             accuracies[spec.label] = sum(run["accuracy"] for run in runs) / len(runs)
+            # The file keeps every seed's accuracy: the mean ranks, the spread
+            # feeds the bootstrap intervals of ped_fast.evaluate.
+            written[spec.label] = [run["accuracy"] for run in runs] if len(runs) > 1 else accuracies[spec.label]
             if progress:
                 mean = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
                 took = f"{sum(run['seconds'] for run in ran):.1f} s" if ran else "cached"
                 write(f"{spec.label}: accuracy {accuracies[spec.label]:.4f}{mean} ({took})")
         if out is not None:
-            write_json(out, accuracies)
+            write_json(out, written)
     if errors:
         raise FinetuneFailed(accuracies, errors)
     return accuracies
