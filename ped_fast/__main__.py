@@ -54,15 +54,30 @@ def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
         group.add_argument("--no-pretrained", action="store_true",
                            help="build plain NAME specs with seeded random weights (tests, offline trials)")
         group.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
+        group.add_argument("--no-ema", action="store_true",
+                           help="load a training checkpoint's plain weights, not its EMA weights (timm's preference "
+                                "when it holds both)")
     if extraction:
         group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                            help="forward-pass precision (features are stored float32; default: fp32)")
         group.add_argument("--workers", type=int,
                            help="image-decoding worker processes (default: 0 on the CPU, up to 8 with a GPU)")
-        group.add_argument("--models-per-pass", type=int, default=8,
-                           help="models sharing one pass over the images (their weights are held together; "
-                                "default: 8)")
+        group.add_argument("--models-per-pass", type=int,
+                           help="models sharing one pass over the images (their weights are held together; default: "
+                                "as many as fit in 1 GiB of weights on the CPU, 40%% of a GPU's memory)")
+        group.add_argument("--threads", type=int,
+                           help="torch threads during the forward passes (default: the cores this process may use "
+                                "less the decoding workers)")
     _output_options(group)
+
+
+def _reference_budget(parser):
+    parser.add_argument("--reference-images", metavar="N|auto",
+                        help="reference images per model: every one (default, the paper's setting), a seeded random "
+                             "subset of N (the same for every model), or auto: stop once each dimension's mean and "
+                             "std are known to --reference-tolerance")
+    parser.add_argument("--reference-tolerance", type=float, default=0.01, metavar="T",
+                        help="auto's relative standard error (default: %(default)s)")
 
 
 def _bootstrap_options(group, seed_flags):
@@ -99,7 +114,11 @@ def _parser(prog):
     extract.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
     extract.add_argument("--data", required=True, metavar="DIR", help="image folder, one subfolder per class")
     extract.add_argument("--out", metavar="DIR",
-                         help="also write OUT/labels.npy and OUT/LABEL.npy (the --features layout)")
+                         help="also write OUT/labels.npy and OUT/LABEL.npy (the --features layout), and "
+                              "OUT/LABEL.logits.npy with --predictions exact")
+    extract.add_argument("--predictions", choices=["compact", "exact"],
+                         help="also keep each classifier head's predictions on the images (for leep and nce): "
+                              "compact (at most 1 KiB per image) or exact (the N x K logits); default: none")
     _common(extract)
 
     stats = verbs.add_parser("reference-stats", help="streamed mean/std of each model's reference features")
@@ -107,6 +126,7 @@ def _parser(prog):
     stats.add_argument("--reference", required=True, metavar="DIR",
                        help="reference image folder (any layout; labels ignored)")
     stats.add_argument("--out", metavar="DIR", help="also write OUT/LABEL.reference_stats.npz (arrays mean, std)")
+    _reference_budget(stats)
     _common(stats)
 
     screen = verbs.add_parser("screen", help="score every model plain and with PED, and write the report")
@@ -120,7 +140,10 @@ def _parser(prog):
                              "--features, omit it to use each NAME's reference file")
     screen.add_argument("--scorers", default="sfda",
                         help=f"'all', or comma-separated among {', '.join(s.name for s in available())} (default: "
-                             f"sfda); leep and nce read the models' logits and have no PED score")
+                             f"sfda); leep and nce read the models' predictions and have no PED score")
+    screen.add_argument("--predictions", choices=["compact", "exact"], default="compact",
+                        help="how the classifier heads' predictions are kept when a scorer reads them: compact (at "
+                             "most 1 KiB per image; leep and nce; default) or exact (the N x K logits)")
     screen.add_argument("--reduce", metavar="pca:K",
                         help="project each model's features on their K principal axes before PED and scoring (the "
                              "remedy for saturated scores when D >= N); needs --reference self, or --features with "
@@ -133,6 +156,7 @@ def _parser(prog):
                              "measures with their bootstrap intervals")
     screen.add_argument("--out", metavar="DIR", default="ped_fast_results",
                         help="report folder: results.json, results.csv, ranking.png (default: ped_fast_results)")
+    _reference_budget(screen)
     _common(screen, backend=True)
     report = screen.add_argument_group("report options")
     report.add_argument("--show", choices=["fit", "all"], default="fit",
@@ -181,6 +205,9 @@ def _parser(prog):
     finetune.add_argument("--optimizer", default=Recipe.optimizer, choices=["adamw", "sgd"],
                           help="adamw (decoupled weight decay) or sgd (momentum 0.9, Nesterov) (default: "
                                "%(default)s)")
+    finetune.add_argument("--seeds", metavar="S,S,...",
+                          help="fine-tune each model once per seed; the ground truth then lists each seed's "
+                               "accuracy (default: the one --seed)")
     finetune.add_argument("--augmentation", default=Recipe.augmentation, choices=["none", "light"],
                           help="none: the model's eval transform only (deterministic); light: random shifts of up to "
                                "1/8 of the image, seeded (default: %(default)s)")
@@ -298,10 +325,31 @@ def _device(args):
 def _settings(args):
     return dict(pretrained=not args.no_pretrained, seed=args.seed, batch_size=args.batch_size, device=args.device,
                 precision=args.precision, workers=args.workers, models_per_pass=args.models_per_pass,
-                progress=not args.quiet)
+                threads=args.threads, use_ema=not args.no_ema, progress=not args.quiet)
 
 
-def _run_stage(args, run, folder, describe, export, written):
+def _seeds(text):
+    """--seeds "0,1,2": the fine-tuning seeds, or None (the one --seed)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def _budget(value):
+    """--reference-images: None (every image), "auto", or a count."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        with checking_inputs():
+            raise ValueError(f"--reference-images must be a number of images or 'auto', got {value!r}") from None
+
+
+def _run_stage(args, run, folder, describe, export, written, **options):
     """extract and reference-stats: run the stage, one line per model, and
     export what finished to --out."""
     from .zoo.extract import ExtractionError
@@ -311,7 +359,7 @@ def _run_stage(args, run, folder, describe, export, written):
         with checking_inputs():
             check_output_folder(args.out)
     try:
-        results, status = run(args.models, folder, cache=args.cache, **_settings(args)), 0
+        results, status = run(args.models, folder, cache=args.cache, **options, **_settings(args)), 0
     except ExtractionError as error:
         results, status = error.results, EXIT_FAILED_MODELS
         for label, failure in error.errors.items():
@@ -329,7 +377,8 @@ def _run_extract(args):
     from .zoo.extract import export_features, extract
 
     return _run_stage(args, extract, args.data, lambda fs: f"{fs.features.shape[0]} x {fs.dim} features",
-                      export_features, lambda n: f"{args.out}/labels.npy and {n} feature files")
+                      export_features, lambda n: f"{args.out}/labels.npy and {n} feature files",
+                      predictions=args.predictions)
 
 
 def _run_reference_stats(args):
@@ -337,25 +386,20 @@ def _run_reference_stats(args):
 
     return _run_stage(args, reference_stats, args.reference,
                       lambda stats: f"mean and std of {stats.dim} dimensions over {stats.count} images",
-                      export_stats, lambda n: f"{n} files {args.out}/LABEL.reference_stats.npz")
+                      export_stats, lambda n: f"{n} files {args.out}/LABEL.reference_stats.npz",
+                      reference_images=_budget(args.reference_images), reference_tolerance=args.reference_tolerance)
 
 
 def _run_screen(args):
-    from .zoo.report import FILES, evaluation, format_table, json_safe, load_ground_truth, write_report
+    from .zoo.report import FILES, format_table
     from .zoo.screen import failed, screen
 
-    settings = _settings(args)
-    with checking_inputs():
-        check_bootstrap(args.bootstrap, args.confidence, args.bootstrap_seed)
     results = screen(args.models, args.data, args.reference, scorers=args.scorers, ground_truth=args.ground_truth,
                      out=args.out, cache=args.cache, features=args.features, backend=args.backend,
-                     executor=_executor(args), reduce=args.reduce, combine=args.combine, **settings)
-    options = dict(bootstrap=args.bootstrap, confidence=args.confidence, seed=args.bootstrap_seed)
-    if results.get("evaluation") and options != dict(bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0):
-        # screen() judges the rankings with the default bootstrap: other
-        # options judge them again and rewrite the report.
-        results["evaluation"] = json_safe(evaluation(results, load_ground_truth(args.ground_truth), **options))
-        write_report(results, args.out)
+                     executor=_executor(args), reduce=args.reduce, combine=args.combine,
+                     predictions=args.predictions, reference_images=_budget(args.reference_images),
+                     reference_tolerance=args.reference_tolerance, bootstrap=args.bootstrap,
+                     confidence=args.confidence, bootstrap_seed=args.bootstrap_seed, **_settings(args))
     print(format_table(results, width=None if args.show == "all" else TABLE_WIDTH))
     print(f"\nwrote the report ({', '.join(FILES)}) to {args.out}")
     bad = failed(results)
@@ -429,10 +473,11 @@ def _run_finetune(args):
     with checking_inputs():
         recipe = Recipe(optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                         augmentation=args.augmentation)
+        seeds = _seeds(args.seeds)
     try:
         accuracies = finetune_zoo(args.models, args.data, args.test, out=args.out, recipe=recipe, seed=args.seed,
-                                  pretrained=not args.no_pretrained, device=args.device, cache=args.cache,
-                                  progress=not args.quiet)
+                                  seeds=seeds, pretrained=not args.no_pretrained, device=args.device,
+                                  cache=args.cache, use_ema=not args.no_ema, progress=not args.quiet)
     except FinetuneFailed as error:
         accuracies, status = error.accuracies, 1
         print(str(error), file=sys.stderr)

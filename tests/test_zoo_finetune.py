@@ -17,6 +17,7 @@ import ped_fast.zoo.finetune as finetune_module
 from ped_fast.zoo.finetune import FinetuneFailed, Recipe, finetune, finetune_zoo, train
 from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.models import load_model, save_model_dir
+from ped_fast.zoo.report import load_ground_truth
 from zoo_helpers import small_checkpoint
 
 SIZE = 16
@@ -269,7 +270,7 @@ def test_a_killed_finetune_resumes_with_what_is_missing(tmp_path, monkeypatch, t
     calls = _spy_train(monkeypatch)
     truth = finetune_zoo(specs, train_dir, test_dir, **kwargs)
     assert calls == [("b", 1), ("c", 0), ("c", 1)]
-    assert list(truth) == ["a", "b", "c"] and json.loads(out.read_text()) == truth
+    assert list(truth) == ["a", "b", "c"] and load_ground_truth(out) == truth
 
     # The entries: one per (model, seed), the per-seed accuracies whose mean
     # is the ground truth.

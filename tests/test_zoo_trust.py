@@ -505,3 +505,21 @@ def test_forward_threads_leave_cores_to_the_decoding_workers(folders, tmp_path, 
     seen.clear()
     extract("test_convnext", folders / "data", threads=1, **common)
     assert set(seen) == {1}
+
+
+def test_cli_flags_reach_the_screen(folders, tmp_path):
+    """--reference-images, --threads, --predictions, --no-ema and
+    --models-per-pass go through to the screen (and a bad budget is an
+    argument error)."""
+    checkpoint = small_checkpoint(tmp_path / "m", "test_resnet", 5)
+    common = ["screen", "--models", f"m:test_resnet={checkpoint}", "--data", str(folders / "data"), "--reference",
+              str(folders / "reference"), "--cache", str(tmp_path / "c"), "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "o"), "--reference-images", "3", "--threads", "1",
+                          "--predictions", "exact", "--scorers", "sfda,leep", "--no-ema", "--models-per-pass",
+                          "2"]) == 0
+    (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["models"]
+    assert row["reference_images"] == 3 and row["scores"]["leep"]["baseline"] is not None
+    assert list((tmp_path / "c" / "predictions").glob("*.logits.npy"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(common + ["--reference-images", "many"])
+    assert exit_info.value.code == 2

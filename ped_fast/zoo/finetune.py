@@ -264,7 +264,7 @@ def accuracy(model, dataset, *, batch_size=256, device=None) -> float:
 
 
 def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pretrained=True, device=None,
-             progress=True) -> dict:
+             progress=True, use_ema=True) -> dict:
     """Fine-tune one model and test it.
 
     loaded_or_spec: a LoadedModel (left unchanged: a copy is trained), a
@@ -284,7 +284,7 @@ def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pr
         loaded = loaded_or_spec
         model = copy.deepcopy(loaded.model)
     else:
-        loaded = load_model(parse_spec(loaded_or_spec), pretrained=pretrained, seed=seed)
+        loaded = load_model(parse_spec(loaded_or_spec), pretrained=pretrained, seed=seed, use_ema=use_ema)
         model = loaded.model
     data = _decode(_splits(train_dir, test_dir), loaded.data_config)
     result = _run(model, loaded.spec.label, data, recipe, seed=seed, device=device, progress=progress)
@@ -313,13 +313,13 @@ def _key(spec, identity, recipe, seed, splits: _Splits) -> str:
 
 
 def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=0, seeds=None, pretrained=True,
-                 device=None, cache=None, progress=True) -> dict:
+                 device=None, cache=None, progress=True, use_ema=True) -> dict:
     """Fine-tune every model of `specs` (anything parse_models takes) once
     per seed of `seeds` and return the ground truth {label: mean accuracy
     over the seeds}, in the specs' order.
 
     seed: the seed of random weights (pretrained=False) and, when `seeds`
-    is None, the one fine-tuning seed. Each (model, seed) run is kept in
+    is None, the one fine-tuning seed. use_ema: as in load_model. Each (model, seed) run is kept in
     `cache` (a Cache, a folder, or None for the default) as soon as it
     finishes, kind "finetune", its meta finetune()'s result (the per-seed
     accuracy, the skipped images, ...) with the run's inputs; so a killed
@@ -347,7 +347,7 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
     for spec in progress_bar(specs, desc="fine-tuning", unit="model", enabled=progress):
         try:
             runs, ran = _finetune_model(spec, splits, seeds, recipe=recipe, seed=seed, pretrained=pretrained,
-                                        device=device, cache=cache, progress=progress)
+                                        use_ema=use_ema, device=device, cache=cache, progress=progress)
         except Exception as err:  # noqa: BLE001 - one model's failure must not end the run
             errors[spec.label] = describe(err)
         else:
@@ -379,11 +379,11 @@ def _check_seeds(seed, seeds) -> tuple:
     return seeds
 
 
-def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, device, cache, progress):
+def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, use_ema, device, cache, progress):
     """(every seed's run meta, in `seeds`' order; the runs done now). Only
     the runs the cache lacks are done: the model is built and the images
     decoded once for them, and each run is cached as soon as it ends."""
-    identity = weights_identity(spec, pretrained=pretrained, seed=seed)
+    identity = weights_identity(spec, pretrained=pretrained, seed=seed, use_ema=use_ema, cache=cache)
     keys = {s: _key(spec, identity, recipe, s, splits) for s in seeds}
     runs = {}
     for s in seeds:
@@ -396,7 +396,7 @@ def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, device, ca
         import timm
 
         start = time.perf_counter()
-        loaded = load_model(spec, pretrained=pretrained, seed=seed)
+        loaded = load_model(spec, pretrained=pretrained, seed=seed, use_ema=use_ema)
         data = _decode(splits, loaded.data_config)
         shared = (time.perf_counter() - start) / len(missing)
         for s in missing:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__, _backends
+from ..evaluate import BOOTSTRAP, CONFIDENCE, check_bootstrap
 from ..score import parse_reduce
 from ..scorers import get as get_scorer
 from .cache import Cache, content_key
@@ -38,7 +39,8 @@ from .extract import FeaturesStage, Settings, check_models, remembered_config, r
 from .images import ImageSet, image_files, image_folder
 from .predictions import COMPACT_SCORERS, Predictions, check_form
 from .refstats import ReferenceStage, ReferenceStats, check_budget, load_stats_file, stats_of
-from .report import check_ground_truth, check_output_folder, evaluation, json_safe, load_ground_truth, write_report
+from .report import (check_ground_truth, check_output_folder, evaluation, json_safe, load_ground_truth,
+                     recorded_ground_truth, write_report)
 from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
                     zoo_warnings)
 
@@ -95,7 +97,8 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
            features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
            workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None,
            combine=None, use_ema=True, predictions="compact", reference_images=None,
-           reference_tolerance=0.01, threads=None) -> dict:
+           reference_tolerance=0.01, threads=None, bootstrap=BOOTSTRAP, confidence=CONFIDENCE,
+           bootstrap_seed=0) -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -138,6 +141,8 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         once every dimension's mean and std are known to
         reference_tolerance; see refstats.ReferenceStage). Each row's
         "reference_images" says how many it used.
+    bootstrap, confidence, bootstrap_seed: the bootstrap intervals of the
+        ranking measures (with ground truth; ped_fast.evaluate.evaluate).
     executor: runs the per-model work units: "local" (default, one after
         another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
         defaults) or an object with map(function, tasks) yielding the rows
@@ -152,6 +157,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     with checking_inputs():  # every mistake in the arguments is found here, before any work
         scorers = check_scorers(scorers)
         check_form(predictions)
+        check_bootstrap(bootstrap, confidence, bootstrap_seed)
         budget = check_budget(reference_images, reference_tolerance)
         combine = check_combine(combine, scorers)
         _check_reduce(reduce, reference, features)
@@ -215,7 +221,8 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
                                                             if row["cached"] else ""))
         log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
 
-    results = _assemble(rows, scorers, header, settings, truth, combine)
+    results = _assemble(rows, scorers, header, settings, truth, combine,
+                        dict(bootstrap=bootstrap, confidence=confidence, seed=bootstrap_seed))
     summary = executor.summary() if callable(getattr(executor, "summary", None)) else None
     if expected is not None:
         summary = dict(summary or {}, **_cache_misses(tasks, rows, expected))
@@ -567,7 +574,7 @@ def _score_files(task, row):
     _score(task, row, cache, inputs)
 
 
-def _assemble(rows, scorers, header, settings, truth, combine=()):
+def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None):
     skipped = {"data": [], "reference": []}
     for row in rows:
         for which, paths in (row.pop("_skipped", None) or {}).items():
@@ -590,9 +597,9 @@ def _assemble(rows, scorers, header, settings, truth, combine=()):
     if combine:
         results["combined"] = {spec: combine_scores(rows, spec) for spec in combine}
     if truth is not None:
-        results["ground_truth"] = {row["name"]: truth[row["name"]] for row in rows}
+        results["ground_truth"] = recorded_ground_truth(truth, [row["name"] for row in rows])
         if sum(not row["error"] for row in rows) >= 2:
-            results["evaluation"] = evaluation(results, truth)
+            results["evaluation"] = evaluation(results, truth, **(intervals or {}))
         else:
             results["warnings"].append({"models": [], "message": "fewer than 2 models were scored: no ranking "
                                                                  "measures"})
