@@ -17,6 +17,7 @@ import torch
 from ped_fast.__main__ import main
 from ped_fast.zoo import extract, screen
 from ped_fast.zoo.images import write_image_folder
+from conftest import gpu_expected
 from test_zoo_scorers import gaussian_models, write_features
 from zoo_helpers import small_checkpoint
 
@@ -147,8 +148,14 @@ def test_rows_record_the_device_and_math_of_their_features(folders, tmp_path, mo
     assert bf16["math"] == "autocast-bf16" and "features" not in bf16["cached"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fp32_features_on_the_gpu_match_the_cpu(folders, tmp_path):
+    """Runs wherever a GPU is present (and fails where one is expected,
+    PED_FAST_EXPECT_GPU=1, but torch cannot use it)."""
+    if not torch.cuda.is_available():
+        if gpu_expected():
+            pytest.fail("a GPU is expected here (PED_FAST_EXPECT_GPU) but torch.cuda.is_available() is False",
+                        pytrace=False)
+        pytest.skip("needs a CUDA device")
     checkpoint = small_checkpoint(tmp_path / "m", "test_convnext", 1)
     common = dict(cache=tmp_path / "c", progress=False)
     cpu = extract(f"m:test_convnext={checkpoint}", folders / "data", device="cpu", **common)["m"]
