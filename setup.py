@@ -83,7 +83,10 @@ setup(
     ],
     # ray: screening on a Ray cluster (ped_fast.zoo.ray_executor, the only
     # module that imports it); in test too, so that CI runs the Ray tests.
-    extras_require={"test": ["pytest", "pytest-benchmark", "ray>=2.9"], "ray": ["ray>=2.9"]},
+    # tomli: Python 3.10's TOML reader (3.11 has tomllib), with which
+    # tests/test_scorer_plugins.py reads its plugin packages' pyproject.toml.
+    extras_require={"test": ["pytest", "pytest-benchmark", "ray>=2.9", "tomli; python_version < '3.11'"],
+                    "ray": ["ray>=2.9"]},
     entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},
     ext_modules=[cpu_extension, *cuda_extensions()],
     cmdclass={"build_ext": BuildExt},

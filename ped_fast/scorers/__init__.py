@@ -13,6 +13,13 @@ whether PED applies); register(name, f, needs="features", shared=None) adds
 one, after which ped_fast.ped_score(features, labels, name) runs it;
 get(name), unregister(name), saturation(name, value, ...). SCORERS maps the
 names of the features scorers (the ones ped_score runs) to their functions.
+
+Plugins: an installed package registers scorers without being imported by
+declaring an entry point in the "ped_fast.scorers" group that names a
+function, called with no arguments, which calls register()
+(docs/integrations.md). Plugins load on the first lookup; one that fails
+is left out with a PluginWarning naming its package, and plugin_errors()
+lists it.
 """
 from . import gbc as _gbc
 from . import hscore as _hscore
@@ -20,7 +27,8 @@ from . import logme as _logme
 from . import sfda as _sfda
 from . import transrate as _transrate
 from ._input import ClassMoments, Prepared
-from ._registry import SCORERS, Scorer, SharedWork, available, get, register, saturation, unregister
+from ._registry import (SCORERS, PluginError, PluginWarning, Scorer, SharedWork, available, get, plugin_errors,
+                        register, saturation, unregister)
 from .gbc import gbc
 from .hscore import hscore, reg_hscore
 from .knn import knn
@@ -52,5 +60,5 @@ register("knn", knn, source="leave-one-out k-NN accuracy; transformer-ranker est
 __all__ = [
     "sfda", "logme", "nleep", "gbc", "leep", "nce", "hscore", "reg_hscore", "transrate", "parc", "knn",
     "SCORERS", "Scorer", "SharedWork", "Prepared", "ClassMoments",
-    "available", "get", "register", "unregister", "saturation",
+    "available", "get", "register", "unregister", "saturation", "plugin_errors", "PluginError", "PluginWarning",
 ]

@@ -4,12 +4,22 @@ comes from, the work it can share between the input and PED's moved
 features, and how to tell when its score has saturated.
 
 ped_score() looks scorers up here and never names one itself; users add
-their own with register().
+their own with register(), and installed packages add theirs as plugins:
+an entry point in the "ped_fast.scorers" group names a function, called
+with no arguments, that registers the package's scorers with register().
+Plugins are loaded once, on the first lookup (available(), get(),
+SCORERS), so that `import ped_fast` does not import them; one that fails
+is left out with a PluginWarning and listed by plugin_errors(), and the
+others still load.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import inspect
 import re
+import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -56,7 +66,9 @@ class Scorer:
     number; needs: "features" or "probabilities" (what `inputs` is);
     source: the paper and the published code it follows; options: the
     keyword options it accepts (None: any); shared: a SharedWork or None;
-    saturation: f(value, *, samples, dimensions, classes) -> reason or None.
+    saturation: f(value, *, samples, dimensions, classes) -> reason or None;
+    plugin: "distribution version" of the installed package whose plugin
+    registered it, None for the built-in scorers and register() calls.
     """
 
     name: str
@@ -66,6 +78,7 @@ class Scorer:
     options: Optional[tuple]
     shared: Optional[SharedWork]
     saturation: Optional[Callable]
+    plugin: Optional[str] = None
 
     @property
     def ped_applies(self) -> bool:
@@ -152,6 +165,7 @@ def unregister(name):
 def get(name) -> Scorer:
     """The Scorer registered as `name`; ValueError naming the registered
     ones otherwise."""
+    _load_plugins()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -160,7 +174,10 @@ def get(name) -> Scorer:
 
 def available():
     """Every registered scorer, in registration order: a tuple of Scorer
-    records (name, source, needs, reads, ped_applies, options, ...)."""
+    records (name, source, needs, reads, ped_applies, options, plugin,
+    ...): the built-in ones, then those registered with register() and by
+    plugins."""
+    _load_plugins()
     return tuple(_REGISTRY.values())
 
 
@@ -179,9 +196,11 @@ class _FeatureScorers(Mapping):
     ones ped_score runs), kept up to date with the registry."""
 
     def _names(self):
+        _load_plugins()
         return [name for name, record in _REGISTRY.items() if record.needs == "features"]
 
     def __getitem__(self, name):
+        _load_plugins()
         record = _REGISTRY.get(name)
         if record is None or record.needs != "features":
             raise KeyError(name)
@@ -198,6 +217,138 @@ class _FeatureScorers(Mapping):
 
 
 SCORERS = _FeatureScorers()
+
+ENTRY_POINT_GROUP = "ped_fast.scorers"
+
+
+class PluginWarning(UserWarning):
+    """A scorer plugin that could not be loaded (its scorers are left out)."""
+
+
+@dataclass(frozen=True)
+class PluginError:
+    """A scorer plugin that could not be loaded.
+
+    distribution: "name version" of the installed package declaring it;
+    entry_point: "name = module:function" as the package declares it (None
+    when the package's entry points could not be read); error: "Type:
+    message"; exception: the exception itself, with its traceback.
+    """
+
+    distribution: str
+    entry_point: Optional[str]
+    error: str
+    exception: BaseException = dataclasses.field(compare=False, repr=False)
+
+    def __str__(self):
+        where = f"scorer plugin {self.entry_point!r}" if self.entry_point else "the scorer plugins"
+        return f"{where} of package {self.distribution} failed to load, its scorers are left out: {self.error}"
+
+
+class _Plugins:
+    """Whether the plugins were loaded, and which failed. The lock makes a
+    second thread wait for the first one's loading; it is re-entrant so
+    that a plugin that looks scorers up while registering (in the loading
+    thread) sees the registry as it stands instead of deadlocking."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.loading = False
+        self.done = False
+        self.errors = ()
+
+
+_PLUGINS = _Plugins()
+
+
+def plugin_errors():
+    """The scorer plugins that could not be loaded: a tuple of PluginError
+    (package, entry point, error), empty when every plugin loaded."""
+    _load_plugins()
+    return _PLUGINS.errors
+
+
+def _load_plugins():
+    """Load every installed scorer plugin, once: each entry point of the
+    "ped_fast.scorers" group names a function that registers scorers when
+    called with no arguments. A plugin that fails to import or register, or
+    that replaces or removes a scorer registered before it, keeps none of
+    its scorers and is reported; the others still load. Entry points load
+    in the order of their package's and their own names, so that every
+    machine lists the scorers in one order."""
+    state = _PLUGINS
+    if state.done:
+        return
+    with state.lock:
+        if state.done or state.loading:
+            return
+        state.loading = True
+        errors = []
+        try:
+            for distribution, entry_point in _entry_points(errors):
+                error = _load_plugin(distribution, entry_point)
+                if error is not None:
+                    errors.append(error)
+        finally:
+            state.errors = tuple(errors)
+            state.loading = False
+            state.done = True
+        for error in errors:
+            warnings.warn(str(error), PluginWarning, stacklevel=3)
+
+
+def _entry_points(errors):
+    """[(distribution, entry point)] of the group, sorted, each package read
+    on its own so that one with unreadable metadata is reported without
+    hiding the others; a package installed twice on sys.path counts once,
+    from the first, as importlib.metadata.entry_points() does."""
+    found, seen = [], set()
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or "(unnamed)"
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        distribution = f"{name} {dist.version}"
+        try:
+            points = dist.entry_points.select(group=ENTRY_POINT_GROUP)
+        except Exception as exception:  # noqa: BLE001 - a broken package must not hide the others
+            # Reported only when its metadata names the group: another
+            # package's broken entry points are not ped_fast's business.
+            if f"[{ENTRY_POINT_GROUP}]" in (dist.read_text("entry_points.txt") or ""):
+                errors.append(_error(distribution, None, exception))
+            continue
+        found += [(distribution, point) for point in points]
+    return sorted(found, key=lambda pair: (pair[0], pair[1].name))
+
+
+def _load_plugin(distribution, entry_point):
+    """Run one plugin; a PluginError, with the registry as it was before it,
+    when it fails; None when it loaded, its scorers marked as its own."""
+    before = dict(_REGISTRY)
+    declared = f"{entry_point.name} = {entry_point.value}"
+    try:
+        hook = entry_point.load()
+        if not callable(hook):
+            raise TypeError(f"{entry_point.value} must be a function that registers scorers when called with no "
+                            f"arguments, got {type(hook).__name__}")
+        hook()
+        changed = [name for name, record in before.items() if _REGISTRY.get(name) is not record]
+        if changed:
+            raise ValueError(f"it replaced or removed scorers registered before it ({', '.join(changed)}); a plugin "
+                             f"may only add scorers")
+    except Exception as exception:  # noqa: BLE001 - a broken plugin must not break the others
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
+        return _error(distribution, declared, exception)
+    for name in [name for name in _REGISTRY if name not in before]:
+        _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], plugin=distribution)
+    return None
+
+
+def _error(distribution, declared, exception):
+    return PluginError(distribution=distribution, entry_point=declared,
+                       error=f"{type(exception).__name__}: {exception}", exception=exception)
 
 
 def _signature(function):
