@@ -56,7 +56,7 @@ setup(
     name="ped_fast",
     version="0.1.0",
     description="Model transferability ranking with PED (ICCV 2023): fused CPU/GPU kernels",
-    packages=["ped_fast", "ped_fast.kernels", "ped_fast.scorers", "ped_fast.zoo"],
+    packages=["ped_fast", "ped_fast.kernels", "ped_fast.scorers", "ped_fast.zoo", "ped_fast.integrations"],
     package_dir={"ped_fast.kernels": "kernels"},
     package_data={"ped_fast": ["data/*.json"]},
     python_requires=">=3.10",
@@ -83,10 +83,15 @@ setup(
     ],
     # ray: screening on a Ray cluster (ped_fast.zoo.ray_executor, the only
     # module that imports it); in test too, so that CI runs the Ray tests.
-    # tomli: Python 3.10's TOML reader (3.11 has tomllib), with which
-    # tests/test_scorer_plugins.py reads its plugin packages' pyproject.toml.
-    extras_require={"test": ["pytest", "pytest-benchmark", "ray>=2.9", "tomli; python_version < '3.11'"],
-                    "ray": ["ray>=2.9"]},
+    # transformer-ranker: PED before its estimators
+    # (ped_fast.integrations.transformer_ranker, the only module that
+    # imports it; 0.2 is the version it is tested with); in test too, so
+    # that CI runs its tests. tomli: Python 3.10's TOML reader (3.11 has
+    # tomllib), with which tests/test_scorer_plugins.py reads its plugin
+    # packages' pyproject.toml.
+    extras_require={"test": ["pytest", "pytest-benchmark", "ray>=2.9", "transformer-ranker>=0.2",
+                             "tomli; python_version < '3.11'"],
+                    "ray": ["ray>=2.9"], "transformer-ranker": ["transformer-ranker>=0.2"]},
     entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},
     ext_modules=[cpu_extension, *cuda_extensions()],
     cmdclass={"build_ext": BuildExt},
