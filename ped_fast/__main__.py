@@ -151,6 +151,11 @@ def _parser(prog):
     screen.add_argument("--combine", metavar="SPEC", action="append",
                         help="a zoo-level combination, minmax:TERM+TERM... (TERM: a screened scorer, or ped_SCORER "
                              "for its PED score): the mean of the terms min-max normalised across the zoo; repeatable")
+    screen.add_argument("--ped-grid", metavar="GRID",
+                        help="PED's sensitivity: 'NAME=V,V,...;NAME=V,...' over ped()'s settings (time_step, nsigma, "
+                             "exit_ratio, max_steps, ...), e.g. 'nsigma=0.4,0.6,0.8;time_step=0.05,0.1': every model's "
+                             "PED score at every combination, and with --ground-truth each scorer's weighted tau "
+                             "across the grid")
     screen.add_argument("--ground-truth", metavar="FILE",
                         help="JSON {model: accuracy} or {model: [accuracy per fine-tuning seed]}: adds the ranking "
                              "measures with their bootstrap intervals")
@@ -391,7 +396,7 @@ def _run_reference_stats(args):
 
 
 def _run_screen(args):
-    from .zoo.report import FILES, format_table
+    from .zoo.report import FILES, format_grid, format_table
     from .zoo.screen import failed, screen
 
     results = screen(args.models, args.data, args.reference, scorers=args.scorers, ground_truth=args.ground_truth,
@@ -399,8 +404,11 @@ def _run_screen(args):
                      executor=_executor(args), reduce=args.reduce, combine=args.combine,
                      predictions=args.predictions, reference_images=_budget(args.reference_images),
                      reference_tolerance=args.reference_tolerance, bootstrap=args.bootstrap,
-                     confidence=args.confidence, bootstrap_seed=args.bootstrap_seed, **_settings(args))
+                     confidence=args.confidence, bootstrap_seed=args.bootstrap_seed, ped_grid=args.ped_grid,
+                     **_settings(args))
     print(format_table(results, width=None if args.show == "all" else TABLE_WIDTH))
+    if "ped_grid" in results:
+        print("\n" + format_grid(results))
     print(f"\nwrote the report ({', '.join(FILES)}) to {args.out}")
     bad = failed(results)
     if bad:

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 
-from .ped import PEDResult, check_parameters, ped
+from .ped import PEDResult, _rescaling, check_parameters, ped
 from ._validate import all_finite, check_inplace, features_tensor, raise_non_finite, to_tensor
 from .scorers import _registry
 from .scorers._input import ClassMoments, class_moments, prepare
@@ -182,6 +183,113 @@ def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None
             for name, entry in entries.items()}
 
 
+def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options=None, backend="auto", reduce=None,
+              **ped_options) -> list:
+    """Several registered scorers on one model's features at every point of
+    a grid of PED's hyper-parameters (the paper's sensitivity study):
+    [(point, {name: PEDScore})], one pair per point in grid order, each
+    PEDScore what ped_scores(..., **ped_options, **point) gives.
+
+    grid: {parameter: [values]} (every combination, the last parameter
+        varying fastest) or a sequence of {parameter: value} points; the
+        parameters are ped()'s (time_step, nsigma, exit_ratio, max_steps,
+        ...). parse_ped_grid reads the CLI's "nsigma=0.4,0.6;time_step=0.1".
+    ped_options: the settings every point shares (a point overrides them).
+    Other arguments as for ped_scores.
+
+    What does not depend on the setting is computed once: reduce's
+    projection, the reference features' mean and std, each plain score and each scorer's shared work (SFDA's and
+    LogME's factorisations); per point only ped() runs and the moved
+    features are scored from the shared work."""
+    points = grid_points(grid)
+    for point in points:
+        _check_ped_options(dict(ped_options, **point))
+        check_parameters(**{k: v for k, v in dict(ped_options, **point).items() if k != "inplace"})
+    if ped_options.get("inplace", False) is not False or any("inplace" in point for point in points):
+        raise ValueError("ped_sweep does not take inplace: every grid point moves the input features")
+    names = [scorers] if isinstance(scorers, str) else list(scorers)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"scorers must name each scorer once, at least one, got {names!r}")
+    options = dict(scorer_options or {})
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"scorer_options names scorers that are not scored: {unknown} (scorers: {names})")
+    options = {name: dict(options.get(name) or {}) for name in names}
+    entries = {name: _feature_scorer(name, options[name]) for name in names}
+    if reduce is not None:
+        features, reference = _reduce(features, reference, reduce, False)
+    x = features_tensor(features)[0]
+    n, dim = x.shape
+    if reference is not None and not isinstance(reference, tuple) and \
+            all(dict(ped_options, **point).get("rescale", "reference") == "reference" for point in points):
+        # The reference features' mean and std, once: ped() would read the
+        # M x D reference at every point. eps=0 leaves the std unclamped, so
+        # that each point's ped() clamps it by its own eps, as it would.
+        reference = _rescaling(reference, "reference", 0.0, x, backend, None, None, None)
+    prepared, baselines = {}, {}
+    for name, entry in entries.items():
+        if entry.shared is not None and (entry.shared.applies is None or entry.shared.applies(n, dim, True)):
+            prepared[name] = _Prepared(entry, features, labels, options[name], backend)
+            baselines[name] = prepared[name].baseline()
+        else:
+            baselines[name] = _call(entry, features, labels, options[name], backend)
+    out = []
+    for number, point in enumerate(points):
+        result = ped(features, labels, reference=reference, backend=backend, **dict(ped_options, **point))
+        scores = {}
+        for name, entry in entries.items():
+            moved = prepared[name].moved(result, last=number == len(points) - 1) if name in prepared else \
+                _call(entry, result.features, labels, options[name], backend)
+            scores[name] = PEDScore(ped=moved, baseline=baselines[name], result=result,
+                                    saturation=_saturation(entry, baselines[name], moved, result, labels))
+        out.append((dict(point), scores))
+    return out
+
+
+def grid_points(grid) -> list:
+    """The points ({parameter: value}) of a grid given as {parameter:
+    [values]} (every combination, the last parameter fastest) or as a
+    sequence of points; ValueError naming what came when it is neither, is
+    empty, or names a parameter that is not ped()'s."""
+    if isinstance(grid, dict):
+        if not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
+            raise ValueError(f"grid must map each of ped()'s parameters to a non-empty list of values, got {grid!r}")
+        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    elif isinstance(grid, (list, tuple)) and grid and all(isinstance(p, dict) for p in grid):
+        points = [dict(p) for p in grid]
+    else:
+        raise ValueError(f"grid must be {{parameter: [values]}} or a non-empty list of {{parameter: value}} points, "
+                         f"got {grid!r}")
+    accepted = [name for name in _PED_OPTIONS if name != "inplace"]
+    for point in points:
+        unknown = sorted(set(point) - set(accepted))
+        if unknown:
+            raise ValueError(f"grid names {', '.join(map(repr, unknown))}, not one of ped()'s parameters "
+                             f"{', '.join(accepted)}")
+    return points
+
+
+def parse_ped_grid(spec) -> dict:
+    """{parameter: [values]} of a grid spec "nsigma=0.4,0.6,0.8;time_step=0.05,0.1"
+    (values are numbers; max_steps' are integers); ValueError naming what
+    came when it is not of that form."""
+    form = "'NAME=V,V,...;NAME=V,...' with NAME one of ped()'s parameters and each V a number"
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"ped_grid must be {form}, got {spec!r}")
+    grid = {}
+    for part in spec.split(";"):
+        name, sep, values = part.partition("=")
+        name = name.strip()
+        if not sep or not name or name in grid:
+            raise ValueError(f"ped_grid must be {form} (each NAME once), got {spec!r}")
+        try:
+            grid[name] = [int(v) if name == "max_steps" else float(v) for v in values.split(",")]
+        except ValueError:
+            raise ValueError(f"ped_grid {spec!r}: the values of {name!r} must be numbers, got {values!r}") from None
+    grid_points(grid)
+    return grid
+
+
 def _feature_scorer(name, options):
     """The registry entry of a scorer that reads features, its options checked."""
     entry = _registry.get(name)
@@ -240,22 +348,38 @@ def _separate(entry, features, labels, run_ped, return_baseline, options, backen
 def _shared(entry, features, labels, run_ped, return_baseline, options, backend):
     """The scorer's shared work (ped_fast.scorers.SharedWork) prepared from
     the input, then each score from it."""
-    dtype = options.get("dtype", torch.float64)
-    shared_options = {k: v for k, v in options.items() if k != "dtype"}
     # The input is read (and validated) before ped(), which may overwrite it
     # when inplace=True.
-    prep = prepare(features, labels, dtype, backend, entry.name)
-    moments = class_moments(prep)
-    state = entry.shared.prepare(prep, moments, shared_options)
-    baseline = float(entry.shared.score(state, prep.x, moments, False)) if return_baseline else None
+    work = _Prepared(entry, features, labels, options, backend)
+    baseline = work.baseline() if return_baseline else None
     result = run_ped()
-    moved, _ = to_tensor(result.features, "features")
-    moved_moments = _shared_moments(prep, moved, moments.variances)
-    if moved_moments is None:
-        del state
-        # The caller's options unchanged: a registered scorer need not take dtype.
-        return baseline, _call(entry, moved, labels, options, backend), result
-    return baseline, float(entry.shared.score(state, moved, moved_moments, True)), result
+    return baseline, work.moved(result, last=True), result
+
+
+class _Prepared:
+    """One scorer's shared work prepared from the input features, once: the
+    input's score and the score of any PED-moved features of them (one
+    ped() result or many, as a sweep gives) come from it."""
+
+    def __init__(self, entry, features, labels, options, backend):
+        self.entry, self.labels, self.options, self.backend = entry, labels, options, backend
+        dtype = options.get("dtype", torch.float64)
+        self.prep = prepare(features, labels, dtype, backend, entry.name)
+        self.moments = class_moments(self.prep)
+        self.state = entry.shared.prepare(self.prep, self.moments, {k: v for k, v in options.items() if k != "dtype"})
+
+    def baseline(self):
+        return float(self.entry.shared.score(self.state, self.prep.x, self.moments, False))
+
+    def moved(self, result, *, last):
+        """The score of PED's moved features `result.features`; last: no
+        other score follows, so the shared work may be spent on this one."""
+        moved, _ = to_tensor(result.features, "features")
+        moved_moments = _shared_moments(self.prep, moved, self.moments.variances)
+        if moved_moments is None:
+            # The caller's options unchanged: a registered scorer need not take dtype.
+            return _call(self.entry, moved, self.labels, self.options, self.backend)
+        return float(self.entry.shared.score(self.state, moved, moved_moments, last))
 
 
 def _shared_moments(prep, moved, variances):

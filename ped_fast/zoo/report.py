@@ -132,6 +132,50 @@ def evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDE
     return out
 
 
+def grid_evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0) -> list:
+    """The ranking measures of each scorer's PED score at each point of
+    results["ped_grid"] (screen(ped_grid=...)): [{scorer: measures}], one
+    per point, measures as evaluation()'s (MEASURES, "interval",
+    "bootstrap"), every point judged on the same resamples of the models
+    (one seed), so that the points differ by their setting, not their
+    draw. Needs at least two finished models."""
+    check_bootstrap(bootstrap, confidence, seed)
+    truth = as_ground_truth(ground_truth)
+    rows = [row for row in results["models"] if not row["error"]]
+    check_ground_truth(truth, [row["name"] for row in rows])
+    if len(rows) < 2:
+        raise ValueError(f"ranking measures need at least 2 scored models, got {len(rows)}")
+    grid = results["ped_grid"]
+    rankings = {(index, scorer): {row["name"]: row["ped_grid"][index][scorer] for row in rows}
+                for index in range(len(grid["points"])) for scorer in grid["scorers"]}
+    measures, _ = _judged(rankings, truth, (), dict(bootstrap=bootstrap, confidence=confidence, seed=seed))
+    return [{scorer: measures[index, scorer] for scorer in grid["scorers"]} for index in range(len(grid["points"]))]
+
+
+def format_grid(results) -> str:
+    """PED's sensitivity grid: one line per point (its setting), each
+    scorer's weighted tau of its PED score there with its interval; a
+    line saying where the scores are without ground truth."""
+    grid = results["ped_grid"]
+    labels = [" ".join(f"{k}={v:g}" for k, v in point.items()) for point in grid["points"]]
+    if grid.get("evaluation") is None:
+        return (f"PED's scores at the {len(labels)} grid points are in results.json (each model's \"ped_grid\"); "
+                f"their weighted tau across the grid needs ground truth")
+    width = max(len("PED setting"), *map(len, labels))
+    level = next((f"{m['bootstrap']['confidence']:.0%}" for point in grid["evaluation"] for m in point.values()
+                  if m.get("bootstrap")), None)
+    title = "weighted tau of each PED score across PED's settings" + (f", {level} bootstrap intervals" if level else "")
+    lines = [title, f"{'PED setting':<{width}}" + "".join(f" {display_name(s, 'ped'):>22}" for s in grid["scorers"])]
+    for label, measures in zip(labels, grid["evaluation"]):
+        cells = []
+        for scorer in grid["scorers"]:
+            interval = (measures[scorer].get("interval") or {}).get("weighted_tau") if level else None
+            text = _number(measures[scorer]["weighted_tau"]) + (f" {_interval_text(interval)}" if level else "")
+            cells.append(f" {text:>22}")
+        lines.append(f"{label:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def _judged(rankings, truth, pairs, options):
     """ped_fast.evaluate.judge over the rankings, which it takes by the set
     of models that have a score (a model without one, e.g. LEEP without

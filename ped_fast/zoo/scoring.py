@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..score import ped_scores
+from ..score import ped_scores, ped_sweep
 from ..scorers import available, get, saturation
 from .cache import content_key
 from .refstats import ReferenceStats
@@ -113,19 +113,35 @@ def score_features(features, labels, scorers, *, reference, backend="auto", devi
     seconds: the scorer's share of the call (PED's time split evenly)."""
     names = [scorers] if isinstance(scorers, str) else list(scorers)
     start = time.perf_counter()
-    x = torch.as_tensor(np.asarray(features)).to(device)
-    y = torch.as_tensor(np.asarray(labels)).to(device)
-    if isinstance(reference, str) and reference == "self":
-        options = {"rescale": "self"}
-    elif isinstance(reference, tuple):
-        options = {"reference": reference}
-    else:
-        options = {"reference": torch.as_tensor(np.asarray(reference)).to(device)}
+    x, y, options = _ped_inputs(features, labels, reference, device)
     results = ped_scores(x, y, names, backend=backend, reduce=reduce, **options)
     seconds = (time.perf_counter() - start) / len(names)
     return {name: {"baseline": float(result.baseline), "ped": float(result.ped), "steps": int(result.result.steps),
                    "seconds": seconds, "saturated": {kind: result.saturation.get(kind) for kind in ("baseline", "ped")}}
             for name, result in results.items()}
+
+
+def _ped_inputs(features, labels, reference, device):
+    """(features, labels, ped()'s reference options) on `device`."""
+    x = torch.as_tensor(np.asarray(features)).to(device)
+    y = torch.as_tensor(np.asarray(labels)).to(device)
+    if isinstance(reference, str) and reference == "self":
+        return x, y, {"rescale": "self"}
+    if isinstance(reference, tuple):
+        return x, y, {"reference": reference}
+    return x, y, {"reference": torch.as_tensor(np.asarray(reference)).to(device)}
+
+
+def grid_scores(features, labels, scorers, points, *, reference, backend="auto", device="cpu", reduce=None) -> list:
+    """PED's score of each scorer that reads features at each of `points`
+    (ped()'s settings, {parameter: value}), from ped_fast.score.ped_sweep:
+    [{scorer: value}], one per point. Arguments as for score_features; the
+    grid's scores are not cached (they are the study of a setting, not a
+    zoo's ranking)."""
+    # A copy: the cache's features are read-only memory maps, which torch warns about.
+    x, y, options = _ped_inputs(np.array(features), labels, reference, device)
+    sweep = ped_sweep(x, y, list(scorers), list(points), backend=backend, reduce=reduce, **options)
+    return [{name: float(score.ped) for name, score in scores.items()} for _, scores in sweep]
 
 
 def score_predictions(predictions, labels, scorer, *, backend="auto", device="cpu") -> dict:

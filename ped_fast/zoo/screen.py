@@ -29,7 +29,8 @@ import torch
 
 from .. import __version__, _backends
 from ..evaluate import BOOTSTRAP, CONFIDENCE, check_bootstrap
-from ..score import parse_reduce
+from ..ped import check_parameters
+from ..score import grid_points, parse_ped_grid, parse_reduce
 from ..scorers import get as get_scorer
 from .cache import Cache, content_key
 from .device import device_name
@@ -39,10 +40,10 @@ from .extract import FeaturesStage, Settings, check_models, remembered_config, r
 from .images import ImageSet, image_files, image_folder
 from .predictions import COMPACT_SCORERS, Predictions, check_form
 from .refstats import ReferenceStage, ReferenceStats, check_budget, load_stats_file, stats_of
-from .report import (check_ground_truth, check_output_folder, evaluation, json_safe, load_ground_truth,
-                     recorded_ground_truth, write_report)
-from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, score_key, score_row,
-                    zoo_warnings)
+from .report import (check_ground_truth, check_output_folder, evaluation, grid_evaluation, json_safe,
+                     load_ground_truth, recorded_ground_truth, write_report)
+from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, grid_scores, score_key,
+                      score_row, zoo_warnings)
 
 # The row's "seconds" entry of each extraction stage.
 _TIMINGS = {"features": "extract", "reference": "reference"}
@@ -81,6 +82,7 @@ class ModelTask:
     reduce: str | None = None
     predictions: str | None = None
     reference_budget: tuple = (None, 0.01)
+    ped_grid: tuple = ()
 
 
 class LocalExecutor:
@@ -98,7 +100,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
            workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None,
            combine=None, use_ema=True, predictions="compact", reference_images=None,
            reference_tolerance=0.01, threads=None, bootstrap=BOOTSTRAP, confidence=CONFIDENCE,
-           bootstrap_seed=0) -> dict:
+           bootstrap_seed=0, ped_grid=None) -> dict:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -143,6 +145,12 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         "reference_images" says how many it used.
     bootstrap, confidence, bootstrap_seed: the bootstrap intervals of the
         ranking measures (with ground truth; ped_fast.evaluate.evaluate).
+    ped_grid: None, or a grid of PED's settings ("nsigma=0.4,0.6;time_step=0.05,0.1",
+        {parameter: [values]} or [{parameter: value}]): each model's PED
+        score of each scorer that reads features at every point
+        (ped_fast.score.ped_sweep, its row's "ped_grid"), and with ground
+        truth each scorer's weighted tau across the grid with intervals
+        (results["ped_grid"]).
     executor: runs the per-model work units: "local" (default, one after
         another in this process), "ray" (ped_fast.zoo.ray_executor, Ray's
         defaults) or an object with map(function, tasks) yielding the rows
@@ -160,6 +168,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         check_bootstrap(bootstrap, confidence, bootstrap_seed)
         budget = check_budget(reference_images, reference_tolerance)
         combine = check_combine(combine, scorers)
+        points = _check_grid(ped_grid, scorers)
         _check_reduce(reduce, reference, features)
         executor = _executor(executor)
         # An executor that extracts in its work units resolves the device
@@ -178,7 +187,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         if features is not None:
             if models is not None or data is not None:
                 raise ValueError("give either features (a folder of .npy files) or models and data, not both")
-            tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce)
+            tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce, points)
             names = [task.name for task in tasks]
             header = {"data": {"features": str(features)}, "reference": _describe_reference(reference, files=True)}
         else:
@@ -205,7 +214,8 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     cache.sweep()
     if features is None:
         tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
-                             shared_phase=here, reduce=reduce, predictions=predictions, budget=budget)
+                             shared_phase=here, reduce=reduce, predictions=predictions, budget=budget,
+                             ped_grid=points)
     # What the driver's view of the cache holds for each unit: a unit run
     # elsewhere that reports fewer cache hits recomputed what its machine
     # could not see.
@@ -222,7 +232,7 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
 
     results = _assemble(rows, scorers, header, settings, truth, combine,
-                        dict(bootstrap=bootstrap, confidence=confidence, seed=bootstrap_seed))
+                        dict(bootstrap=bootstrap, confidence=confidence, seed=bootstrap_seed), points)
     summary = executor.summary() if callable(getattr(executor, "summary", None)) else None
     if expected is not None:
         summary = dict(summary or {}, **_cache_misses(tasks, rows, expected))
@@ -273,6 +283,20 @@ def _check_reduce(reduce, reference, features):
         raise ValueError(f"reduce {reduce!r} needs reference 'self' or, with features, NAME.reference.npy "
                          f"matrices: a reference image folder gives streamed (mean, std) statistics, which cannot be "
                          f"projected on principal axes")
+
+
+def _check_grid(ped_grid, scorers) -> tuple:
+    """The points of --ped-grid (() without one), checked before any work:
+    it needs a scorer that PED applies to."""
+    if ped_grid is None:
+        return ()
+    points = grid_points(parse_ped_grid(ped_grid) if isinstance(ped_grid, str) else ped_grid)
+    for point in points:
+        check_parameters(**point)
+    if not any(get_scorer(scorer).ped_applies for scorer in scorers):
+        raise ValueError(f"ped_grid needs a scorer that reads features (PED moves features), got scorers "
+                         f"{', '.join(scorers)}")
+    return tuple(points)
 
 
 def _executor(executor):
@@ -327,7 +351,7 @@ def predictions_form(scorers, predictions) -> str | None:
 
 
 def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None,
-                 predictions="compact", budget=(None, 0.01)):
+                 predictions="compact", budget=(None, 0.01), ped_grid=()):
     """One task per model; with `shared_phase`, after the shared extraction
     phase for the models whose scores are not all cached."""
     form = predictions_form(scorers, predictions)
@@ -348,7 +372,7 @@ def _model_tasks(specs, images, reference, scorers, backend, settings, cache, lo
     return [ModelTask(name=spec.label, scorers=scorers, backend=backend, settings=settings,
                       cache_root=str(cache.root), spec=spec, data=images, reference=reference,
                       prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=reduce,
-                      predictions=form, reference_budget=budget)
+                      predictions=form, reference_budget=budget, ped_grid=ped_grid)
             for spec in specs]
 
 
@@ -408,6 +432,7 @@ def screen_model(task: ModelTask, *, raise_transient=False) -> dict:
             raise
         row["error"] = describe(error)
         row["scores"] = {}  # an error row scores nothing, whichever scorer failed
+        row.pop("ped_grid", None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     row["seconds"]["total"] = sum(task.prior_seconds.values()) + time.perf_counter() - start
@@ -425,7 +450,9 @@ def _score_model(task, row):
         return
     stages = stages_of(task.data, task.reference, task.predictions, task.reference_budget)
     keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
-    if keys is not None and cached_row(row, cache, keys, task.scorers, [s.name for s in stages], task.reduce):
+    # The grid's scores are not cached: with a grid the unit reads the features.
+    if keys is not None and not task.ped_grid and cached_row(row, cache, keys, task.scorers,
+                                                             [s.name for s in stages], task.reduce):
         return
 
     def inputs():
@@ -462,9 +489,14 @@ def _score(task, row, cache, inputs):
     features, labels, predictions, reference, keys, skipped = inputs()
     score_row(row, cache, keys, features, labels, reference, task.scorers, skipped, predictions=predictions,
               backend=task.backend, device=task.settings.torch_device(), reduce=task.reduce)
+    if task.ped_grid:
+        readers = [scorer for scorer in task.scorers if get_scorer(scorer).ped_applies]
+        stats = (reference.mean, reference.std) if isinstance(reference, ReferenceStats) else reference
+        row["ped_grid"] = grid_scores(features, labels, readers, task.ped_grid, reference=stats,
+                                      backend=task.backend, device=task.settings.torch_device(), reduce=task.reduce)
 
 
-def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=None):
+def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=None, ped_grid=()):
     """One task per NAME.npy of a --features folder, every file checked
     (shapes only: headers are read, not data) before any scoring."""
     folder = Path(folder)
@@ -506,7 +538,7 @@ def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=Non
                 raise ValueError(f"{str(logits_path)!r} has shape {logits.shape}, but the logits of {name!r} must be "
                                  f"{labels.shape[0]} x K (one row per label)")
         tasks.append(ModelTask(name=name, scorers=scorers, backend=backend, settings=settings,
-                               cache_root=str(cache.root), reference=reference, reduce=reduce,
+                               cache_root=str(cache.root), reference=reference, reduce=reduce, ped_grid=ped_grid,
                                files=FeatureFiles(str(path), str(labels_path),
                                                   str(reference_file) if reference_file else None,
                                                   str(logits_path) if logits_path.is_file() else None)))
@@ -546,7 +578,7 @@ def _score_files(task, row):
     cache = Cache(task.cache_root)
     files = task.files
     keys = _files_keys(files, cache)
-    if cached_row(row, cache, keys, task.scorers, [], task.reduce):
+    if not task.ped_grid and cached_row(row, cache, keys, task.scorers, [], task.reduce):
         return
 
     def inputs():
@@ -574,7 +606,7 @@ def _score_files(task, row):
     _score(task, row, cache, inputs)
 
 
-def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None):
+def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None, ped_grid=()):
     skipped = {"data": [], "reference": []}
     for row in rows:
         for which, paths in (row.pop("_skipped", None) or {}).items():
@@ -596,10 +628,16 @@ def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None
                "skipped_files": skipped}
     if combine:
         results["combined"] = {spec: combine_scores(rows, spec) for spec in combine}
+    if ped_grid:
+        results["ped_grid"] = {"points": [dict(point) for point in ped_grid],
+                               "scorers": [scorer for scorer in scorers if get_scorer(scorer).ped_applies],
+                               "evaluation": None}
     if truth is not None:
         results["ground_truth"] = recorded_ground_truth(truth, [row["name"] for row in rows])
         if sum(not row["error"] for row in rows) >= 2:
             results["evaluation"] = evaluation(results, truth, **(intervals or {}))
+            if ped_grid:
+                results["ped_grid"]["evaluation"] = grid_evaluation(results, truth, **(intervals or {}))
         else:
             results["warnings"].append({"models": [], "message": "fewer than 2 models were scored: no ranking "
                                                                  "measures"})
