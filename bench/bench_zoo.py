@@ -29,8 +29,9 @@ import torch
 
 from data import IMAGE_SCALE as SCALE
 from data import SHAPE_SET, SMALL_CONFIG, tiny_zoo
+from image_data import write_image_folder
 from ped_fast.zoo import extract, image_folder, screen
-from ped_fast.zoo.images import load_rgb, write_image_folder
+from ped_fast.zoo.images import load_rgb
 
 FULL = SHAPE_SET == "full"
 ARCHITECTURES = ("test_resnet", "test_convnext", "test_efficientnet")

@@ -61,7 +61,7 @@ def tiny_zoo(root, architectures, per_class):
     architecture; returns the model specs."""
     import timm
 
-    from ped_fast.zoo.images import write_image_folder
+    from image_data import write_image_folder
     from ped_fast.zoo.models import save_model_dir
 
     write_image_folder(root / "data", classes=10, per_class=per_class // IMAGE_SCALE, size=64)

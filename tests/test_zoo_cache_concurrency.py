@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from ped_fast.zoo.images import write_image_folder
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 MODELS = (("m1", "test_resnet", 1), ("m2", "test_convnext", 2), ("m3", "test_resnet", 3), ("m4", "test_convnext", 4))
 # Imports first (torch takes seconds), then both wait for one file, so that

@@ -22,8 +22,7 @@ import ped_fast
 from ped_fast.__main__ import main
 from ped_fast.evaluate import evaluate
 from ped_fast.zoo import Cache, image_files, image_folder
-from ped_fast.zoo.images import write_image_folder
-from zoo_helpers import small_checkpoint, timm_features
+from zoo_helpers import small_checkpoint, timm_features, write_image_folder
 
 SCORERS = ("sfda", "logme", "gbc")
 # Both sides compute the same float32 features with the same batch (one

@@ -8,9 +8,8 @@ import timm
 import torch
 
 from ped_fast.zoo import extract, image_folder
-from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.models import load_model, save_model_dir
-from zoo_helpers import SMALL_CONFIG, small_checkpoint, timm_features
+from zoo_helpers import SMALL_CONFIG, small_checkpoint, timm_features, write_image_folder
 
 extract_module = importlib.import_module("ped_fast.zoo.extract")
 

@@ -15,10 +15,9 @@ from PIL import Image
 
 import ped_fast.zoo.finetune as finetune_module
 from ped_fast.zoo.finetune import FinetuneFailed, Recipe, finetune, finetune_zoo, train
-from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.models import load_model, save_model_dir
 from ped_fast.zoo.report import load_ground_truth
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 SIZE = 16
 CFG = {"input_size": (3, SIZE, SIZE), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),

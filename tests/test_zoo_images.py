@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from ped_fast.zoo import extract, image_files, image_folder, screen
-from ped_fast.zoo.images import write_image_folder
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 # Features of the same image computed in batches of different sizes: oneDNN
 # may pick another convolution kernel per batch size, which changes float32

@@ -11,9 +11,8 @@ import torch
 
 from ped_fast.scorers import leep, nce
 from ped_fast.zoo import extract, screen
-from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.predictions import COMPACT_BYTES, Predictions, compact_rows, kept_classes
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 predictions_module = importlib.import_module("ped_fast.zoo.predictions")
 # LEEP in row blocks against the scorer's one-piece float64 sums: the same

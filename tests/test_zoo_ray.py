@@ -27,10 +27,10 @@ import ped_fast
 from ped_fast.__main__ import main
 from ped_fast.zoo import Cache, failed, ray_executor, screen
 from ped_fast.zoo.extract import Settings
-from ped_fast.zoo.images import ImageSet, write_image_folder
+from ped_fast.zoo.images import ImageSet
 from ped_fast.zoo.ray_executor import RayExecutor
 from ped_fast.zoo.screen import ModelTask
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 # Ray start-up under load (other jobs on the 2 cores) can take tens of
 # seconds; these are upper bounds for a hang, not expectations.

@@ -6,9 +6,8 @@ import pytest
 
 from ped_fast.zoo import Cache, extract, reference_stats, screen, stats_of
 from ped_fast.zoo import refstats as reference_module
-from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.refstats import RunningMoments, load_stats_file
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 # Acceptance 3: streamed float64 statistics agree with the two-pass ones on
 # the whole matrix to 1e-9 relative. The merge's rounding is a few ulps per

@@ -9,10 +9,9 @@ import pytest
 
 from ped_fast.__main__ import main
 from ped_fast.zoo.finetune import Recipe, finetune_zoo
-from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.report import TABLE_WIDTH, load_ground_truth
 from test_zoo_scorers import gaussian_models, write_features
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 
 def screened(tmp_path, m=12):

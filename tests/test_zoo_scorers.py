@@ -12,9 +12,8 @@ from ped_fast.evaluate import evaluate
 from ped_fast.scorers import available, leep, nce
 from ped_fast.zoo import extract, format_table, screen
 from ped_fast.zoo.extract import export_features
-from ped_fast.zoo.images import write_image_folder
 from ped_fast.zoo.report import MEASURES
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 # Scores computed by the screen and by the scorer called directly on the
 # same float32 arrays run the same float64 code on the same numbers; only

@@ -10,8 +10,7 @@ import torch
 import ped_fast
 from ped_fast.evaluate import evaluate
 from ped_fast.zoo import failed, screen
-from ped_fast.zoo.images import write_image_folder
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 extract_module = importlib.import_module("ped_fast.zoo.extract")
 score_module = importlib.import_module("ped_fast.zoo.scoring")

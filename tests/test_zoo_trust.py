@@ -16,10 +16,9 @@ import torch
 
 from ped_fast.__main__ import main
 from ped_fast.zoo import extract, screen
-from ped_fast.zoo.images import write_image_folder
 from conftest import gpu_expected
 from test_zoo_scorers import gaussian_models, write_features
-from zoo_helpers import small_checkpoint
+from zoo_helpers import small_checkpoint, write_image_folder
 
 # The modules by import_module: ped_fast.zoo exports functions of the same
 # names (extract, screen), which `import ... as` would resolve to.
@@ -458,8 +457,7 @@ def test_reference_budgets(folders, tmp_path):
     model) and "auto", which stops each model's pass once its statistics
     are known to the tolerance; each row says how many images it used."""
     from ped_fast.zoo import image_files, reference_stats
-    from ped_fast.zoo.images import write_image_folder
-
+    
     write_image_folder(tmp_path / "reference", classes=4, per_class=100, size=32, seed=8, labelled=False)
     a = small_checkpoint(tmp_path / "a", "test_resnet", 1)
     b = small_checkpoint(tmp_path / "b", "test_convnext", 2)

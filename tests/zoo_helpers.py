@@ -5,7 +5,11 @@ import timm
 import torch
 from PIL import Image
 
+from conftest import bench_module
 from ped_fast.zoo.models import save_model_dir
+
+# Synthetic image folders: shared with the benchmarks, not part of the library.
+write_image_folder = bench_module("image_data").write_image_folder
 
 # A 32x32 eval transform: the synthetic images are 32x32, so resizing is a
 # no-op and each forward pass is ~25x cheaper than at timm's 160x160.
