@@ -168,7 +168,7 @@ def test_a_screen_on_a_full_disk_reports_enospc_and_leaves_no_temporary(small_di
     """Issue 14: the screen died of SIGBUS (exit -7) with no message, no
     report and its temporaries left behind. 300 images: the first model's
     entries fit the 2 MiB disk, the second's do not."""
-        from zoo_helpers import small_checkpoint
+    from zoo_helpers import small_checkpoint
 
     write_image_folder(tmp_path / "data", classes=3, per_class=100, size=32)
     write_image_folder(tmp_path / "reference", classes=2, per_class=10, size=32, seed=5, labelled=False)
