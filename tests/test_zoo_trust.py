@@ -457,7 +457,7 @@ def test_reference_budgets(folders, tmp_path):
     model) and "auto", which stops each model's pass once its statistics
     are known to the tolerance; each row says how many images it used."""
     from ped_fast.zoo import image_files, reference_stats
-    
+
     write_image_folder(tmp_path / "reference", classes=4, per_class=100, size=32, seed=8, labelled=False)
     a = small_checkpoint(tmp_path / "a", "test_resnet", 1)
     b = small_checkpoint(tmp_path / "b", "test_convnext", 2)
