@@ -166,7 +166,8 @@ def test_arrays_round_trip_when_the_space_is_reserved(tmp_path):
 
 def test_a_screen_on_a_full_disk_reports_enospc_and_leaves_no_temporary(small_disk, tmp_path):
     """Issue 14: the screen died of SIGBUS (exit -7) with no message, no
-    report and its temporaries left behind. 300 images: the first model's
+    report and its temporaries left behind. 300 images with the exact
+    predictions kept (LEEP; 1.2 MB of logits per model): the first model's
     entries fit the 2 MiB disk, the second's do not."""
     from zoo_helpers import small_checkpoint
 
@@ -176,11 +177,13 @@ def test_a_screen_on_a_full_disk_reports_enospc_and_leaves_no_temporary(small_di
                      for name, arch, seed in (("m1", "test_resnet", 1), ("m2", "test_convnext", 2)))
     done = subprocess.run([sys.executable, "-m", "ped_fast", "screen", "--models", specs,
                            "--data", str(tmp_path / "data"), "--reference", str(tmp_path / "reference"),
-                           "--scorers", "sfda", "--cache", str(small_disk), "--out", str(tmp_path / "report"),
+                           "--scorers", "sfda,leep", "--predictions", "exact", "--cache", str(small_disk),
+                           "--out", str(tmp_path / "report"),
                            "--quiet"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
-    assert "m2    failed: OSError: [Errno 28] No space left on device" in done.stdout
+    assert any(line.startswith("m2 ") and "failed: OSError: [Errno 28] No space left on device" in line
+               for line in done.stdout.splitlines()), done.stdout
     assert (tmp_path / "report" / "results.json").is_file()
     assert [p for p in small_disk.rglob("*") if p.name.startswith(".tmp-")] == []
     assert Cache(small_disk).verify() == []  # no array of an unfinished entry either
