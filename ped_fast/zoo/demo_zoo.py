@@ -33,13 +33,29 @@ Everything lives under ``CACHE/demo/<key>/``, where key hashes the
 configuration: data folders and checkpoints are written under temporary
 names and renamed when complete, and every fine-tuning result is kept, so a
 killed run resumes and a finished one is reused.
+
+Reproducibility: training is chaotic, so any change in the rounding of one
+operation (another thread count, another CPU's vector instructions) ends
+in other checkpoints, other fine-tuned accuracies and another ranking; the
+demo's numbers differed so between machines. The data, the training and
+the fine-tuning therefore run in processes of their own whose kernels are
+pinned (PINNED_ENVIRONMENT, _pin_kernels): one thread each, torch's baseline
+x86-64 kernels instead of the AVX2/AVX-512 ones the CPU would pick, MKL's
+CPU-independent code path, no oneDNN or NNPACK (which choose kernels by
+CPU), deterministic algorithms, on the CPU. What can still change the
+numbers: other versions of torch (its kernels, MKL), timm (the models),
+numpy or scikit-learn (the data), and a processor that is not x86-64.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
+import pickle
+import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -49,13 +65,16 @@ import numpy as np
 import torch
 
 from ._files import atomic_directory, remove_temporaries
+from .._validate import check_integer
 from .cache import Cache
+from .extract import available_cores
 from .finetune import Recipe, finetune, train, write_json
 from .models import save_model_dir, weights_identity
 
 # Bump when the data or the training change in a way the configuration does
-# not show, so that old caches are not reused.
-VERSION = 1
+# not show, so that old caches are not reused (2: trained with pinned
+# kernels, PINNED_ENVIRONMENT).
+VERSION = 2
 SOURCE_TASKS = ("digits0-4", "rotation", "photo-rotation")
 GLYPH = 24  # pixels a digit spans in the 32x32 image
 BACKGROUND = 0.35  # brightness of the photo behind the (white) digit
@@ -79,6 +98,19 @@ class Checkpoint:
         if self.source not in SOURCE_TASKS:
             raise ValueError(f"checkpoint {self.label!r}: source must be one of {SOURCE_TASKS}, got {self.source!r}")
 
+
+# The environment of the process that makes the data and trains and
+# fine-tunes the zoo: read once, when torch and MKL start, so it is set
+# for a new process. ATEN_CPU_CAPABILITY: torch's kernels built for any
+# x86-64 CPU, not the AVX2 or AVX-512 ones a CPU would select (their
+# vector widths sum in another order); MKL_CBWR: MKL's conditional
+# numerical reproducibility, the code path that gives the same bits on
+# every x86-64 CPU; one OpenMP and MKL thread, as _pin_kernels sets torch.
+# Each of them changed the trained checkpoints' bits (measured: threads 1
+# against 2, ATEN_CPU_CAPABILITY default against avx2, MKL_CBWR
+# COMPATIBLE against automatic, oneDNN's ISA capped at SSE4.1).
+PINNED_ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+                      "MKL_NUM_THREADS": "1"}
 
 _VIT = (("img_size", 32), ("patch_size", 8))
 # Half-width EfficientNets: 128 features instead of 256, so that every
@@ -127,10 +159,11 @@ class DemoConfig:
 @dataclass
 class DemoZoo:
     """What build_demo made. specs: one ``LABEL:ARCH=DIR`` per checkpoint;
-    ground_truth: JSON {label: mean fine-tuned test accuracy} (None when
-    not asked for); trained: checkpoints this call trained, finetuned:
-    fine-tuning runs (``LABEL.seedS``) it ran (both empty on a cached
-    re-run); seconds: wall time of each stage in this call."""
+    ground_truth: JSON {label: [fine-tuned test accuracy per seed]} (None
+    when not asked for); trained: checkpoints this call trained,
+    finetuned: fine-tuning runs (``LABEL.seedS``) it ran (both empty on a
+    cached re-run); seconds: wall time of each stage this call ran (data,
+    source training, fine-tuning; empty on a cached re-run)."""
     root: Path
     target_train: Path
     target_test: Path
@@ -142,18 +175,29 @@ class DemoZoo:
     seconds: dict = field(default_factory=dict)
 
 
-def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=True, device=None) -> DemoZoo:
+def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=True, workers=None) -> DemoZoo:
     """Write the demo's image folders and train its zoo under
     ``cache_dir/demo/<config key>/``, reusing whatever a previous run
     finished; with ground_truth=True also fine-tune every checkpoint on the
     target training split (config.finetune_recipe, once per seed of
-    config.finetune_seeds) and write the mean test accuracies to
-    ``ground_truth.json``.
+    config.finetune_seeds) and write each one's test accuracies, one per
+    seed, to ``ground_truth.json``. workers: the processes that train and
+    fine-tune (None: one per core this process may use); any number gives
+    the same bits.
 
-    Runs torch on one CPU thread: these models are so small that a second
-    thread saves little, and on a busy machine two threads waiting for each
-    other at every operation ran 20-50x slower (measured on the 2-core CI
-    machine)."""
+    The work runs in new Python processes with pinned kernels
+    (PINNED_ENVIRONMENT, _pin_kernels), one CPU thread each, so that it
+    gives the same checkpoints and accuracies on any x86-64 machine with
+    the same library versions; whatever this process has set for torch
+    does not reach it. The checkpoints, then the fine-tuning runs, are
+    spread over one process per core: that recovers the time the pinned
+    kernels cost without changing a bit. A cached re-run starts no
+    process. One thread per process also because these models are so
+    small that a second saves little, and on a busy machine two threads
+    waiting for each other at every operation ran 20-50x slower (measured
+    on the 2-core CI machine)."""
+    if workers is not None:
+        check_integer(workers, "workers", minimum=1)
     if config.n_source + config.n_train + config.n_test > 1797:
         raise ValueError(f"config asks for {config.n_source} + {config.n_train} + {config.n_test} digits; "
                          f"scikit-learn ships 1797")
@@ -163,7 +207,17 @@ def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=Tr
         # of its folders is a killed build's temporary.
         for folder in (root, root / "zoo", root / "finetune"):
             remove_temporaries(folder, hidden=True)
-        return _build(root, config, ground_truth=ground_truth, progress=progress, device=device)
+        demo = _layout(root, config)
+        if not _complete(demo, config, ground_truth=ground_truth):
+            done = _run_pinned(root, config, ground_truth=ground_truth, progress=progress,
+                               workers=available_cores() if workers is None else workers)
+            demo.trained, demo.finetuned, demo.seconds = done["trained"], done["finetuned"], done["seconds"]
+        if ground_truth:
+            demo.ground_truth = root / "ground_truth.json"
+            write_json(demo.ground_truth, {ck.label: [_finetuned(root, ck, seed, weights_identity(spec))["accuracy"]
+                                                      for seed in config.finetune_seeds]
+                                           for spec, ck in zip(demo.specs, config.zoo)})
+        return demo
 
 
 @contextlib.contextmanager
@@ -182,27 +236,144 @@ def _one_build(cache, key, root, progress):
         yield
 
 
-def _build(root, config, *, ground_truth, progress, device):
-    demo = DemoZoo(root=root, target_train=root / "target-train", target_test=root / "target-test",
+def _layout(root, config) -> DemoZoo:
+    """Where everything of `config` lives under `root` (nothing done yet)."""
+    return DemoZoo(root=root, target_train=root / "target-train", target_test=root / "target-test",
                    reference=root / "reference",
                    specs=[f"{ck.label}:{ck.architecture}={root / 'zoo' / ck.label}" for ck in config.zoo],
                    ground_truth=None)
-    threads = torch.get_num_threads()
+
+
+def _complete(demo, config, *, ground_truth) -> bool:
+    """Whether the image folders, every checkpoint and (with ground_truth)
+    every fine-tuning run of the current weights exist."""
+    folders = [demo.target_train, demo.target_test, demo.reference] + \
+        [demo.root / "zoo" / ck.label for ck in config.zoo]
+    if not all(folder.is_dir() for folder in folders):
+        return False
+    return not ground_truth or all(_finetuned(demo.root, ck, seed, weights_identity(spec)) is not None
+                                   for spec, ck in zip(demo.specs, config.zoo) for seed in config.finetune_seeds)
+
+
+def _finetuned(root, ck, seed, weights):
+    """The kept result of fine-tuning checkpoint `ck` with `seed`, or None
+    when there is none or it was of other weights (a retrained
+    checkpoint's result is stale)."""
+    result_file = root / "finetune" / f"{ck.label}.seed{seed}.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    return result if result is not None and result.get("weights") == weights else None
+
+
+def _run_pinned(root, config, *, ground_truth, progress, workers) -> dict:
+    """_build(root, config, ...) in a new Python process started with
+    PINNED_ENVIRONMENT; returns its {"trained", "finetuned", "seconds"}.
+    Its progress and any error go to this process's stderr; an interrupt
+    (Ctrl-C) stops both. It imports this ped_fast: the folder holding the
+    package goes first on its path unless already there (an editable
+    install's folder is not on the path, an installed package's is)."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    with tempfile.TemporaryDirectory(prefix="ped_fast_demo_") as tmp:
+        job, done = Path(tmp) / "job.pickle", Path(tmp) / "done.json"
+        job.write_bytes(pickle.dumps((root, config, ground_truth, progress, workers)))
+        code = ("import sys; sys.argv[3] in sys.path or sys.path.insert(0, sys.argv[3]); "
+                "from ped_fast.zoo.demo_zoo import _pinned_main; _pinned_main(sys.argv[1], sys.argv[2])")
+        status = subprocess.run([sys.executable, "-c", code, str(job), str(done), package_parent],
+                                env={**os.environ, **PINNED_ENVIRONMENT}, stdin=subprocess.DEVNULL).returncode
+        if status != 0 or not done.is_file():
+            raise RuntimeError(f"building the demo zoo in {root} failed: its training process exited with status "
+                               f"{status} (its error is printed above)")
+        return json.loads(done.read_text())
+
+
+def _pinned_main(job, done):
+    """The training process's entry point (see _run_pinned)."""
+    root, config, ground_truth, progress, workers = pickle.loads(Path(job).read_bytes())
+    _pin_kernels()
+    built = _build(root, config, ground_truth=ground_truth, progress=progress, workers=workers)
+    Path(done).write_text(json.dumps(built))
+
+
+def _pin_kernels():
+    """torch's settings of the training process, beside PINNED_ENVIRONMENT:
+    one intra-op thread; no oneDNN (mkldnn) or NNPACK, which pick their
+    convolution kernels and blockings by CPU (convolutions then run as
+    torch's own im2col + MKL matrix products); deterministic algorithms,
+    so that an operation without a deterministic implementation fails
+    instead of varying."""
     torch.set_num_threads(1)
-    try:
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+    torch.use_deterministic_algorithms(True)
+
+
+def _build(root, config, *, ground_truth, progress, workers=1) -> dict:
+    """Make what is missing under `root` (data, checkpoints, fine-tuning
+    runs) with the torch settings of the calling process (build_demo's:
+    the pinned one), training and fine-tuning in up to `workers` processes
+    (1: in this one); returns {"trained", "finetuned", "seconds"}."""
+    demo = _layout(root, config)
+    start = time.perf_counter()
+    data = _write_data(demo, config)
+    demo.seconds["data"] = time.perf_counter() - start
+    missing = [ck for ck in config.zoo if not (root / "zoo" / ck.label).is_dir()]
+    with _runner(min(workers, max(len(missing), len(config.zoo) * len(config.finetune_seeds)))) as run:
         start = time.perf_counter()
-        data = _write_data(demo, config)
-        demo.seconds["data"] = time.perf_counter() - start
-        start = time.perf_counter()
-        _train_zoo(demo, config, data, device=device, progress=progress)
+        run(_train_checkpoint, [(ck, data, root / "zoo" / ck.label, config) for ck in missing],
+            progress=progress, desc="training the demo zoo")
+        demo.trained = [ck.label for ck in missing]
         demo.seconds["source training"] = time.perf_counter() - start
         if ground_truth:
             start = time.perf_counter()
-            _ground_truth(demo, config, device=device, progress=progress)
+            # Several seeds because single runs of one checkpoint differ by
+            # up to 9 points with 300 training images; the evaluation
+            # resamples them.
+            runs = [(spec, ck, seed, weights_identity(spec), demo, config)
+                    for spec, ck in zip(demo.specs, config.zoo) for seed in config.finetune_seeds]
+            runs = [task for task in runs if _finetuned(root, *task[1:4]) is None]
+            run(_finetune_run, runs, progress=progress, desc="fine-tuning the demo zoo")
+            demo.finetuned = [f"{ck.label}.seed{seed}" for _, ck, seed, *_ in runs]
             demo.seconds["fine-tuning"] = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    return demo
+    return {"trained": demo.trained, "finetuned": demo.finetuned, "seconds": demo.seconds}
+
+
+@contextlib.contextmanager
+def _runner(workers):
+    """run(function, tasks, progress=, desc=): function(*task, progress=...)
+    for every task, with a bar over the tasks. With 1 worker in this
+    process (each task with its own bar too); else in `workers` new
+    processes of one thread each, started once, pinned like this one (they
+    inherit its environment; _pin_kernels). Every task is seeded and
+    single-threaded, so where it runs changes no bit."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    if workers <= 1:
+        def run(function, tasks, *, progress, desc):
+            for task in tqdm(tasks, desc=desc, unit="run", disable=not progress):
+                function(*task, progress=progress)
+
+        yield run
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_pin_kernels) as pool:
+        def run(function, tasks, *, progress, desc):
+            with tqdm(total=len(tasks), desc=desc, unit="run", disable=not progress) as bar:
+                for done in as_completed([pool.submit(function, *task, progress=False) for task in tasks]):
+                    done.result()
+                    bar.update()
+
+        yield run
+
+
+def _finetune_run(spec, ck, seed, weights, demo, config, *, progress):
+    """Fine-tune one checkpoint with one seed, on the CPU, and keep the
+    result in finetune/LABEL.seedS.json with the checkpoint's identity, so
+    that a killed build resumes and a retrained checkpoint is fine-tuned
+    again."""
+    result = finetune(spec, demo.target_train, demo.target_test, recipe=config.finetune_recipe, seed=seed,
+                      device="cpu", progress=progress)
+    write_json(demo.root / "finetune" / f"{ck.label}.seed{seed}.json", {**result, "weights": weights})
 
 
 def _write_data(demo, config):
@@ -222,45 +393,6 @@ def _write_data(demo, config):
         with atomic_directory(demo.reference) as tmp:
             _write_pngs(tmp, *data.reference())
     return data
-
-
-def _train_zoo(demo, config, data, *, device, progress):
-    from tqdm.auto import tqdm
-
-    missing = [ck for ck in config.zoo if not (demo.root / "zoo" / ck.label).is_dir()]
-    for ck in tqdm(missing, desc="training the demo zoo", unit="model", disable=not progress):
-        _train_checkpoint(ck, data, demo.root / "zoo" / ck.label, config, device=device, progress=progress)
-        demo.trained.append(ck.label)
-
-
-def _ground_truth(demo, config, *, device, progress):
-    """Fine-tune every checkpoint once per seed (each run kept in
-    finetune/LABEL.seedS.json with the checkpoint's identity, so a killed
-    run resumes and a retrained checkpoint is fine-tuned again); the
-    ground truth is the mean accuracy over seeds, which cuts the
-    seed-to-seed noise of a single run (about +-5 points with 300 training
-    images) by sqrt(3)."""
-    from tqdm.auto import tqdm
-
-    accuracies = {}
-    for spec, ck in zip(tqdm(demo.specs, desc="fine-tuning the demo zoo", unit="model", disable=not progress),
-                        config.zoo):
-        weights = weights_identity(spec)
-        runs = []
-        for seed in config.finetune_seeds:
-            result_file = demo.root / "finetune" / f"{ck.label}.seed{seed}.json"
-            result = json.loads(result_file.read_text()) if result_file.is_file() else None
-            # A result of other weights (the checkpoint was retrained) is stale.
-            if result is None or result.get("weights") != weights:
-                result = finetune(spec, demo.target_train, demo.target_test, recipe=config.finetune_recipe,
-                                  seed=seed, device=device, progress=progress)
-                result["weights"] = weights
-                write_json(result_file, result)
-                demo.finetuned.append(f"{ck.label}.seed{seed}")
-            runs.append(result["accuracy"])
-        accuracies[ck.label] = sum(runs) / len(runs)
-    demo.ground_truth = demo.root / "ground_truth.json"
-    write_json(demo.ground_truth, accuracies)
 
 
 def _write_pngs(folder: Path, images, subfolders):
@@ -351,7 +483,7 @@ def _tensors(images):
     return (x - mean) / std
 
 
-def _train_checkpoint(ck, data, directory, config, *, device, progress):
+def _train_checkpoint(ck, data, directory, config, *, progress):
     import timm
 
     seed = config.seed ^ zlib.crc32(ck.label.encode())
@@ -362,6 +494,6 @@ def _train_checkpoint(ck, data, directory, config, *, device, progress):
         model = timm.create_model(ck.architecture, pretrained=False, num_classes=classes,
                                   **dict(ck.model_args))
     recipe = Recipe(**{**asdict(config.source_recipe), "epochs": ck.epochs})
-    train(model, dataset, recipe, seed=seed, device=device, progress=progress, desc=f"pretrain {ck.label}")
+    train(model, dataset, recipe, seed=seed, device="cpu", progress=progress, desc=f"pretrain {ck.label}")
     save_model_dir(model.cpu(), directory, architecture=ck.architecture, model_args=dict(ck.model_args),
                    pretrained_cfg=PRETRAINED_CFG)
