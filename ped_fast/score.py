@@ -161,15 +161,7 @@ def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None
     if ped_options.get("inplace", False) is not False:
         raise ValueError(f"ped_scores does not take inplace=True: every scorer reads the input features, got "
                          f"inplace={ped_options['inplace']!r}")
-    names = [scorers] if isinstance(scorers, str) else list(scorers)
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"scorers must name each scorer once, at least one, got {names!r}")
-    options = dict(scorer_options or {})
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ValueError(f"scorer_options names scorers that are not scored: {unknown} (scorers: {names})")
-    options = {name: dict(options.get(name) or {}) for name in names}
-    entries = {name: _feature_scorer(name, options[name]) for name in names}
+    options, entries = _feature_scorers(scorers, scorer_options)
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, False)
     computed = []
@@ -207,15 +199,7 @@ def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options
         check_parameters(**{k: v for k, v in dict(ped_options, **point).items() if k != "inplace"})
     if ped_options.get("inplace", False) is not False or any("inplace" in point for point in points):
         raise ValueError("ped_sweep does not take inplace: every grid point moves the input features")
-    names = [scorers] if isinstance(scorers, str) else list(scorers)
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"scorers must name each scorer once, at least one, got {names!r}")
-    options = dict(scorer_options or {})
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ValueError(f"scorer_options names scorers that are not scored: {unknown} (scorers: {names})")
-    options = {name: dict(options.get(name) or {}) for name in names}
-    entries = {name: _feature_scorer(name, options[name]) for name in names}
+    options, entries = _feature_scorers(scorers, scorer_options)
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, False)
     x = features_tensor(features)[0]
@@ -288,6 +272,21 @@ def parse_ped_grid(spec) -> dict:
             raise ValueError(f"ped_grid {spec!r}: the values of {name!r} must be numbers, got {values!r}") from None
     grid_points(grid)
     return grid
+
+
+def _feature_scorers(scorers, scorer_options):
+    """({name: options}, {name: registry entry}) of the named feature
+    scorers, each named once, their options checked (ped_scores, ped_sweep)."""
+    names = [scorers] if isinstance(scorers, str) else list(scorers)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"scorers must name each scorer once, at least one, got {names!r}")
+    options = dict(scorer_options or {})
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"scorer_options names scorers that are not scored: {unknown} (scorers: {names})")
+    options = {name: dict(options.get(name) or {}) for name in names}
+    entries = {name: _feature_scorer(name, options[name]) for name in names}
+    return options, entries
 
 
 def _feature_scorer(name, options):
