@@ -136,5 +136,20 @@ def test_a_failed_stage_keeps_no_traceback():
     except RuntimeError as caught:
         error = caught
     outcome = extract_module.Outcome(spec=None)
-    outcome.fail([extract_module.FeaturesStage(None)], error)
-    assert outcome.results["features"] is error and error.__traceback__ is None
+    stage = extract_module.FeaturesStage(None)
+    outcome.fail([stage], error)
+    assert outcome.results[stage] is error and error.__traceback__ is None
+
+
+def test_two_feature_stages_of_one_run_keep_their_own_results(zoo, tmp_path):
+    """Screening several target tasks pushes each model through one
+    features stage per task in one run: each stage's result is its own
+    task's, not the last stage's."""
+    write_image_folder(tmp_path / "other", classes=2, per_class=4, size=32)
+    first = extract_module.FeaturesStage(image_folder(zoo["data"]))
+    second = extract_module.FeaturesStage(image_folder(tmp_path / "other"))
+    settings = extract_module.Settings.make(batch_size=4, progress=False)
+    cache = extract_module.Cache(tmp_path / "cache")
+    outcome = extract_module.run_stages([zoo["a"]], [first, second], settings, cache)["a"]
+    assert outcome.results[first].features.shape[0] == 15
+    assert outcome.results[second].features.shape[0] == 8

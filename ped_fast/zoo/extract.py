@@ -231,9 +231,11 @@ class ExtractionError(RuntimeError):
 
 @dataclass
 class Outcome:
-    """What run_stages did for one model: `results` maps each stage's name
-    to its result or the exception that stopped it; seconds["load"] is the
-    time spent building the model (absent when it was not built)."""
+    """What run_stages did for one model: `results` maps each stage (the
+    object, so that two stages of one kind, such as the features of two
+    target sets, are two entries) to its result or the exception that
+    stopped it; seconds["load"] is the time spent building the model
+    (absent when it was not built)."""
     spec: object
     identity: str | None = None
     data_config: dict | None = None
@@ -250,7 +252,7 @@ class Outcome:
         # its activations, which must be freed for the models still running.
         error = error.with_traceback(None)
         for stage in stages:
-            self.results[stage.name] = error
+            self.results[stage] = error
 
 
 class Stage:
@@ -481,7 +483,7 @@ def _missing(outcome, stages, settings, cache):
         if result is None:
             todo.append(stage)
         else:
-            outcome.results[stage.name] = result
+            outcome.results[stage] = result
     return todo
 
 
@@ -519,7 +521,7 @@ def _run_stage(stage, members, settings, cache, device):
         with cache.lock(stage.name, key):
             result = stage.cached(cache, key, outcome.spec.label)
             if result is not None:
-                outcome.results[stage.name] = result
+                outcome.results[stage] = result
             else:
                 _run_passes(stage, [(outcome, loaded)], settings, cache, device)
 
@@ -537,7 +539,7 @@ def _claim(stage, due, settings, cache, held):
             continue
         result = stage.cached(cache, key, outcome.spec.label)
         if result is not None:
-            outcome.results[stage.name] = result
+            outcome.results[stage] = result
         else:
             mine.append((outcome, loaded))
     return mine, waiting
@@ -682,7 +684,7 @@ def _run_pass(stage, group, settings, cache, device):
                     "versions": library_versions(), "version": EXTRACTION_VERSION,
                     "skipped": [images.paths[i] for i in skipped], "seconds": spent[label] + decoding / len(group)}
             try:
-                outcome.results[stage.name] = sinks.pop(label).finish(skipped, meta, label)
+                outcome.results[stage] = sinks.pop(label).finish(skipped, meta, label)
             except Exception as error:
                 outcome.fail([stage], error)
     finally:
@@ -759,9 +761,9 @@ class _FeatureSink:
         self.arrays, self.predictions = {}, {}
 
 
-def collect(outcomes, stage_name) -> dict:
+def collect(outcomes, stage) -> dict:
     """{label: result} of one stage; raises ExtractionError when any failed."""
-    results = {label: o.results[stage_name] for label, o in outcomes.items()}
+    results = {label: o.results[stage] for label, o in outcomes.items()}
     errors = {label: r for label, r in results.items() if isinstance(r, BaseException)}
     if errors:
         raise ExtractionError(errors, {label: r for label, r in results.items() if label not in errors})
@@ -801,7 +803,7 @@ def run_alone(specs, stage, settings, cache) -> dict:
     """One stage for every model ({label: result}; ExtractionError when any
     failed): extract() and refstats.reference_stats()."""
     cache.sweep()
-    return collect(run_stages(specs, [stage], settings, cache), stage.name)
+    return collect(run_stages(specs, [stage], settings, cache), stage)
 
 
 def export_features(feature_sets, out) -> list:

@@ -364,7 +364,7 @@ def _model_tasks(specs, images, reference, scorers, backend, settings, cache, lo
         for label, outcome in run_stages(todo, stages, settings, cache).items():
             prior[label] = dict(outcome.seconds)
             for stage in stages:
-                result = outcome.results.get(stage.name)
+                result = outcome.results.get(stage)
                 if isinstance(result, BaseException):
                     errors.setdefault(label, describe(result))
                 elif result is not None and not result.cached:
@@ -459,9 +459,9 @@ def _score_model(task, row):
         outcome = run_stages([task.spec], stages, settings, cache)[task.name]
         # A failed stage skips the ones after it: its exception is the row's.
         for stage in stages:
-            if isinstance(outcome.results.get(stage.name), BaseException):
-                raise outcome.results[stage.name]
-        results = [outcome.results[stage.name] for stage in stages]
+            if isinstance(outcome.results.get(stage), BaseException):
+                raise outcome.results[stage]
+        results = [outcome.results[stage] for stage in stages]
         row["seconds"].update(outcome.seconds)
         for stage, result in zip(stages, results):
             timing = _TIMINGS[stage.name]
