@@ -38,6 +38,7 @@ from ._validate import all_finite, check_inplace, features_tensor, raise_non_fin
 from .scorers import _registry
 from .scorers._input import ClassMoments, class_moments, prepare
 from .scorers._linalg import matmul, principal_axes
+from .scorers.sfda import PROJECTION_REMEDY
 
 # ped()'s options that ped_score passes through; read from ped's signature
 # so the two cannot drift apart. reference and backend are ped_score's own.
@@ -396,8 +397,16 @@ def _shared_moments(prep, moved, variances):
     return ClassMoments(means, moved_variances)
 
 
+# How a Python user projects the features, added to a saturation reason
+# that recommends the projection: the scorers' reasons name no API (the
+# screen names its command-line options instead).
+_PYTHON_REMEDY = "ped_score(..., reduce='pca:K')"
+
+
 def _saturation(entry, baseline, moved, result, labels):
-    """{kind: reason} for the scores that saturated (docs/spec.md §3)."""
+    """{kind: reason} for the scores that saturated (docs/spec.md §3), a
+    recommended projection spelled as ped_score's argument; kinds whose
+    score is None (not computed) are left out."""
     if entry.saturation is None:
         return {}
     x, _ = to_tensor(result.features, "features")
@@ -405,9 +414,9 @@ def _saturation(entry, baseline, moved, result, labels):
     shape = dict(samples=x.shape[0], dimensions=x.shape[1], classes=classes)
     out = {}
     for kind, value in (("baseline", baseline), ("ped", moved)):
-        reason = entry.saturation(value, **shape)
+        reason = None if value is None else entry.saturation(value, **shape)
         if reason is not None:
-            out[kind] = reason
+            out[kind] = reason.replace(PROJECTION_REMEDY, f"{PROJECTION_REMEDY} ({_PYTHON_REMEDY})")
     return out
 
 

@@ -616,3 +616,54 @@ def test_scorer_rejects_a_backend_as_ped_does(name, backend):
     if name == "logme":
         with pytest.raises(from_ped.type, match=re.escape(str(from_ped.value))):
             logme(x, x[:, 0], regression=True, backend=backend)
+
+
+# --- saturation messages: each model's own D, each reader's remedy ------------
+
+
+def _saturating_models():
+    """Two models of one 3-class task of N = 100 samples whose features
+    separate every sample (D >= N): one with D = 192, one with D = 512."""
+    rng = np.random.default_rng(11)
+    labels = np.arange(100) % 3
+    return labels, {"narrow": rng.standard_normal((100, 192)), "wide": rng.standard_normal((100, 512))}
+
+
+def test_scorer_saturation_reasons_name_no_api():
+    """The scorers' reasons are read by Python and command-line users
+    alike: they recommend the projection in neither's terms."""
+    for name, value, classes in (("sfda", 1.0, 3), ("hscore", 2.0, 3)):
+        reason = ped_fast.scorers.saturation(name, value, samples=100, dimensions=192, classes=classes)
+        assert "D = 192 >= N" in reason and "K principal axes" in reason
+        assert "ped_score" not in reason and "--reduce" not in reason
+
+
+def test_ped_score_spells_the_remedy_in_python():
+    labels, models = _saturating_models()
+    out = ped_fast.ped_score(models["narrow"], labels, "sfda", rescale="self", return_baseline=True)
+    assert "D = 192 >= N = 100" in out.saturation["baseline"]
+    assert "ped_score(..., reduce='pca:K')" in out.saturation["baseline"]
+    assert "--reduce" not in out.saturation["baseline"]
+
+
+def test_screen_warnings_quote_each_models_own_d_and_the_command_line_remedy():
+    from ped_fast.zoo.scoring import score_features, zoo_warnings
+
+    labels, models = _saturating_models()
+    rows = []
+    for name, x in models.items():
+        scores = score_features(x, labels, ["sfda", "hscore"], reference="self")
+        rows.append({"name": name, "scores": scores})
+    warnings = zoo_warnings(rows, ["sfda", "hscore"])
+    for scorer in ("SFDA", "HSCORE"):
+        for name, dim in (("narrow", 192), ("wide", 512)):
+            mine = [w for w in warnings if w["message"].startswith(f"{scorer}: ") and name in w["models"]]
+            assert len(mine) == 1, (scorer, name, warnings)
+            assert mine[0]["models"] == [name]
+            assert f"D = {dim} >= N" in mine[0]["message"]
+            assert "--reduce pca:K --reference self" in mine[0]["message"]
+            assert "ped_score(" not in mine[0]["message"]
+    # Models whose reasons agree share one warning.
+    rows.append({"name": "twin", "scores": rows[0]["scores"]})
+    grouped = [w for w in zoo_warnings(rows, ["sfda"]) if w["message"].startswith("SFDA: ")]
+    assert sorted(map(tuple, (w["models"] for w in grouped))) == [("narrow", "twin"), ("wide",)]

@@ -28,6 +28,7 @@ import torch
 from ._input import ScatterState, class_moments, global_mean, prepare
 from ._linalg import symmetric_eigh
 from ._registry import SharedWork
+from .sfda import PROJECTION_REMEDY
 
 # At or above (C - 1)(1 - 1e-6) the H-score is at its maximum C - 1 (the
 # features determine the class linearly, as any labelling does when
@@ -76,8 +77,7 @@ def saturation(value, *, samples, dimensions, classes):
         return None
     why = f" (D = {dimensions} >= N - 1 = {samples - 1})" if dimensions >= samples - 1 else ""
     return (f"hscore is {value:.9g}, at its maximum C - 1 = {top}: the features determine the class linearly{why}, "
-            f"so models that do cannot be ranked; reduce the dimension (ped_score(..., reduce='pca:K') with K well "
-            f"below N) or score more samples")
+            f"so models that do cannot be ranked; {PROJECTION_REMEDY}, or score more samples")
 
 
 def _projected_mass(values, vectors, centred, counts, dim_n):

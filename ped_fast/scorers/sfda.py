@@ -39,6 +39,10 @@ SHRINKAGE_FLOOR = 1e-10
 # the features separate the samples perfectly (with D >= N any labelling
 # is separable), and models that all reach it cannot be ranked.
 SATURATION_GAP = 1e-6
+# The remedy a saturation reason recommends (sfda's and hscore's), in no
+# API's terms: ped_score and the screen find this phrase and add how their
+# users ask for it (a Python argument, a command-line option).
+PROJECTION_REMEDY = "project the features on K principal axes with K well below N"
 
 
 def sfda(features, labels, *, dtype=torch.float64, backend="auto"):
@@ -65,8 +69,7 @@ def saturation(value, *, samples, dimensions, classes):
         return None
     why = f" (D = {dimensions} >= N = {samples}: any labelling is separable)" if dimensions >= samples else ""
     return (f"sfda is {value:.9g}, within {SATURATION_GAP:g} of its maximum 1: the features separate the samples "
-            f"perfectly{why}, so models that do cannot be ranked; reduce the dimension (ped_score(..., "
-            f"reduce='pca:K') with K well below N) or score more samples")
+            f"perfectly{why}, so models that do cannot be ranked; {PROJECTION_REMEDY}, or score more samples")
 
 
 class SFDAResiduals:

@@ -22,6 +22,7 @@ import torch
 
 from ..score import ped_scores, ped_sweep
 from ..scorers import available, get, saturation
+from ..scorers.sfda import PROJECTION_REMEDY
 from .cache import content_key
 from .refstats import ReferenceStats
 
@@ -116,8 +117,14 @@ def score_features(features, labels, scorers, *, reference, backend="auto", devi
     x, y, options = _ped_inputs(features, labels, reference, device)
     results = ped_scores(x, y, names, backend=backend, reduce=reduce, **options)
     seconds = (time.perf_counter() - start) / len(names)
+    # The scorer's own reasons (PEDScore's spell the remedy in Python; the
+    # screen's warnings spell it for their reader, zoo_warnings), for the
+    # features scored: reduce's K columns when it projected them.
+    shape = dict(samples=int(x.shape[0]), classes=int(torch.unique(y).numel()))
     return {name: {"baseline": float(result.baseline), "ped": float(result.ped), "steps": int(result.result.steps),
-                   "seconds": seconds, "saturated": {kind: result.saturation.get(kind) for kind in ("baseline", "ped")}}
+                   "seconds": seconds,
+                   "saturated": {kind: saturation(name, getattr(result, kind), dimensions=int(
+                       result.result.features.shape[1]), **shape) for kind in ("baseline", "ped")}}
             for name, result in results.items()}
 
 
@@ -288,12 +295,21 @@ def _take_score(row, scorer, meta):
         row["warnings"].append(meta["note"])
 
 
+# How a screen projects the features, added to a saturation reason that
+# recommends the projection (the scorers' reasons name no API): the
+# command's options, and screen()'s arguments for a Python caller.
+SCREEN_REMEDY = "ped-fast screen --reduce pca:K --reference self; in Python, screen(..., reduce='pca:K', reference='self')"
+
+
 def zoo_warnings(rows, scorers) -> list:
     """Warnings about the screen's finished rows: scores that carry no
     ranking information (each row's scores[S]["saturated"], from the
     scorer's saturation check, e.g. SFDA at 1.0) and ties among the top
     models. Each warning is {"models": [names], "message": text}; the
-    screen adds the message to each named model's row too."""
+    screen adds the message to each named model's row too. Saturated
+    models are grouped by their reason, which quotes their own value and
+    shape (D differs between models), and a recommended projection is
+    spelled as the screen's options (SCREEN_REMEDY)."""
     rows = [row for row in rows if not row.get("error")]
     out = []
     for scorer in scorers:
@@ -303,10 +319,13 @@ def zoo_warnings(rows, scorers) -> list:
                       if row["scores"][scorer][kind] is not None}
             reasons = {row["name"]: row["scores"][scorer]["saturated"][kind] for row in rows}
             saturated = [name for name in values if reasons[name]]
-            if saturated:
-                out.append({"models": saturated,
-                            "message": f"{title}: {reasons[saturated[0]]} ({len(saturated)} model(s): "
-                                       f"{', '.join(saturated)})"})
+            groups: dict = {}
+            for name in saturated:
+                groups.setdefault(reasons[name], []).append(name)
+            for reason, names in groups.items():
+                reason = reason.replace(PROJECTION_REMEDY, f"{PROJECTION_REMEDY} ({SCREEN_REMEDY})")
+                out.append({"models": names,
+                            "message": f"{title}: {reason} ({len(names)} model(s): {', '.join(names)})"})
             best = max((v for name, v in values.items() if name not in saturated), default=None)
             tied = [name for name, value in values.items() if name not in saturated and _close(value, best)]
             if len(tied) > 1:
