@@ -58,7 +58,7 @@ setup(
     description="Model transferability ranking with PED (ICCV 2023): fused CPU/GPU kernels",
     packages=["ped_fast", "ped_fast.kernels", "ped_fast.scorers", "ped_fast.zoo", "ped_fast.integrations"],
     package_dir={"ped_fast.kernels": "kernels"},
-    package_data={"ped_fast": ["data/*.json"]},
+    package_data={"ped_fast": ["data/*.json", "py.typed"]},
     python_requires=">=3.10",
     # torch and torchvision: the CUDA build by default from PyPI (several GB);
     # README says how to choose the CPU-only one. timm, pillow and
@@ -88,8 +88,9 @@ setup(
     # imports it; 0.2 is the version it is tested with); in test too, so
     # that CI runs its tests. tomli: Python 3.10's TOML reader (3.11 has
     # tomllib), with which tests/test_scorer_plugins.py reads its plugin
-    # packages' pyproject.toml.
-    extras_require={"test": ["pytest", "pytest-benchmark", "ray>=2.9", "transformer-ranker>=0.2",
+    # packages' pyproject.toml. mypy: .ci/run's type check ([tool.mypy] in
+    # pyproject.toml); py.typed tells type checkers the package is annotated.
+    extras_require={"test": ["pytest", "pytest-benchmark", "mypy>=1.10", "ray>=2.9", "transformer-ranker>=0.2",
                              "tomli; python_version < '3.11'"],
                     "ray": ["ray>=2.9"], "transformer-ranker": ["transformer-ranker>=0.2"]},
     entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},

@@ -4,6 +4,11 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 NAMES = ("reference", "cpu", "triton", "cuda")
 # backend="auto" tries these in order for the device type of the features.
@@ -12,21 +17,23 @@ AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference
 
 @dataclass(frozen=True)
 class BackendStatus:
+    """Whether a backend can run here and, when it cannot, why."""
+
     available: bool
     reason: str
 
 
-def _module(name):
+def _module(name: str) -> ModuleType:
     return importlib.import_module(f"ped_fast.{name}")
 
 
-def available_backends():
+def available_backends() -> dict[str, BackendStatus]:
     """{name: BackendStatus(available, reason)} for every backend: what was
     built, and why a backend cannot run here."""
     return {name: BackendStatus(*_module(name).status()) for name in NAMES}
 
 
-def resolve(backend, device):
+def resolve(backend: str, device: torch.device) -> tuple[str, ModuleType]:
     """(name, launcher module) for `backend` and tensors on `device`."""
     if backend == "auto":
         backend = os.environ.get("PED_FAST_BACKEND", "auto")
@@ -49,7 +56,7 @@ def resolve(backend, device):
     return backend, module
 
 
-def _interpreted(name):
+def _interpreted(name: str) -> bool:
     """Whether `name`'s kernels run in Triton's interpreter (TRITON_INTERPRET=1),
     which takes tensors on any device."""
     return name == "triton" and _module(name).interpreting()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 
@@ -31,17 +32,28 @@ class PairBounds:
     last full evaluation and, per class, the summed L2 length of the steps
     applied since (an upper bound on how far each mean has moved)."""
 
-    def __init__(self, num_classes, device):
+    def __init__(self, num_classes: int, device: torch.device) -> None:
         self.dist = torch.empty(num_classes, num_classes, dtype=torch.float64, device=device)
         self.drift = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.full = True
 
-    def advance(self, delta):
+    def advance(self, delta: torch.Tensor) -> None:
         self.drift += torch.linalg.vector_norm(delta, dim=1)
         self.full = False
 
 
-def make_bounds(num_classes, device):
+class PairwiseForces(Protocol):
+    """A launcher's pairwise_forces (docs/design.md §4)."""
+
+    def __call__(self, mu: torch.Tensor, radius: torch.Tensor, *, nsigma: float, coef: float,
+                 bounds: PairBounds, out: torch.Tensor | None = None) -> Forces: ...
+
+
+# A launcher's integrate(x, index, shift, out) -> out.
+Integrate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_bounds(num_classes: int, device: torch.device) -> PairBounds:
     """The PairBounds of a backend that prunes pairs (cpu, triton, cuda)."""
     return PairBounds(num_classes, device)
 
@@ -69,7 +81,7 @@ class ClassBuckets:
     chunks: torch.Tensor
 
 
-def bucket_rows(index, num_classes, rows_per_chunk):
+def bucket_rows(index: torch.Tensor, num_classes: int, rows_per_chunk: int) -> ClassBuckets:
     """ClassBuckets of `index` (N int64 in [0, num_classes)), with at most
     `rows_per_chunk` rows per chunk. Only device-side torch ops: no host sync
     (torch.bincount on CUDA would read the largest label back to the host;
@@ -91,7 +103,7 @@ def bucket_rows(index, num_classes, rows_per_chunk):
                         chunks=torch.stack([chunk_class, begin, end]))
 
 
-def kernel_layout(x):
+def kernel_layout(x: torch.Tensor) -> torch.Tensor:
     """x itself when the C++/CUDA kernels can read it (contiguous rows, rows at least a
     row apart), else a contiguous copy."""
     rows_ok = x.shape[1] == 1 or x.stride(1) == 1
@@ -99,17 +111,18 @@ def kernel_layout(x):
     return x if rows_ok and stride_ok else x.contiguous()
 
 
-def row_stride(x):
+def row_stride(x: torch.Tensor) -> int:
     return x.stride(0) if x.shape[0] > 1 else x.shape[1]
 
 
-def contiguous_delta(pairwise_forces):
+def contiguous_delta(pairwise_forces: PairwiseForces) -> PairwiseForces:
     """A pairwise_forces launcher whose kernels write delta as a contiguous
     C x D array: an `out` of another layout (e.g. a transposed view) is
     filled from a contiguous temporary."""
 
     @functools.wraps(pairwise_forces)
-    def launcher(mu, radius, *, nsigma, coef, bounds, out=None):
+    def launcher(mu: torch.Tensor, radius: torch.Tensor, *, nsigma: float, coef: float, bounds: PairBounds,
+                 out: torch.Tensor | None = None) -> Forces:
         if out is None or out.is_contiguous():
             return pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds, out=out)
         forces = pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds)
@@ -119,14 +132,15 @@ def contiguous_delta(pairwise_forces):
     return launcher
 
 
-def rows_contiguous_integrate(kernel):
+def rows_contiguous_integrate(
+        kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], object]) -> Integrate:
     """An integrate launcher from `kernel(source, index, shift, out)`, which
     needs both X and `out` in kernel_layout and index and shift contiguous.
     An `out` the kernel cannot write directly (e.g. a transposed view) is
     written through a contiguous temporary."""
 
     @functools.wraps(kernel)
-    def integrate(x, index, shift, out):
+    def integrate(x: torch.Tensor, index: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if kernel_layout(out) is not out:
             tmp = x.clone(memory_format=torch.contiguous_format)
             integrate(tmp, index, shift, tmp)

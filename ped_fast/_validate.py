@@ -9,15 +9,22 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import Any, NoReturn, Union
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 _CHUNK_ROWS = 4096
 
+# What the public functions take (numpy, torch or anything np.asarray reads)
+# and give back (the caller's array type: numpy in, numpy out).
+ArrayLike = Union[npt.ArrayLike, torch.Tensor]
+Array = Union[npt.NDArray[Any], torch.Tensor]
 
-def to_tensor(value, name):
+
+def to_tensor(value: ArrayLike, name: str) -> tuple[torch.Tensor, bool]:
     """(tensor, was_numpy): a torch view of `value` (numpy, torch or array-like)."""
     if isinstance(value, torch.Tensor):
         if value.device.type == "meta":
@@ -38,7 +45,7 @@ def to_tensor(value, name):
         return torch.from_numpy(array), True
 
 
-def check_inplace(inplace, value, name="features"):
+def check_inplace(inplace: bool, value: ArrayLike, name: str = "features") -> None:
     """Validate `inplace` and, when True, that `value` can be written where
     it lies: a numpy array or torch tensor (a list would be converted to a
     copy and the result thrown away), writable, with non-negative strides
@@ -75,12 +82,12 @@ def check_inplace(inplace, value, name="features"):
         span = stride * size
 
 
-def to_user(tensor, as_numpy):
+def to_user(tensor: torch.Tensor, as_numpy: bool) -> Array:
     """Return a result in the caller's array type."""
     return tensor.cpu().numpy() if as_numpy else tensor
 
 
-def features_tensor(features, name="features"):
+def features_tensor(features: ArrayLike, name: str = "features") -> tuple[torch.Tensor, bool]:
     x, as_numpy = to_tensor(features, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N samples x D dimensions), got shape {tuple(x.shape)}")
@@ -91,7 +98,8 @@ def features_tensor(features, name="features"):
     return x, as_numpy
 
 
-def labels_tensor(labels, n, device, rows_name="features"):
+def labels_tensor(labels: ArrayLike, n: int, device: torch.device | str,
+                  rows_name: str = "features") -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(index int64 on `device`, classes, as_numpy): classes are the sorted
     unique labels and index[i] is the position of labels[i] among them;
     `rows_name` is the argument whose N rows the labels must match."""
@@ -125,7 +133,7 @@ def labels_tensor(labels, n, device, rows_name="features"):
     return index, classes, as_numpy
 
 
-def check_number(value, name, *, minimum=0.0, strict=False):
+def check_number(value: object, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
     """A finite real >= minimum (> minimum when strict), returned as float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
@@ -136,7 +144,7 @@ def check_number(value, name, *, minimum=0.0, strict=False):
     return value
 
 
-def check_count(value, name):
+def check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if value < 0:
@@ -144,7 +152,7 @@ def check_count(value, name):
     return int(value)
 
 
-def check_integer(value, name, *, minimum=0):
+def check_integer(value: object, name: str, *, minimum: int = 0) -> int:
     """An integer >= minimum (bool refused), returned as int; TypeError for
     a non-integer, ValueError below the minimum, both naming `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -154,7 +162,7 @@ def check_integer(value, name, *, minimum=0):
     return int(value)
 
 
-def all_finite(*tensors):
+def all_finite(*tensors: torch.Tensor) -> bool:
     """True when every value is finite; one reduction per tensor, no mask.
     (A sum can also overflow on finite values: only then are masks built.)"""
     if all(bool(torch.isfinite(t.sum())) for t in tensors):
@@ -162,7 +170,7 @@ def all_finite(*tensors):
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def raise_non_finite(x, name):
+def raise_non_finite(x: torch.Tensor, name: str) -> NoReturn:
     """Locate the non-finite values of `x` (N x D) chunk by chunk, without an
     N x D mask, and raise ValueError saying how many and the first row."""
     count, first = 0, None

@@ -10,26 +10,26 @@ import functools
 
 import torch
 
-from ._common import Forces, contiguous_delta, kernel_layout, row_stride, rows_contiguous_integrate
+from ._common import Forces, PairBounds, contiguous_delta, kernel_layout, row_stride, rows_contiguous_integrate
 from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 DEVICES = ("cpu",)
 
 try:
-    from . import _C
+    import ped_fast._C as _C
 except ImportError as error:  # a missing build must not break `import ped_fast`
     _C = None
     _IMPORT_ERROR = str(error)
 
 
 @functools.cache
-def status():
+def status() -> tuple[bool, str]:
     if _C is None:
         return False, f"not built ({_IMPORT_ERROR}); build it with `pip install -e .`"
     return True, f"built; {_C.num_threads()} OpenMP threads"
 
 
-def class_stats(x, index, num_classes):
+def class_stats(x: torch.Tensor, index: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See reference.class_stats."""
     x = kernel_layout(x)
     index = index.contiguous()
@@ -43,7 +43,8 @@ def class_stats(x, index, num_classes):
 
 
 @contiguous_delta
-def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
+def pairwise_forces(mu: torch.Tensor, radius: torch.Tensor, *, nsigma: float, coef: float, bounds: PairBounds,
+                    out: torch.Tensor | None = None) -> Forces:
     """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
     steps skip the pairs that provably do not overlap."""
     mu = mu.contiguous()
@@ -63,14 +64,14 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
 
 
 @rows_contiguous_integrate
-def integrate(x, index, shift, out):
+def integrate(x: torch.Tensor, index: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
     """See reference.integrate; `out` may be `x` (in place)."""
     n, dim = x.shape
     _C.integrate(x.data_ptr(), row_stride(x), out.data_ptr(), row_stride(out), x.dtype == torch.float64,
                  index.data_ptr(), shift.data_ptr(), n, dim, shift.shape[0])
 
 
-def own_class_probability(logits, table, index, *, soften):
+def own_class_probability(logits: torch.Tensor, table: torch.Tensor, index: torch.Tensor, *, soften: bool) -> torch.Tensor:
     """See reference.own_class_probability: one fused pass
     (csrc/cpu/own_class_probability.cpp) instead of about seven N x C passes
     of PyTorch ops."""

@@ -23,6 +23,7 @@ import importlib.util
 import torch
 
 from ._common import (
+    ClassBuckets,
     Forces,
     PairBounds,
     bucket_rows,
@@ -49,7 +50,7 @@ STATS_MAX_ROWS = 1024
 FLAG_ELEMENTS = 1 << 28
 
 try:
-    from . import _cuda
+    import ped_fast._cuda as _cuda
 except ImportError as error:  # a missing build must not break `import ped_fast`
     _cuda = None
     if importlib.util.find_spec(f"{__package__}._cuda") is None:
@@ -58,7 +59,7 @@ except ImportError as error:  # a missing build must not break `import ped_fast`
         _IMPORT_ERROR = f"built but cannot be loaded ({error}); reinstall with `pip install -e .`"
 
 
-def status():
+def status() -> tuple[bool, str]:
     if _cuda is None:
         return False, _IMPORT_ERROR
     if not torch.cuda.is_available():
@@ -70,7 +71,7 @@ def status():
 
 
 @functools.lru_cache(maxsize=None)
-def _probe():
+def _probe() -> tuple[bool, str]:
     """The extension links its own CUDA runtime: torch may see a GPU that this
     runtime cannot use (a driver older than the toolkit that built it)."""
     count, error = _cuda.probe()
@@ -80,29 +81,29 @@ def _probe():
     return True, ""
 
 
-def _launch(device):
+def _launch(device: torch.device) -> tuple[int, int]:
     """(device ordinal, stream handle) for kernels on `device`; call inside
     `with torch.cuda.device(device)`."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     return index, torch.cuda.current_stream(index).cuda_stream
 
 
-def _workspace(nbytes, device):
+def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
-def stats_rows_per_chunk(n, dim):
+def stats_rows_per_chunk(n: int, dim: int) -> int:
     """Rows of one class per class_stats block, from the sizes alone."""
     col_tiles = -(-dim // STATS_COLS)
     return min(max(-(-n * col_tiles // STATS_TARGET_BLOCKS), STATS_MIN_ROWS), STATS_MAX_ROWS)
 
 
-def class_stats_plan(index, num_classes, dim):
+def class_stats_plan(index: torch.Tensor, num_classes: int, dim: int) -> ClassBuckets:
     """The ClassBuckets that class_stats hands to its kernels (any device)."""
     return bucket_rows(index, num_classes, stats_rows_per_chunk(index.shape[0], dim))
 
 
-def class_stats(x, index, num_classes):
+def class_stats(x: torch.Tensor, index: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See reference.class_stats."""
     x = kernel_layout(x)
     n, dim = x.shape
@@ -122,7 +123,8 @@ def class_stats(x, index, num_classes):
 
 
 @contiguous_delta
-def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
+def pairwise_forces(mu: torch.Tensor, radius: torch.Tensor, *, nsigma: float, coef: float, bounds: PairBounds | None,
+                    out: torch.Tensor | None = None) -> Forces:
     """See reference.pairwise_forces; `bounds` (from make_bounds) lets later
     steps skip the pairs that provably do not overlap. Waits for the GPU:
     P and the pair counts come back to the host; the coincident pairs stay
@@ -151,7 +153,7 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     )
 
 
-def flagged_pairs(flags):
+def flagged_pairs(flags: torch.Tensor) -> torch.Tensor:
     """K x 2 int64 (i, j), sorted, of the non-zero entries of the C x C
     `flags`, found on its device: only the rows holding a flag are searched,
     FLAG_ELEMENTS at a time, and only the K pairs are written."""
@@ -166,7 +168,7 @@ def flagged_pairs(flags):
 
 
 @rows_contiguous_integrate
-def integrate(x, index, shift, out):
+def integrate(x: torch.Tensor, index: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
     """See reference.integrate; `out` may be `x` (in place)."""
     n, dim = x.shape
     with torch.cuda.device(x.device):

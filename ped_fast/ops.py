@@ -8,10 +8,15 @@ backend gives the same answer or the same error.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from . import _backends
+from ._common import Forces
 from ._validate import (
+    Array,
+    ArrayLike,
     all_finite,
     check_inplace,
     check_number,
@@ -23,8 +28,11 @@ from ._validate import (
 )
 from .ped import step_coefficient
 
+__all__ = ["class_stats", "pairwise_forces", "integrate", "Forces"]
 
-def class_stats(features, labels, *, backend="auto"):
+
+def class_stats(features: ArrayLike, labels: ArrayLike, *,
+                backend: str = "auto") -> tuple[Array, Array, Array, Array]:
     """Per-class statistics of `features` (N x D) in one pass.
 
     Returns (classes, counts, mean, var): the sorted unique labels (C), the
@@ -39,10 +47,11 @@ def class_stats(features, labels, *, backend="auto"):
     counts, mean, var = launcher.class_stats(x, index, classes.shape[0])
     if not all_finite(mean, var):
         raise_non_finite(x, "features")
-    return tuple(to_user(t, as_numpy) for t in (classes, counts, mean, var))
+    return to_user(classes, as_numpy), to_user(counts, as_numpy), to_user(mean, as_numpy), to_user(var, as_numpy)
 
 
-def pairwise_forces(means, radii, *, nsigma=0.6, time_step=0.1, force_constant=1.0, backend="auto"):
+def pairwise_forces(means: ArrayLike, radii: ArrayLike, *, nsigma: float = 0.6, time_step: float = 0.1,
+                    force_constant: float = 1.0, backend: str = "auto") -> Forces:
     """One PED step on class means `means` (C x D) with radii `radii` (C), in
     rescaled space, measuring every pair: returns a ped_fast._common.Forces
     (delta is C x D float64). nsigma, time_step and force_constant are
@@ -68,18 +77,20 @@ def pairwise_forces(means, radii, *, nsigma=0.6, time_step=0.1, force_constant=1
         raise ValueError(f"radii must be finite and >= 0, got {float(radius[first])!r} at index {first}")
     _, launcher = _backends.resolve(backend, mu.device)
     bounds = launcher.make_bounds(mu.shape[0], mu.device)
-    return launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=step_coefficient(time_step, force_constant),
-                                    bounds=bounds)
+    forces: Forces = launcher.pairwise_forces(mu, radius, nsigma=nsigma,
+                                              coef=step_coefficient(time_step, force_constant), bounds=bounds)
+    return forces
 
 
-def _real_tensor(value, name):
+def _real_tensor(value: ArrayLike, name: str) -> torch.Tensor:
     t, _ = to_tensor(value, name)
     if t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must be real numbers, got {str(t.dtype).replace('torch.', '')}")
     return t
 
 
-def integrate(features, labels, shift, *, inplace=False, backend="auto"):
+def integrate(features: ArrayLike, labels: ArrayLike, shift: ArrayLike, *, inplace: bool = False,
+              backend: str = "auto") -> Array:
     """features[i] + shift[class of labels[i]] for every row; `shift` is
     C x D, one row per sorted unique label. With inplace=True the caller's
     array is updated and returned (it must be a writable numpy array or
@@ -93,4 +104,5 @@ def integrate(features, labels, shift, *, inplace=False, backend="auto"):
     _, launcher = _backends.resolve(backend, x.device)
     out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
     launcher.integrate(x, index, sh.to(device=x.device, dtype=x.dtype), out)
-    return features if inplace else to_user(out, as_numpy)
+    # check_inplace made sure an in-place `features` is an array.
+    return cast(Array, features) if inplace else to_user(out, as_numpy)

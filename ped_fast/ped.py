@@ -8,6 +8,7 @@ being rescaled and re-reduced at every step as in the published code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal, Union, cast
 
 import torch
 
@@ -19,12 +20,17 @@ from ._validate import (
     check_number,
     features_tensor,
     labels_tensor,
+    Array,
+    ArrayLike,
     raise_non_finite,
     to_tensor,
     to_user,
 )
 
 RESCALE_OPTIONS = ("reference", "self", None)
+Rescale = Literal["reference", "self", None]
+# ped()'s reference: features (M x D) or a (mean, std) pair of length-D vectors.
+Reference = Union[ArrayLike, tuple[ArrayLike, ArrayLike]]
 
 
 @dataclass
@@ -45,17 +51,18 @@ class PEDResult:
     backend: the backend that ran.
     """
 
-    features: object
-    shift: object
-    classes: object
+    features: Array
+    shift: Array
+    classes: Array
     steps: int
-    position_changes: list
-    diagnostics: dict = field(default_factory=dict)
+    position_changes: list[float]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
     backend: str = ""
 
 
-def check_parameters(*, time_step=0.1, nsigma=0.6, force_constant=1.0, exit_ratio=0.5, max_steps=6, eps=1e-3,
-                     rescale="reference"):
+def check_parameters(*, time_step: float = 0.1, nsigma: float = 0.6, force_constant: float = 1.0,
+                     exit_ratio: float = 0.5, max_steps: int = 6, eps: float = 1e-3,
+                     rescale: Rescale = "reference") -> tuple[float, float, float, float, int, float]:
     """ped()'s hyper-parameters checked (errors name each one) and returned
     as (time_step, nsigma, force_constant, exit_ratio, max_steps, eps);
     callers that do other work before ped() (ped_score) check them first."""
@@ -66,7 +73,7 @@ def check_parameters(*, time_step=0.1, nsigma=0.6, force_constant=1.0, exit_rati
             check_count(max_steps, "max_steps"), check_number(eps, "eps", strict=True))
 
 
-def step_coefficient(time_step, force_constant):
+def step_coefficient(time_step: float, force_constant: float) -> float:
     """coef = 1/2 dt^2 k of checked parameters (docs/spec.md §1.1), capped at 1.
 
     The step length min(coef * o, o) equals min(coef, 1) * o, bit for bit,
@@ -78,20 +85,20 @@ def step_coefficient(time_step, force_constant):
 
 
 def ped(
-    features,
-    labels,
+    features: ArrayLike,
+    labels: ArrayLike,
     *,
-    reference=None,
-    rescale="reference",
-    time_step=0.1,
-    nsigma=0.6,
-    force_constant=1.0,
-    exit_ratio=0.5,
-    max_steps=6,
-    eps=1e-3,
-    backend="auto",
-    inplace=False,
-):
+    reference: Reference | None = None,
+    rescale: Rescale = "reference",
+    time_step: float = 0.1,
+    nsigma: float = 0.6,
+    force_constant: float = 1.0,
+    exit_ratio: float = 0.5,
+    max_steps: int = 6,
+    eps: float = 1e-3,
+    backend: str = "auto",
+    inplace: bool = False,
+) -> PEDResult:
     """Move the classes of `features` (N x D) apart by PED's dynamics.
 
     reference: the same model's features on the reference set (M x D; the
@@ -131,8 +138,10 @@ def ped(
     bounds = launcher.make_bounds(num_classes, x.device)
     total = torch.zeros_like(mu)
     delta = torch.empty_like(mu)
-    position_changes, evaluated, overlapping = [], [], []
-    coincident = set()
+    position_changes: list[float] = []
+    evaluated: list[int] = []
+    overlapping: list[int] = []
+    coincident: set[tuple[int, int]] = set()
     steps = 0
     for _ in range(max_steps):
         forces = launcher.pairwise_forces(mu, radius, nsigma=nsigma, coef=coef, bounds=bounds, out=delta)
@@ -153,17 +162,18 @@ def ped(
     del mu, delta
 
     shift = total.mul_(scale).to(x.dtype)
+    moved: Array
     if inplace:
         if steps:
             launcher.integrate(x, index, shift, x)
-        moved = features
+        moved = cast(Array, features)  # check_inplace made sure it is one
     else:
-        moved = torch.empty_like(x, memory_format=torch.contiguous_format)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
         if steps:
-            launcher.integrate(x, index, shift, moved)
+            launcher.integrate(x, index, shift, out)
         else:
-            moved.copy_(x)
-        moved = to_user(moved, as_numpy)
+            out.copy_(x)
+        moved = to_user(out, as_numpy)
 
     label_list = classes.tolist()
     diagnostics = {
@@ -183,7 +193,8 @@ def ped(
     )
 
 
-def _rescaling(reference, rescale, eps, x, backend, counts, mean, var):
+def _rescaling(reference: Reference | None, rescale: Rescale, eps: float, x: torch.Tensor, backend: str,
+               counts: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, s): float64 length-D centre and scale of the rescaled space."""
     dim = x.shape[1]
     if rescale != "reference":
@@ -220,7 +231,7 @@ def _rescaling(reference, rescale, eps, x, backend, counts, mean, var):
     return g_mean[0].to(x.device), g_var[0].sqrt().clamp_min(eps).to(x.device)
 
 
-def _reference_vector(value, name, dim, device):
+def _reference_vector(value: ArrayLike, name: str, dim: int, device: torch.device) -> torch.Tensor:
     v, _ = to_tensor(value, f"reference {name}")
     if v.dim() != 1 or v.shape[0] != dim:
         raise ValueError(f"reference {name} must be a vector of length {dim} (the feature dimension), got shape {tuple(v.shape)}")

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Forces
+from ._common import Forces, PairBounds
 
 DEVICES = None  # any device torch supports
 
 
-def status():
+def status() -> tuple[bool, str]:
     return True, f"torch {torch.__version__}"
 
 
-def class_stats(x, index, num_classes):
+def class_stats(x: torch.Tensor, index: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x: N x D float32/float64; index: N int64 in [0, C).
     Returns counts (C int64), mean and population variance (C x D float64)."""
     counts = torch.bincount(index, minlength=num_classes)
@@ -31,12 +31,13 @@ def class_stats(x, index, num_classes):
     return counts, mean, var
 
 
-def make_bounds(num_classes, device):
+def make_bounds(num_classes: int, device: torch.device) -> None:
     """The reference path measures every pair at every step: no bounds."""
     return None
 
 
-def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None, out=None):
+def pairwise_forces(mu: torch.Tensor, radius: torch.Tensor, *, nsigma: float, coef: float, bounds: PairBounds | None = None,
+                    out: torch.Tensor | None = None) -> Forces:
     """mu: C x D float64 means, radius: C float64, coef = 0.5 * dt^2 * k.
     `out` (C x D float64), when given, receives delta (a buffer reused
     across steps)."""
@@ -61,12 +62,12 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds=None, out=None):
     )
 
 
-def integrate(x, index, shift, out):
+def integrate(x: torch.Tensor, index: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[i] = x[i] + shift[index[i]]; `out` may be `x` (in place)."""
     return torch.add(x, shift[index], out=out)
 
 
-def own_class_probability(logits, table, index, *, soften):
+def own_class_probability(logits: torch.Tensor, table: torch.Tensor, index: torch.Tensor, *, soften: bool) -> torch.Tensor:
     """p_i[y_i] for the posteriors p_i = softmax(logits_i + table[y_i]) of a
     linear classifier (N x C logits without their class-dependent term,
     C x C table of it, y = index: N int64 in [0, C)); with soften=True p_i is

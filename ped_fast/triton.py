@@ -18,10 +18,11 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+from typing import Any
 
 import torch
 
-from ._common import Forces, bucket_rows, contiguous_delta
+from ._common import Forces, PairBounds, bucket_rows, contiguous_delta
 from ._common import make_bounds  # noqa: F401  (every launcher module has one)
 
 # Where the compiled kernels run; under the interpreter, any device.
@@ -49,7 +50,7 @@ INTEGRATE_TILE = 2048
 MAX_GRID_Y = 65535
 
 
-def status():
+def status() -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (`pip install triton`)"
     version = f"triton {_triton_version()}"
@@ -63,7 +64,7 @@ def status():
     return True, f"{version} on {torch.cuda.get_device_name()}"
 
 
-def interpreting():
+def interpreting() -> bool:
     """Whether Triton's interpreter runs the kernels: how they were defined
     once imported, else what TRITON_INTERPRET will make them."""
     kernels = sys.modules.get(f"{__package__}.kernels")
@@ -74,7 +75,7 @@ def interpreting():
     return isinstance(kernels.integrate_kernel, InterpretedFunction)
 
 
-def _triton_version():
+def _triton_version() -> str:
     for distribution in ("triton", "pytorch-triton"):
         try:
             return importlib.metadata.version(distribution)
@@ -83,35 +84,35 @@ def _triton_version():
     return "(version unknown)"
 
 
-def _kernels():
+def _kernels() -> Any:
     # Nothing imports triton before a kernel is first used: triton reads
     # TRITON_INTERPRET when it is imported and when each kernel is defined,
     # so available_backends() must not import it before a test has set it.
-    from . import kernels
+    import ped_fast.kernels as kernels
 
     return kernels
 
 
-def _on(device):
+def _on(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Launch on `device`, not on whichever CUDA device is current."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _cdiv(a, b):
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _columns(dim, largest):
+def _columns(dim: int, largest: int) -> int:
     """Block of columns: a power of two from 16 to `largest`."""
     return max(16, min(largest, 1 << (dim - 1).bit_length()))
 
 
-def _column_programs(dim, block):
+def _column_programs(dim: int, block: int) -> int:
     """Programs along the second grid axis for `dim` columns in blocks of `block`."""
     return min(_cdiv(dim, block), MAX_GRID_Y)
 
 
-def class_stats(x, index, num_classes):
+def class_stats(x: torch.Tensor, index: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See reference.class_stats."""
     kernels = _kernels()
     n, dim = x.shape
@@ -139,7 +140,8 @@ def class_stats(x, index, num_classes):
 
 
 @contiguous_delta
-def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
+def pairwise_forces(mu: torch.Tensor, radius: torch.Tensor, *, nsigma: float, coef: float, bounds: PairBounds | None,
+                    out: torch.Tensor | None = None) -> Forces:
     """See reference.pairwise_forces; `bounds` (from make_bounds, or None for
     a full evaluation that keeps nothing) lets later steps skip the pairs
     that provably do not overlap; `out` (C x D float64, any layout) receives
@@ -183,7 +185,7 @@ def pairwise_forces(mu, radius, *, nsigma, coef, bounds, out=None):
     )
 
 
-def integrate(x, index, shift, out):
+def integrate(x: torch.Tensor, index: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """See reference.integrate. `out` may be `x` (in place); both may have
     any strides."""
     kernels = _kernels()

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any, Union
 
 import numpy as np
 import torch
 
 from .. import _backends
-from .._validate import all_finite, features_tensor, labels_tensor, raise_non_finite, to_tensor
+from .._validate import ArrayLike, all_finite, features_tensor, labels_tensor, raise_non_finite, to_tensor
 from ._linalg import gram
 
-_DTYPES = {
+_DTYPES: dict[Any, torch.dtype] = {
     torch.float64: torch.float64,
     torch.float32: torch.float32,
     np.float64: torch.float64,
@@ -32,6 +33,9 @@ _DTYPES = {
 
 
 PROBABILITY_SUM_TOLERANCE = 1e-3
+# A scorer's dtype option: torch.float64, torch.float32, their numpy
+# types or their names.
+DtypeLike = Union[torch.dtype, type, str]
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Prepared:
     launcher: ModuleType
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return self.classes.shape[0]
 
 
@@ -62,14 +66,14 @@ class ClassMoments:
     variances: torch.Tensor
 
 
-def compute_dtype(dtype):
+def compute_dtype(dtype: object) -> torch.dtype:
     try:
         return _DTYPES[dtype]
     except (KeyError, TypeError):
         raise TypeError(f"dtype must be torch.float64 (the default) or torch.float32, got {dtype!r}") from None
 
 
-def prepare(features, labels, dtype, backend, scorer):
+def prepare(features: ArrayLike, labels: ArrayLike, dtype: object, backend: str, scorer: str) -> Prepared:
     """Validate (features, labels) for `scorer`, which needs two classes:
     with one class every sample is trivially "correct" and the score ranks
     nothing. `backend` is resolved for the features' device as ped()
@@ -83,7 +87,7 @@ def prepare(features, labels, dtype, backend, scorer):
     return Prepared(x, index, classes, counts, dtype, launcher)
 
 
-def check_classes(classes, scorer):
+def check_classes(classes: torch.Tensor, scorer: str) -> None:
     if classes.shape[0] < 2:
         raise ValueError(
             f"{scorer} needs at least 2 classes to score how well features separate them, but labels has "
@@ -91,7 +95,7 @@ def check_classes(classes, scorer):
         )
 
 
-def class_moments(prep, x=None):
+def class_moments(prep: Prepared, x: torch.Tensor | None = None) -> ClassMoments:
     """The ClassMoments of `x` (default prep.x; any N x D features with
     prep's labels), from the backend's class_stats: one pass over x.
     Non-finite features raise ValueError naming the first bad row."""
@@ -102,14 +106,14 @@ def class_moments(prep, x=None):
     return ClassMoments(means, variances)
 
 
-def global_mean(counts, means):
+def global_mean(counts: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """The mean of all samples (D, float64) from per-class counts (C) and
     means (C x D, float64)."""
     weights = counts.to(torch.float64)
     return (weights.unsqueeze(1) * means).sum(0) / weights.sum()
 
 
-def residual_gram(prep, means):
+def residual_gram(prep: Prepared, means: torch.Tensor) -> torch.Tensor:
     """R^T R (D x D, prep.dtype, both triangles) for the within-class
     residuals R = X - mu_y of prep.x, with `means` its class means (C x D).
     R is formed in the compute dtype by the backend's integrate (the
@@ -119,7 +123,7 @@ def residual_gram(prep, means):
     return gram(residual)
 
 
-def probabilities_tensor(probabilities, logits, dtype, scorer):
+def probabilities_tensor(probabilities: ArrayLike, logits: bool, dtype: torch.dtype, scorer: str) -> torch.Tensor:
     """Source-model outputs (N x K, numpy or torch, any device) as a `dtype`
     tensor of probabilities. logits=True: softmax over each row (in
     `dtype`). Otherwise the rows must already be probabilities: finite, >= 0 and
@@ -151,7 +155,8 @@ def probabilities_tensor(probabilities, logits, dtype, scorer):
     return p
 
 
-def total_scatter(residual, counts, means, dtype, *, inplace=False):
+def total_scatter(residual: torch.Tensor, counts: torch.Tensor, means: torch.Tensor, dtype: torch.dtype, *,
+                  inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, centred means): the total scatter S = sum_i (x_i - m)(x_i - m)^T
     (D x D, `dtype`) of features whose within-class residuals have Gram
     matrix `residual` (D x D, both triangles) and whose class means are
@@ -171,15 +176,17 @@ class ScatterState:
     moved features share with the input (prep: the input's Prepared,
     moments its ClassMoments)."""
 
-    def __init__(self, prep, moments):
-        self.residual = residual_gram(prep, moments.means)
+    def __init__(self, prep: Prepared, moments: ClassMoments) -> None:
+        self.residual: torch.Tensor | None = residual_gram(prep, moments.means)
         self.counts = prep.counts
         self.index = prep.index
         self.dtype = prep.dtype
 
-    def total(self, moments, last):
+    def total(self, moments: ClassMoments, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(total scatter S, centred class means) of features with these
         class moments; last=True reuses the residual Gram matrix's memory."""
+        if self.residual is None:
+            raise RuntimeError("ScatterState.total called after its last=True call, which used up the residual")
         scatter, centred = total_scatter(self.residual, self.counts, moments.means, self.dtype, inplace=last)
         if last:
             self.residual = None

@@ -11,13 +11,16 @@ numpy and scipy, 4.12 s on scipy's alone (median of 5, 2 cores).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy import linalg
 from scipy.linalg import blas, lapack
 
 
-def gram(a, *, lower_only=False):
+def gram(a: torch.Tensor, *, lower_only: bool = False) -> torch.Tensor:
     """a^T a (D x D) for an N x D matrix.
 
     On the CPU: BLAS syrk, half the flops of the general product torch.mm
@@ -41,7 +44,7 @@ def gram(a, *, lower_only=False):
     return torch.from_numpy(result)
 
 
-def _mirror_lower(m, block=256):
+def _mirror_lower(m: npt.NDArray[Any], block: int = 256) -> None:
     """Copy the strict lower triangle of square m onto its upper one (which
     holds zeros), in blocks of rows so the transposed reads stay cached."""
     dim = m.shape[0]
@@ -51,7 +54,7 @@ def _mirror_lower(m, block=256):
         m[start:stop, start:stop] += np.tril(m[start:stop, start:stop], -1).T
 
 
-def symmetric_matvec(b, x):
+def symmetric_matvec(b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """b @ x for symmetric b (D x D) of which only the lower triangle is
     read (see gram's lower_only)."""
     if b.device.type != "cpu":
@@ -61,19 +64,20 @@ def symmetric_matvec(b, x):
     return torch.from_numpy(symv(1.0, bn.T, x.contiguous().numpy(), lower=0))
 
 
-def symmetric_eigh(b):
+def symmetric_eigh(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values ascending, vectors as columns) of symmetric b (D x D), of
     which only the lower triangle is read. On the CPU: LAPACK's
     divide-and-conquer syevd through scipy, on the column-major view of b
     (1.13 s at D=2048 in float64 on 2 cores; torch's 1.27 s)."""
     if b.device.type != "cpu":
-        return torch.linalg.eigh(b)
+        eigen: tuple[torch.Tensor, torch.Tensor] = torch.linalg.eigh(b)
+        return eigen
     bn = b.contiguous().numpy()
     values, vectors = linalg.eigh(bn.T, lower=False, driver="evd", check_finite=False)
     return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
-def matmul(a, b, *, alpha=1.0, add=None):
+def matmul(a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, add: torch.Tensor | None = None) -> torch.Tensor:
     """alpha a @ b for 2-D tensors of one dtype, added into `add` (a
     row-major tensor of the result's shape, overwritten and returned) when
     given; on the CPU through scipy's BLAS (see the module docstring),
@@ -114,7 +118,7 @@ class SymmetricSolver:
     copies the factor to zero its unused triangle.
     """
 
-    def __init__(self, b, floor):
+    def __init__(self, b: torch.Tensor, floor: float) -> None:
         self.lapack = b.device.type == "cpu"
         if self.lapack:
             bn = b.contiguous().numpy()
@@ -129,7 +133,7 @@ class SymmetricSolver:
             values, self.vectors = symmetric_eigh(b)
             self.values = values.clamp_min(floor)
 
-    def solve(self, rhs):
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """b^-1 rhs for rhs D x K (any layout)."""
         if not self.cholesky:
             return self.vectors @ ((self.vectors.T @ rhs) / self.values.unsqueeze(1))
@@ -141,7 +145,7 @@ class SymmetricSolver:
         return torch.cholesky_solve(rhs, self.factor)
 
 
-def principal_axes(xc):
+def principal_axes(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, axes) of centred features xc (N x D): the eigenvalues of
     xc^T xc in descending order, clamped at 0, and its eigenvectors as the
     columns of axes (D x r). From the eigendecomposition of the D x D Gram
@@ -158,7 +162,7 @@ def principal_axes(xc):
 _GROUP_CHUNK_ELEMENTS = 1 << 22
 
 
-def group_sums(groups, values, count):
+def group_sums(groups: torch.Tensor, values: torch.Tensor, count: int) -> torch.Tensor:
     """Row sums of `values` (N x m) per group (N ints in [0, count)):
     count x m.
 
@@ -177,7 +181,7 @@ def group_sums(groups, values, count):
     return out
 
 
-def spd_logdet(b):
+def spd_logdet(b: torch.Tensor) -> float:
     """log det of a symmetric positive definite b (any square size), from
     its Cholesky factor (LAPACK potrf through scipy on the CPU, on the
     column-major view of b: only b's lower triangle is read)."""
@@ -194,19 +198,21 @@ def spd_logdet(b):
     return 2.0 * float(torch.log(factor.diagonal()).sum())
 
 
-def thin_qr_basis(a):
+def thin_qr_basis(a: torch.Tensor) -> torch.Tensor:
     """Q of the thin QR factorisation of a (m x k, m >= k or not): m x
     min(m, k) orthonormal columns (LAPACK geqrf/orgqr; through scipy on the
     CPU)."""
     if a.device.type != "cpu":
-        return torch.linalg.qr(a, mode="reduced")[0]
+        q: torch.Tensor = torch.linalg.qr(a, mode="reduced")[0]
+        return q
     return torch.from_numpy(linalg.qr(a.numpy(), mode="economic", check_finite=False)[0])
 
 
-def thin_svd(a):
+def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(U, s, Vt) of the thin SVD of a (LAPACK gesdd; through scipy on the
     CPU)."""
     if a.device.type != "cpu":
-        return torch.linalg.svd(a, full_matrices=False)
+        svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = torch.linalg.svd(a, full_matrices=False)
+        return svd
     u, s, vt = linalg.svd(a.numpy(), full_matrices=False, lapack_driver="gesdd", check_finite=False)
     return torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(vt)

@@ -20,15 +20,19 @@ import inspect
 import re
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 NEEDS = {
     "features": "features (N x D) and labels",
     "probabilities": "source-model probabilities or logits (N x K) and labels",
 }
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# f(inputs, labels, **options) -> number.
+ScorerFunction = Callable[..., float]
+# f(value, *, samples, dimensions, classes) -> reason or None.
+SaturationCheck = Callable[..., Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,9 @@ class SharedWork:
     scorer on each feature set instead.
     """
 
-    prepare: Callable
-    score: Callable
-    applies: Optional[Callable] = None
+    prepare: Callable[..., Any]
+    score: Callable[..., float]
+    applies: Optional[Callable[[int, int, bool], bool]] = None
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,12 @@ class Scorer:
     """
 
     name: str
-    function: Callable
+    function: ScorerFunction
     needs: str
     source: str
-    options: Optional[tuple]
+    options: Optional[tuple[str, ...]]
     shared: Optional[SharedWork]
-    saturation: Optional[Callable]
+    saturation: Optional[SaturationCheck]
     plugin: Optional[str] = None
 
     @property
@@ -93,7 +97,7 @@ class Scorer:
     def takes_backend(self) -> bool:
         return _has_keyword(self.function, "backend")
 
-    def check_options(self, options):
+    def check_options(self, options: Mapping[str, object]) -> None:
         """TypeError unless every key of `options` is an option of this
         scorer (backend excluded: ped_score passes its own)."""
         if self.options is None:
@@ -108,11 +112,12 @@ class Scorer:
             raise TypeError(f"scorer_options for {self.name!r} accepts {accepted}, got {sorted(unknown)}{hint}")
 
 
-_REGISTRY: dict = {}
+_REGISTRY: dict[str, Scorer] = {}
 
 
-def register(name, function, *, needs="features", shared=None, source="", options=None, saturation=None,
-             replace=False):
+def register(name: str, function: ScorerFunction, *, needs: str = "features", shared: SharedWork | None = None,
+             source: str = "", options: Iterable[str] | None = None, saturation: SaturationCheck | None = None,
+             replace: bool = False) -> Scorer:
     """Register `function` as scorer `name` and return its Scorer record.
 
     function: f(inputs, labels, **options) -> number, where inputs are the
@@ -156,13 +161,13 @@ def register(name, function, *, needs="features", shared=None, source="", option
     return record
 
 
-def unregister(name):
+def unregister(name: str) -> None:
     """Remove scorer `name` from the registry."""
     get(name)
     del _REGISTRY[name]
 
 
-def get(name) -> Scorer:
+def get(name: str) -> Scorer:
     """The Scorer registered as `name`; ValueError naming the registered
     ones otherwise."""
     _load_plugins()
@@ -172,7 +177,7 @@ def get(name) -> Scorer:
         raise ValueError(f"scorer must be one of {', '.join(map(repr, _REGISTRY))} or a callable, got {name!r}") from None
 
 
-def available():
+def available() -> tuple[Scorer, ...]:
     """Every registered scorer, in registration order: a tuple of Scorer
     records (name, source, needs, reads, ped_applies, options, plugin,
     ...): the built-in ones, then those registered with register() and by
@@ -181,7 +186,7 @@ def available():
     return tuple(_REGISTRY.values())
 
 
-def saturation(name, value, *, samples, dimensions, classes):
+def saturation(name: str, value: float, *, samples: int, dimensions: int, classes: int) -> str | None:
     """Why scorer `name`'s `value` on `samples` x `dimensions` features in
     `classes` classes carries no ranking information (e.g. SFDA at 1.0, the
     features separating every sample), or None when it does."""
@@ -191,28 +196,28 @@ def saturation(name, value, *, samples, dimensions, classes):
     return check(float(value), samples=samples, dimensions=dimensions, classes=classes)
 
 
-class _FeatureScorers(Mapping):
+class _FeatureScorers(Mapping[str, ScorerFunction]):
     """{name: function} of the registered scorers that read features (the
     ones ped_score runs), kept up to date with the registry."""
 
-    def _names(self):
+    def _names(self) -> list[str]:
         _load_plugins()
         return [name for name, record in _REGISTRY.items() if record.needs == "features"]
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> ScorerFunction:
         _load_plugins()
         record = _REGISTRY.get(name)
         if record is None or record.needs != "features":
             raise KeyError(name)
         return record.function
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._names())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._names())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"SCORERS({', '.join(self._names())})"
 
 
@@ -240,7 +245,7 @@ class PluginError:
     error: str
     exception: BaseException = dataclasses.field(compare=False, repr=False)
 
-    def __str__(self):
+    def __str__(self) -> str:
         where = f"scorer plugin {self.entry_point!r}" if self.entry_point else "the scorer plugins"
         return f"{where} of package {self.distribution} failed to load, its scorers are left out: {self.error}"
 
@@ -251,24 +256,24 @@ class _Plugins:
     that a plugin that looks scorers up while registering (in the loading
     thread) sees the registry as it stands instead of deadlocking."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.RLock()
         self.loading = False
         self.done = False
-        self.errors = ()
+        self.errors: tuple[PluginError, ...] = ()
 
 
 _PLUGINS = _Plugins()
 
 
-def plugin_errors():
+def plugin_errors() -> tuple[PluginError, ...]:
     """The scorer plugins that could not be loaded: a tuple of PluginError
     (package, entry point, error), empty when every plugin loaded."""
     _load_plugins()
     return _PLUGINS.errors
 
 
-def _load_plugins():
+def _load_plugins() -> None:
     """Load every installed scorer plugin, once: each entry point of the
     "ped_fast.scorers" group names a function that registers scorers when
     called with no arguments. A plugin that fails to import or register, or
@@ -283,7 +288,7 @@ def _load_plugins():
         if state.done or state.loading:
             return
         state.loading = True
-        errors = []
+        errors: list[PluginError] = []
         try:
             for distribution, entry_point in _entry_points(errors):
                 error = _load_plugin(distribution, entry_point)
@@ -297,12 +302,13 @@ def _load_plugins():
             warnings.warn(str(error), PluginWarning, stacklevel=3)
 
 
-def _entry_points(errors):
+def _entry_points(errors: list[PluginError]) -> list[tuple[str, importlib.metadata.EntryPoint]]:
     """[(distribution, entry point)] of the group, sorted, each package read
     on its own so that one with unreadable metadata is reported without
     hiding the others; a package installed twice on sys.path counts once,
     from the first, as importlib.metadata.entry_points() does."""
-    found, seen = [], set()
+    found: list[tuple[str, importlib.metadata.EntryPoint]] = []
+    seen: set[str] = set()
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"] or "(unnamed)"
         key = re.sub(r"[-_.]+", "-", name).lower()
@@ -322,7 +328,7 @@ def _entry_points(errors):
     return sorted(found, key=lambda pair: (pair[0], pair[1].name))
 
 
-def _load_plugin(distribution, entry_point):
+def _load_plugin(distribution: str, entry_point: importlib.metadata.EntryPoint) -> PluginError | None:
     """Run one plugin; a PluginError, with the registry as it was before it,
     when it fails; None when it loaded, its scorers marked as its own."""
     before = dict(_REGISTRY)
@@ -346,19 +352,19 @@ def _load_plugin(distribution, entry_point):
     return None
 
 
-def _error(distribution, declared, exception):
+def _error(distribution: str, declared: str | None, exception: BaseException) -> PluginError:
     return PluginError(distribution=distribution, entry_point=declared,
                        error=f"{type(exception).__name__}: {exception}", exception=exception)
 
 
-def _signature(function):
+def _signature(function: Callable[..., object]) -> inspect.Signature | None:
     try:
         return inspect.signature(function)
     except (TypeError, ValueError):  # builtins without a signature
         return None
 
 
-def _options(function):
+def _options(function: Callable[..., object]) -> tuple[str, ...] | None:
     signature = _signature(function)
     if signature is None or any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return None
@@ -367,7 +373,7 @@ def _options(function):
     return tuple(p.name for p in params if p not in positional and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def _has_keyword(function, keyword):
+def _has_keyword(function: Callable[..., object], keyword: str) -> bool:
     signature = _signature(function)
     if signature is None:
         return False
@@ -375,7 +381,7 @@ def _has_keyword(function, keyword):
     return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
 
 
-def _check_two_arguments(function):
+def _check_two_arguments(function: Callable[..., object]) -> None:
     signature = _signature(function)
     if signature is None:
         return

@@ -13,10 +13,13 @@ upper triangle (DB is symmetric) with O(tile x C x D) memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from ._input import class_moments, prepare
+from .._validate import ArrayLike
+from ._input import ClassMoments, DtypeLike, Prepared, class_moments, prepare
 from ._registry import SharedWork
 
 VARIANCE_FLOOR = 1e-4
@@ -24,7 +27,8 @@ GAUSSIANS = ("spherical", "diagonal")
 _TILE_ELEMENTS = 1 << 22
 
 
-def gbc(features, labels, *, gaussian="spherical", dtype=torch.float64, backend="auto"):
+def gbc(features: ArrayLike, labels: ArrayLike, *, gaussian: str = "spherical", dtype: DtypeLike = torch.float64,
+        backend: str = "auto") -> float:
     """GBC score of `features` (N x D) for `labels` (N): minus the sum over
     ordered pairs of classes of their Bhattacharyya coefficients, a float
     <= 0; higher (closer to 0) means better separated classes.
@@ -43,12 +47,12 @@ def gbc(features, labels, *, gaussian="spherical", dtype=torch.float64, backend=
     return gbc_from_stats(moments.means.to(prep.dtype), moments.variances.to(prep.dtype), gaussian)
 
 
-def check_gaussian(gaussian):
+def check_gaussian(gaussian: str) -> None:
     if gaussian not in GAUSSIANS:
         raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
 
 
-def gbc_from_stats(mean, var, gaussian):
+def gbc_from_stats(mean: torch.Tensor, var: torch.Tensor, gaussian: str) -> float:
     """GBC from per-class means and population variances (C x D each)."""
     var = var.clamp_min(VARIANCE_FLOOR)
     if gaussian == "spherical":
@@ -58,7 +62,7 @@ def gbc_from_stats(mean, var, gaussian):
     return -2.0 * _upper_coefficient_sum(mean, var)
 
 
-def _bhattacharyya_spherical(mean, sigma):
+def _bhattacharyya_spherical(mean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """C x C distances for isotropic Gaussians with variances `sigma` (C).
     As published, the log-determinant terms are those of the scalar
     variances (not multiplied by D)."""
@@ -68,7 +72,7 @@ def _bhattacharyya_spherical(mean, sigma):
     return sq_dist / (8.0 * avg) + 0.5 * (torch.log(avg) - 0.5 * log_sigma.unsqueeze(1) - 0.5 * log_sigma.unsqueeze(0))
 
 
-def _upper_coefficient_sum(mean, var):
+def _upper_coefficient_sum(mean: torch.Tensor, var: torch.Tensor) -> float:
     """sum over i < j of exp(-DB_ij) for diagonal Gaussians, in row tiles:
     DB_ij = 1/8 sum_d (mu_id - mu_jd)^2 / s_d + 1/2 (sum_d log s_d
     - 1/2 sum_d log var_id - 1/2 sum_d log var_jd), s = (var_i + var_j) / 2."""
@@ -95,13 +99,13 @@ def _upper_coefficient_sum(mean, var):
     return float(total)
 
 
-def _shared_prepare(prep, moments, options):
+def _shared_prepare(prep: Prepared, moments: ClassMoments, options: Mapping[str, Any]) -> tuple[str, torch.dtype]:
     gaussian = options.get("gaussian", "spherical")
     check_gaussian(gaussian)
     return gaussian, prep.dtype
 
 
-def _shared_score(state, x, moments, last):
+def _shared_score(state: tuple[str, torch.dtype], x: torch.Tensor, moments: ClassMoments, last: bool) -> float:
     gaussian, dtype = state
     return gbc_from_stats(moments.means.to(dtype), moments.variances.to(dtype), gaussian)
 

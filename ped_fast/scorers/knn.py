@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import all_finite, check_count, raise_non_finite
-from ._input import prepare
+from .._validate import ArrayLike, all_finite, check_count, raise_non_finite
+from ._input import DtypeLike, prepare
 from ._linalg import matmul
 
 _BLOCK = {"cpu": 2048}
@@ -27,7 +27,8 @@ _DEVICE_BLOCK = 8192
 _VOTE_CHUNK_ELEMENTS = 1 << 22
 
 
-def knn(features, labels, *, k=3, dtype=torch.float64, backend="auto"):
+def knn(features: ArrayLike, labels: ArrayLike, *, k: int = 3, dtype: DtypeLike = torch.float64,
+        backend: str = "auto") -> float:
     """Leave-one-out k-NN accuracy of `features` (N x D) for `labels` (N):
     the fraction of samples whose k nearest other samples (Euclidean
     distance) vote for their own class, a float in [0, 1]; higher is
@@ -53,7 +54,7 @@ def knn(features, labels, *, k=3, dtype=torch.float64, backend="auto"):
     return float((_vote(prep.index[neighbours]) == prep.index).to(torch.float64).mean())
 
 
-def nearest_neighbours(x, k, block=None):
+def nearest_neighbours(x: torch.Tensor, k: int, block: int | None = None) -> torch.Tensor:
     """The k nearest other rows of x (N x D) for every row (N x k int64,
     nearest first; ties in index order), by squared Euclidean distance
     ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j, one block x block product at a time
@@ -80,7 +81,7 @@ def nearest_neighbours(x, k, block=None):
     return best_index
 
 
-def _offer(best_dist, best_index, rows, dist, offset):
+def _offer(best_dist: torch.Tensor, best_index: torch.Tensor, rows: slice, dist: torch.Tensor, offset: int) -> None:
     """Merge the k nearest of `dist` (rows x block, columns from index
     `offset`) into the current best of `rows`, keeping the order (distance,
     index)."""
@@ -109,7 +110,7 @@ def _offer(best_dist, best_index, rows, dist, offset):
     best_index[rows] = merged_index.gather(1, by_distance)
 
 
-def _vote(neighbour_classes):
+def _vote(neighbour_classes: torch.Tensor) -> torch.Tensor:
     """The majority class of each row of `neighbour_classes` (N x k class
     positions); a tie goes to the smallest. In row chunks (N k^2 compares)."""
     n, k = neighbour_classes.shape

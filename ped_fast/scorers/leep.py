@@ -16,14 +16,15 @@ from __future__ import annotations
 import torch
 
 from .. import _backends
-from .._validate import labels_tensor
-from ._input import check_classes, compute_dtype, probabilities_tensor
+from .._validate import ArrayLike, labels_tensor
+from ._input import DtypeLike, check_classes, compute_dtype, probabilities_tensor
 from ._linalg import group_sums
 
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def leep(probabilities, labels, *, logits=False, dtype=torch.float64, backend="auto"):
+def leep(probabilities: ArrayLike, labels: ArrayLike, *, logits: bool = False, dtype: DtypeLike = torch.float64,
+         backend: str = "auto") -> float:
     """LEEP score of the source model's `probabilities` (N x K: one row per
     target sample, one column per source class, each row summing to 1) for
     the target `labels` (N): the mean log of the expected empirical

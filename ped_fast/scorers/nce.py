@@ -12,15 +12,16 @@ from __future__ import annotations
 import torch
 
 from .. import _backends
-from .._validate import all_finite, labels_tensor, raise_non_finite, to_tensor
-from ._input import check_classes, compute_dtype
+from .._validate import ArrayLike, all_finite, labels_tensor, raise_non_finite, to_tensor
+from ._input import DtypeLike, check_classes, compute_dtype
 
 # tllib adds 1e-20 to every p(y | z) of a source class that occurs before
 # taking its log: a zero entry then adds -1e-20 log(1e-20) ~ 4.6e-19.
 LOG_OFFSET = 1e-20
 
 
-def nce(probabilities, labels, *, logits=False, dtype=torch.float64, backend="auto"):
+def nce(probabilities: ArrayLike, labels: ArrayLike, *, logits: bool = False, dtype: DtypeLike = torch.float64,
+        backend: str = "auto") -> float:
     """NCE of the source model's predictions for the target `labels` (N):
     minus the conditional entropy H(y | z) of the target label y given the
     source model's predicted class z, a float <= 0; higher is better.
@@ -48,7 +49,7 @@ def nce(probabilities, labels, *, logits=False, dtype=torch.float64, backend="au
     return -float((entropy * marginal).sum())
 
 
-def _source_labels(probabilities, logits):
+def _source_labels(probabilities: ArrayLike, logits: bool) -> torch.Tensor:
     """The source model's predicted class of each sample (N int64)."""
     if not isinstance(logits, bool):
         raise TypeError(f"logits must be True or False, got {logits!r}")

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from .._validate import all_finite, check_count, raise_non_finite
-from ._input import prepare
+from .._validate import ArrayLike, all_finite, check_count, raise_non_finite
+from ._input import DtypeLike, prepare
 from ._linalg import group_sums, principal_axes
 
 VARIANCE_KEPT = 0.8
@@ -32,7 +32,8 @@ KMEANS_TOLERANCE = 1e-4
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def nleep(features, labels, *, seed=0, component_ratio=5, dtype=torch.float64, backend="auto"):
+def nleep(features: ArrayLike, labels: ArrayLike, *, seed: int = 0, component_ratio: int = 5,
+          dtype: DtypeLike = torch.float64, backend: str = "auto") -> float:
     """NLEEP score of `features` (N x D) for `labels` (N): a float in (0, 1],
     higher is better.
 
@@ -52,7 +53,8 @@ def nleep(features, labels, *, seed=0, component_ratio=5, dtype=torch.float64, b
                           dtype=prep.dtype)
 
 
-def nleep_prepared(x, index, num_classes, *, seed=0, component_ratio=5, dtype=torch.float64):
+def nleep_prepared(x: torch.Tensor, index: torch.Tensor, num_classes: int, *, seed: int = 0, component_ratio: int = 5,
+                   dtype: torch.dtype = torch.float64) -> float:
     """NLEEP on validated features and class positions (index: N ints in
     [0, C))."""
     seed = check_count(seed, "seed")
@@ -71,7 +73,7 @@ def nleep_prepared(x, index, num_classes, *, seed=0, component_ratio=5, dtype=to
     return nleep_from_responsibilities(resp, index, num_classes)
 
 
-def nleep_from_responsibilities(resp, index, num_classes):
+def nleep_from_responsibilities(resp: torch.Tensor, index: torch.Tensor, num_classes: int) -> float:
     """Mean p(y_i | x_i) from p(z | x) (N x K) and class positions (N)."""
     n = resp.shape[0]
     # p(y, z) = sum over samples of class y of p(z | x) / N; p(y | z) = p(y, z) / p(z).
@@ -84,7 +86,7 @@ def nleep_from_responsibilities(resp, index, num_classes):
     return float((resp * conditional[index]).sum() / n)
 
 
-def _pca(x, dtype):
+def _pca(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Projection of the centred features on the fewest principal axes whose
     cumulative explained variance exceeds 80% (scikit-learn's
     PCA(n_components=0.8) rule)."""
@@ -103,7 +105,7 @@ def _pca(x, dtype):
     return xc @ vectors[:, :keep]
 
 
-def mixture_responsibilities(z, init_labels, components):
+def mixture_responsibilities(z: torch.Tensor, init_labels: torch.Tensor, components: int) -> torch.Tensor:
     """EM for a full-covariance Gaussian mixture started, like
     scikit-learn's, from the M-step of a hard assignment (init_labels, N
     ints in [0, K)); returns the final p(component | sample), N x K."""
@@ -121,7 +123,7 @@ def mixture_responsibilities(z, init_labels, components):
     return _e_step(z, weights, means, factors)[1]
 
 
-def _m_step(z, resp):
+def _m_step(z: torch.Tensor, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mixture weights, means and Cholesky factors of the covariances
     (+ reg_covar on the diagonal) from responsibilities."""
     n, dim = z.shape
@@ -143,7 +145,7 @@ def _m_step(z, resp):
     return nk / n, means, factors
 
 
-def _e_step(z, weights, means, factors):
+def _e_step(z: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, factors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x_i), responsibilities): per-sample log-likelihood under the
     mixture (N) and p(component | sample) (N x K). Like scikit-learn, through
     the inverse Cholesky factors: batched matrix products instead of
@@ -162,7 +164,7 @@ def _e_step(z, weights, means, factors):
     return log_norm, torch.exp(log_prob - log_norm.unsqueeze(1))
 
 
-def _kmeans(z, k, seed):
+def _kmeans(z: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """Labels from k-means (k-means++ seeding with 2 + log k local trials,
     then Lloyd's iterations), as scikit-learn's KMeans(n_init=1) runs it."""
     sq_norms = (z * z).sum(1)
@@ -189,7 +191,7 @@ def _kmeans(z, k, seed):
     return _sq_distances(z, sq_norms, centers).argmin(1)
 
 
-def seeding_draws(seed, n, k, dtype, device):
+def seeding_draws(seed: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple[int, torch.Tensor]:
     """The random numbers of one k-means++ run choosing k centres among n
     samples: (first, fractions) where first is the index of the first
     centre and fractions ((k - 1) x (2 + floor(log k)), `dtype`, on
@@ -203,7 +205,7 @@ def seeding_draws(seed, n, k, dtype, device):
     return first, fractions.to(device)
 
 
-def _kmeans_plus_plus(z, sq_norms, k, seed):
+def _kmeans_plus_plus(z: torch.Tensor, sq_norms: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     n = z.shape[0]
     first, fractions = seeding_draws(seed, n, k, z.dtype, z.device)
     centers = torch.empty(k, z.shape[1], dtype=z.dtype, device=z.device)
@@ -223,7 +225,7 @@ def _kmeans_plus_plus(z, sq_norms, k, seed):
     return centers
 
 
-def _sq_distances(a, a_sq, b):
+def _sq_distances(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|a_i - b_j|^2 (P x Q) for a: P x d with squared norms a_sq, b: Q x d,
     by the expanded form clamped at 0, as scikit-learn's k-means does."""
     d = torch.addmm(a_sq.unsqueeze(1), a, b.T, alpha=-2.0)
@@ -231,7 +233,7 @@ def _sq_distances(a, a_sq, b):
     return d.clamp_min_(0)
 
 
-def _chunks(count, per_item):
+def _chunks(count: int, per_item: int) -> list[slice]:
     """Slices of range(count) with at most ~4M elements of per-item work."""
     step = max(1, _CHUNK_ELEMENTS // max(per_item, 1))
     return [slice(start, min(start + step, count)) for start in range(0, count, step)]

@@ -30,11 +30,13 @@ Here:
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
-from .._validate import all_finite, check_count, raise_non_finite
-from ._input import prepare
+from .._validate import ArrayLike, all_finite, check_count, raise_non_finite
+from ._input import DtypeLike, prepare
 from ._linalg import matmul, thin_qr_basis, thin_svd
 
 COMPONENTS = 32
@@ -49,7 +51,8 @@ _SLACK = 1 << 16
 _SEARCH_CHUNK = 1 << 22
 
 
-def parc(features, labels, *, components=COMPONENTS, seed=SEED, dtype=torch.float64, backend="auto"):
+def parc(features: ArrayLike, labels: ArrayLike, *, components: int = COMPONENTS, seed: int = SEED,
+         dtype: DtypeLike = torch.float64, backend: str = "auto") -> float:
     """PARC of `features` (N x D) for `labels` (N): 100 x Spearman's rank
     correlation between the samples' dissimilarities in the reduced feature
     space and in label space, a float in [-100, 100]; higher is better.
@@ -79,7 +82,7 @@ def parc(features, labels, *, components=COMPONENTS, seed=SEED, dtype=torch.floa
     return 100.0 * _spearman_with_labels(_unit_rows(_standardize(reduced)), prep.index)
 
 
-def randomized_pca(x, components, seed):
+def randomized_pca(x: torch.Tensor, components: int, seed: int) -> torch.Tensor:
     """scikit-learn's PCA(n_components=components, svd_solver="randomized",
     random_state=seed, iterated_power=1).fit_transform(x): the centred x's
     projections on its approximate principal axes (N x components), each
@@ -108,7 +111,7 @@ def randomized_pca(x, components, seed):
     return scores.masked_fill(noise.unsqueeze(0), 0.0)
 
 
-def _standardize(z):
+def _standardize(z: torch.Tensor) -> torch.Tensor:
     """StandardScaler: zero mean and unit population variance per column;
     a constant column is only centred (scale 1)."""
     z = z - z.mean(0)
@@ -116,11 +119,11 @@ def _standardize(z):
     return z / torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def _unit_rows(z):
+def _unit_rows(z: torch.Tensor) -> torch.Tensor:
     """Each row centred on its own mean and scaled to unit norm: then
     u_i . u_j is the Pearson correlation of samples i and j."""
     z = z - z.mean(1, keepdim=True)
-    norm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    norm: torch.Tensor = torch.linalg.vector_norm(z, dim=1, keepdim=True)
     flat = norm.squeeze(1) == 0
     if bool(flat.any()):
         first = int(torch.nonzero(flat)[0, 0])
@@ -130,7 +133,7 @@ def _unit_rows(z):
     return z / norm
 
 
-def _spearman_with_labels(u, classes):
+def _spearman_with_labels(u: torch.Tensor, classes: torch.Tensor) -> float:
     """Spearman's correlation between the dissimilarities 1 - u_i.u_j of the
     pairs i < j of unit rows u (N x k) and the two-valued label
     dissimilarity [classes_i != classes_j]."""
@@ -172,7 +175,7 @@ class _PairValues:
     -1, which no dissimilarity is, and the entries >= 0 left are the block's
     different-class pairs."""
 
-    def __init__(self, u, classes):
+    def __init__(self, u: torch.Tensor, classes: torch.Tensor) -> None:
         order = torch.argsort(classes, stable=True)
         self.u, self.classes = u[order], classes[order]
         self.block = _BLOCK.get(u.device.type, _DEVICE_BLOCK)
@@ -182,7 +185,7 @@ class _PairValues:
         ends = torch.cumsum(torch.bincount(classes), 0).tolist()
         self.spans = list(zip([0] + ends[:-1], ends))  # [start, end) of each class in the sorted order
 
-    def blocks(self):
+    def blocks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(values, same) per block: values a rows x cols matrix whose
         entries >= 0 are the block's different-class pairs i < j, and same
         its same-class pairs i < j (flat)."""
@@ -199,7 +202,7 @@ class _PairValues:
                 values.clamp_(0.0, 2.0)
                 if c == a:
                     values.masked_fill_(torch.ones_like(values, dtype=torch.bool).tril_(), -1.0)
-                same = []
+                same: list[torch.Tensor] = []
                 for start, end in self.spans:
                     r0, r1 = max(start, rows[0]) - rows[0], min(end, rows[1]) - rows[0]
                     c0, c1 = max(start, cols[0]) - cols[0], min(end, cols[1]) - cols[0]
@@ -210,7 +213,7 @@ class _PairValues:
                 # The caller reads the block before the next one overwrites it.
                 yield values, torch.cat(same) if same else values.new_empty(0)
 
-    def collect(self, low, high, sizes):
+    def collect(self, low: float, high: float, sizes: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """The dissimilarities in [low, high) of the same-class and of the
         different-class pairs (two flat tensors), in buffers of the expected
         `sizes` that grow if need be."""
@@ -220,7 +223,7 @@ class _PairValues:
             other_buffer.append(_select(values, low, high))
         return same_buffer.values(), other_buffer.values()
 
-    def sample(self, count, seed=0):
+    def sample(self, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(same, values): `count` dissimilarities of pairs i < j drawn at
         random (seeded; for estimating quantiles only) and whether each
         pair is of one class."""
@@ -233,26 +236,26 @@ class _PairValues:
         return self.classes[i] == self.classes[j], values
 
 
-def _select(values, low, high):
+def _select(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """The entries of `values` in [low, high), flat (on the CPU by numpy's
     index selection, about three times torch's boolean indexing there)."""
     if values.device.type != "cpu":
         flat = values.reshape(-1)
         return flat[(flat >= low) & (flat < high)]
-    flat = values.numpy().reshape(-1)
-    keep = flat >= low if high == np.inf else (flat >= low) & (flat < high)
-    return torch.from_numpy(flat[np.flatnonzero(keep)])
+    array = values.numpy().reshape(-1)
+    keep = array >= low if high == np.inf else (array >= low) & (array < high)
+    return torch.from_numpy(array[np.flatnonzero(keep)])
 
 
 class _Buffer:
     """A flat tensor filled by appends, with room for `capacity` values
     (grown by half when an append does not fit)."""
 
-    def __init__(self, capacity, like):
+    def __init__(self, capacity: float, like: torch.Tensor) -> None:
         self.data = torch.empty(max(int(capacity), 1), dtype=like.dtype, device=like.device)
         self.size = 0
 
-    def append(self, values):
+    def append(self, values: torch.Tensor) -> None:
         end = self.size + values.numel()
         if end > self.data.numel():
             grown = torch.empty(max(end, self.data.numel() * 3 // 2), dtype=self.data.dtype, device=self.data.device)
@@ -261,11 +264,12 @@ class _Buffer:
         self.data[self.size : end] = values
         self.size = end
 
-    def values(self):
+    def values(self) -> torch.Tensor:
         return self.data[: self.size]
 
 
-def _value_ranges(pairs_of, pairs, same_pairs):
+def _value_ranges(pairs_of: _PairValues, pairs: int,
+                  same_pairs: int) -> list[tuple[float, float, tuple[float, float]]]:
     """Value ranges [low, high) of the dissimilarities in increasing order,
     covering [0, inf), with the expected (same-class, different-class)
     counts of each: about _PARTITION_VALUES values per range, placed by the
@@ -278,7 +282,7 @@ def _value_ranges(pairs_of, pairs, same_pairs):
     parts = -(-pairs // _PARTITION_VALUES)
     cuts = ordered[torch.arange(1, parts, device=ordered.device) * ordered.numel() // parts].tolist()
     bounds = [0.0] + sorted(set(cuts) - {0.0}) + [np.inf]
-    ranges = []
+    ranges: list[tuple[float, float, tuple[float, float]]] = []
     for low, high in zip(bounds[:-1], bounds[1:]):
         inside = (values >= low) & (values < high)
         # Expected counts, with a margin for the sampling error (~0.1% of a
@@ -289,7 +293,7 @@ def _value_ranges(pairs_of, pairs, same_pairs):
     return ranges
 
 
-def _sorted(values):
+def _sorted(values: torch.Tensor) -> torch.Tensor:
     """values sorted ascending (in place on the CPU: numpy's sort is about
     twice torch's there)."""
     if values.device.type == "cpu":
@@ -298,7 +302,7 @@ def _sorted(values):
     return torch.sort(values).values
 
 
-def _tie_runs(ordered):
+def _tie_runs(ordered: torch.Tensor) -> torch.Tensor:
     """The lengths (int64) of the runs of two or more equal values of a
     sorted tensor: one boolean mask of its adjacent equalities, and arrays
     only as long as the ties."""
@@ -319,12 +323,12 @@ class _RankSums:
     beyond the range's values of one boolean per value and per-chunk
     arrays."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.below = 0  # values in the ranges already added
         self.same_x2 = 0
         self.ties = 0.0
 
-    def add(self, same, other):
+    def add(self, same: torch.Tensor, other: torch.Tensor) -> None:
         """same, other: the sorted same-class and different-class values of
         the next range (m and m_o of them).
 

@@ -15,17 +15,21 @@ is shared (SHARED, docs/spec.md §3).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-from .._validate import check_number
-from ._input import ScatterState, class_moments, global_mean, prepare
+from .._validate import ArrayLike, check_number
+from ._input import ClassMoments, DtypeLike, Prepared, ScatterState, class_moments, global_mean, prepare
 from ._linalg import gram, matmul, spd_logdet
 from ._registry import SharedWork
 
 EPS = 1e-4
 
 
-def transrate(features, labels, *, eps=EPS, dtype=torch.float64, backend="auto"):
+def transrate(features: ArrayLike, labels: ArrayLike, *, eps: float = EPS, dtype: DtypeLike = torch.float64,
+              backend: str = "auto") -> float:
     """TransRate of `features` (N x D) for `labels` (N): the coding rate of
     the centred features minus the mean coding rate of each class's rows, a
     float; higher is better. eps: the distortion (the published 1e-4).
@@ -40,14 +44,14 @@ def transrate(features, labels, *, eps=EPS, dtype=torch.float64, backend="auto")
     return _score((_scatter_state(prep, moments), eps, prep), prep.x, moments, True)
 
 
-def _scatter_state(prep, moments):
+def _scatter_state(prep: Prepared, moments: ClassMoments) -> ScatterState | None:
     """The residuals' Gram matrix when the total scatter is the smaller
     Gram matrix (N > D); None otherwise."""
     n, dim = prep.x.shape
     return ScatterState(prep, moments) if n > dim else None
 
 
-def _coding_rate(gram_matrix, rows, eps):
+def _coding_rate(gram_matrix: torch.Tensor, rows: int, eps: float) -> float:
     """1/2 log det(I + G / (rows eps)) for the Gram matrix G of `rows`
     rows (either F^T F or F F^T: the same determinant)."""
     shifted = gram_matrix / (rows * eps)
@@ -55,7 +59,7 @@ def _coding_rate(gram_matrix, rows, eps):
     return 0.5 * spd_logdet(shifted)
 
 
-def _score(state, x, moments, last):
+def _score(state: tuple[ScatterState | None, float, Prepared], x: torch.Tensor, moments: ClassMoments, last: bool) -> float:
     scatter_state, eps, prep = state
     n, dim = x.shape
     center = global_mean(prep.counts, moments.means).to(prep.dtype)
@@ -80,11 +84,12 @@ def _score(state, x, moments, last):
     return rate - class_rates / prep.counts.shape[0]
 
 
-def _prepare(prep, moments, options):
+def _prepare(prep: Prepared, moments: ClassMoments,
+             options: Mapping[str, Any]) -> tuple[ScatterState | None, float, Prepared]:
     return ScatterState(prep, moments), check_number(options.get("eps", EPS), "eps", strict=True), prep
 
 
-def _applies(n, dim, baseline):
+def _applies(n: int, dim: int, baseline: bool) -> bool:
     # Without a baseline there is one feature set to score, and with N <= D
     # the coding rate comes from F F^T: nothing to share.
     return baseline and n > dim

@@ -24,7 +24,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
@@ -44,7 +46,7 @@ def temporary_target(name: str) -> str | None:
     return match.group("final") if match else None
 
 
-def atomic_write(path, write):
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     """Write `path` atomically: `write(f)` fills a binary file object opened
     on a temporary in the same folder, which is flushed to disk and renamed
     over `path` (the rename then reaches the disk too). On any exception
@@ -64,19 +66,19 @@ def atomic_write(path, write):
     fsync_directory(path.parent)
 
 
-def atomic_write_text(path, text: str):
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """atomic_write of `text`, UTF-8 encoded."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def atomic_write_json(path, value):
+def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
     """atomic_write of `value` as JSON (indent=1, sorted keys; NaN and
     infinities allowed, as Python's json writes them), ending with a newline."""
     atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True, allow_nan=True) + "\n")
 
 
 @contextlib.contextmanager
-def atomic_directory(path):
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling folder of `path` to fill; when the block
     ends without error it takes the place of `path`, which need not exist.
 
@@ -105,7 +107,7 @@ def atomic_directory(path):
     fsync_directory(path.parent)
 
 
-def _put_in_place(new: Path, path: Path):
+def _put_in_place(new: Path, path: Path) -> None:
     """Move the folder `new` to `path`, replacing whatever folder is there,
     then remove the replaced one."""
     replaced = []
@@ -139,7 +141,7 @@ class _NoExchange(Exception):
     """The platform or file system cannot exchange two names atomically."""
 
 
-def _renameat2():
+def _renameat2() -> Any:
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
@@ -154,7 +156,7 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-def _exchange(a: Path, b: Path):
+def _exchange(a: Path, b: Path) -> None:
     """Swap the names `a` and `b` atomically (both must exist)."""
     if _RENAMEAT2 is None:
         raise _NoExchange
@@ -166,7 +168,7 @@ def _exchange(a: Path, b: Path):
     raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
-def fsync_directory(folder):
+def fsync_directory(folder: str | os.PathLike[str]) -> None:
     """Make the renames in `folder` durable (a power cut otherwise may lose
     them); not every platform can open a directory, and there it is a no-op."""
     try:
@@ -181,7 +183,8 @@ def fsync_directory(folder):
         os.close(fd)
 
 
-def remove_temporaries(folder, *, match=None, hidden=False) -> list:
+def remove_temporaries(folder: str | os.PathLike[str], *, match: Callable[[str], bool] | None = None,
+                       hidden: bool = False) -> list[Path]:
     """Remove the temporaries (files or folders) in `folder` whose final name
     satisfies `match` (default: all of them); returns the paths removed.
     hidden=True: every hidden entry too, for a folder whose only writer
@@ -190,7 +193,7 @@ def remove_temporaries(folder, *, match=None, hidden=False) -> list:
     writing (else a live writer's work would be removed):
     :func:`sweep_temporaries` does so."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
@@ -207,7 +210,8 @@ def remove_temporaries(folder, *, match=None, hidden=False) -> list:
     return removed
 
 
-def sweep_temporaries(folder, lock_of) -> list:
+def sweep_temporaries(folder: str | os.PathLike[str],
+                      lock_of: Callable[[str], str | os.PathLike[str] | None]) -> list[Path]:
     """Remove the temporaries in `folder` that no live writer holds; returns
     the paths removed.
 
@@ -220,13 +224,15 @@ def sweep_temporaries(folder, lock_of) -> list:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    locks = {}
+    locks: dict[Path, set[str]] = {}
     for path in folder.iterdir():
         final = temporary_target(path.name)
-        lock = lock_of(final) if final is not None else None
+        if final is None:
+            continue
+        lock = lock_of(final)
         if lock is not None:
             locks.setdefault(Path(lock), set()).add(final)
-    removed = []
+    removed: list[Path] = []
     for lock, finals in locks.items():
         if not lock.parent.is_dir():
             lock.parent.mkdir(parents=True, exist_ok=True)

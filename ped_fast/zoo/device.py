@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -19,7 +21,7 @@ import torch
 MATH_MODES = {"fp32": "fp32-ieee", "bf16": "autocast-bf16", "fp16": "autocast-fp16"}
 
 
-def resolve_device(device=None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """torch.device(device), or cuda when available and device is None; an
     unusable device is a ValueError naming it."""
     if device is None:
@@ -39,7 +41,7 @@ def resolve_device(device=None) -> torch.device:
     return resolved
 
 
-def device_name(device) -> str:
+def device_name(device: str | torch.device) -> str:
     """"cuda:0 (NVIDIA H100 ...)" or "cpu (x86_64, 16 cores)": what computed
     a result, as results.json records it."""
     device = torch.device(device)
@@ -48,12 +50,13 @@ def device_name(device) -> str:
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _float32_switches():
+def _float32_switches() -> list[tuple[Any, str, object]]:
     """(object, attribute, IEEE value) of each of torch's switches of float32
     math: the fp32_precision API where torch has it (2.9 and later; it
     refuses to mix with the older allow_tf32 flags, so only it is touched),
     else the allow_tf32 flags."""
-    backends = torch.backends
+    # Any: torch's stubs lack cudnn.conv and cudnn.rnn, which it sets up at run time.
+    backends: Any = torch.backends
     if hasattr(backends.cuda.matmul, "fp32_precision"):
         return [(backends.cuda.matmul, "fp32_precision", "ieee"), (backends.cudnn.conv, "fp32_precision", "ieee"),
                 (backends.cudnn.rnn, "fp32_precision", "ieee")]
@@ -61,7 +64,7 @@ def _float32_switches():
 
 
 @contextlib.contextmanager
-def exact_float32():
+def exact_float32() -> Iterator[None]:
     """IEEE float32 matrix products and convolutions for the block, the
     previous settings restored after it.
 
@@ -81,7 +84,7 @@ def exact_float32():
             setattr(owner, name, value)
 
 
-def math_context(precision):
+def math_context(precision: str) -> contextlib.AbstractContextManager[None]:
     """The context a forward pass at `precision` runs in: exact float32 for
     "fp32", nothing extra for the autocast precisions (autocast itself is
     applied per batch)."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Iterator
 
 _MARK = "_ped_fast_input_error"
 
 
 @contextlib.contextmanager
-def checking_inputs():
+def checking_inputs() -> Iterator[None]:
     """Mark every exception raised in the block as the caller's input
     mistake (the exception itself, its type and message are unchanged)."""
     try:
@@ -25,13 +26,13 @@ def checking_inputs():
         raise
 
 
-def is_input_error(error) -> bool:
+def is_input_error(error: BaseException) -> bool:
     """Whether `error` was raised by a check of the caller's input, before
     any work."""
     return bool(getattr(error, _MARK, False))
 
 
-def describe(error) -> str:
+def describe(error: BaseException) -> str:
     """One line for an error row: the exception's type and message."""
     text = str(error).strip() or repr(error)
     return f"{type(error).__name__}: {text}"
@@ -43,7 +44,7 @@ _TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errn
                      errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ESTALE, errno.EINTR}
 
 
-def is_transient(error) -> bool:
+def is_transient(error: BaseException) -> bool:
     """Whether `error` may not happen again on a retry: memory another
     process held (CUDA or host out of memory), a lost connection, a timed
     out or stale network file. Not a bad input, a missing file or a full
