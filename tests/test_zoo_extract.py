@@ -1,5 +1,6 @@
 """Feature extraction (ped_fast.zoo.extract): one decode per image and data
 config, logits from the same pass, workers and precision."""
+import dataclasses
 import importlib
 
 import numpy as np
@@ -44,6 +45,7 @@ def test_one_decode_per_image_and_data_config(zoo, tmp_path, monkeypatch):
     shared = extract([zoo["a"], zoo["b"]], zoo["data"], cache=tmp_path / "shared", batch_size=4, progress=False)
     assert len(files) == 15 and len(set(files)) == 15
     files.clear()
+    monkeypatch.setattr(extract_module, "_DECODED_BYTES", 0)  # nothing kept across passes: each decodes again
     apart = extract([zoo["a"], zoo["b"]], zoo["data"], cache=tmp_path / "apart", batch_size=4, models_per_pass=1,
                     progress=False)
     assert len(files) == 30
@@ -153,3 +155,142 @@ def test_two_feature_stages_of_one_run_keep_their_own_results(zoo, tmp_path):
     outcome = extract_module.run_stages([zoo["a"]], [first, second], settings, cache)["a"]
     assert outcome.results[first].features.shape[0] == 15
     assert outcome.results[second].features.shape[0] == 8
+
+
+def _three_models(zoo):
+    return [zoo["a"], zoo["b"], zoo["headless"]]
+
+
+@pytest.mark.parametrize("budget, decodes", [(1 << 30, 15), (20_000, 45), (0, 45)])
+def test_a_groups_passes_share_its_decoded_images(zoo, tmp_path, monkeypatch, budget, decodes):
+    """Issue 15: a resize group's passes decode each image once, kept (as
+    uint8, exactly) across them while they fit the budget, and decode again
+    per pass beyond it (20,000 bytes hold one batch of 4 but not the set);
+    the features are bit-identical either way."""
+    files = counting_decodes(monkeypatch)
+    monkeypatch.setattr(extract_module, "_DECODED_BYTES", budget, raising=False)
+    kept = extract(_three_models(zoo), zoo["data"], cache=tmp_path / "kept", batch_size=4, models_per_pass=1,
+                   progress=False)
+    assert len(files) == decodes and len(set(files)) == 15
+    monkeypatch.setattr(extract_module, "_DECODED_BYTES", 0)
+    again = extract(_three_models(zoo), zoo["data"], cache=tmp_path / "again", batch_size=4, models_per_pass=1,
+                    progress=False)
+    for label in kept:
+        np.testing.assert_array_equal(kept[label].features, again[label].features)
+
+
+def test_kept_images_remember_the_undecodable_ones(zoo, tmp_path, monkeypatch):
+    """A replayed pass skips and reports the images the first pass could not
+    decode, without decoding them again."""
+    import shutil
+
+    shutil.copytree(zoo["data"], tmp_path / "data")
+    bad = tmp_path / "data" / "class1" / "broken.jpg"
+    bad.write_bytes(b"not a JPEG")
+    files = counting_decodes(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="1 of 16 images"):
+        got = extract(_three_models(zoo), tmp_path / "data", cache=tmp_path / "c", batch_size=4, models_per_pass=1,
+                      progress=False)
+    assert len(files) == 16 and len(set(files)) == 16
+    for label, fs in got.items():
+        assert fs.skipped == ["class1/broken.jpg"] and fs.features.shape[0] == 15
+        np.testing.assert_array_equal(fs.labels, image_folder(zoo["data"]).labels)
+
+
+def test_a_reference_budget_stops_passes_over_kept_images(zoo, tmp_path, monkeypatch):
+    """"auto" stops each model's reference pass early: the images a stopped
+    pass decoded are replayed to the next model, each decoded once, and the
+    statistics are those of decoding per pass."""
+    from ped_fast.zoo import reference_stats
+
+    write_image_folder(tmp_path / "reference", classes=4, per_class=100, size=32, seed=8, labelled=False)
+    files = counting_decodes(monkeypatch)
+    options = dict(batch_size=50, models_per_pass=1, progress=False, reference_images="auto",
+                   reference_tolerance=0.5)
+    kept = reference_stats(_three_models(zoo), tmp_path / "reference", cache=tmp_path / "kept", **options)
+    assert len(files) == len(set(files)) < 400
+    monkeypatch.setattr(extract_module, "_DECODED_BYTES", 0)
+    again = reference_stats(_three_models(zoo), tmp_path / "reference", cache=tmp_path / "again", **options)
+    for label, stats in kept.items():
+        assert 256 <= stats.count < 400 and stats.count == again[label].count
+        np.testing.assert_array_equal(stats.mean, again[label].mean)
+        np.testing.assert_array_equal(stats.std, again[label].std)
+
+
+def test_a_stopped_pass_leaves_the_rest_to_the_next():
+    """_Store: a pass that stops after two batches keeps them; the next
+    replays them and decodes from the first image not kept, in the same
+    batch windows, with failures remembered."""
+    images = list(range(10))
+    starts = []
+
+    def decode(start):
+        starts.append(start)
+        for first in range(start, len(images), 3):
+            window = images[first:first + 3]
+            good = [i for i in window if i != 4]
+            yield (np.array(good), torch.tensor([[i / 255.0] for i in good]),
+                   [(i, "broken") for i in window if i == 4])
+
+    reuse = extract_module._Reuse(1 << 20)
+    reuse.keep = True
+    store = reuse.store("stage", "key")
+    first = store.batches(decode)
+    seen = [next(first), next(first)]
+    first.close()
+    assert store.next == 6 and not store.complete
+    everything = list(store.batches(decode))
+    assert starts == [0, 6] and store.complete
+    assert [b[0].tolist() for b in everything] == [[0, 1, 2], [3, 5], [6, 7, 8], [9]]
+    assert [b[2] for b in everything] == [[], [(4, "broken")], [], []]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(seen, everything))
+    assert all(kept.dtype == torch.uint8 for _, kept, _ in store.kept)
+    assert [b[0].tolist() for b in store.batches(decode)] == [[0, 1, 2], [3, 5], [6, 7, 8], [9]]
+    assert starts == [0, 6]
+
+
+def test_batches_not_exact_as_bytes_are_kept_as_float():
+    reuse = extract_module._Reuse(1 << 20)
+    reuse.keep = True
+    store = reuse.store("stage", "key")
+    batch = torch.tensor([[0.5, 1 / 255.0]])
+    assert list(store.batches(lambda start: iter([(np.array([0]), batch, [])])))
+    assert store.kept[0][1].dtype == torch.float32
+    (replayed,) = store.batches(None)
+    assert torch.equal(replayed[1], batch)
+
+
+def test_passes_hold_at_most_16_models_when_their_images_are_kept():
+    """Issue 15: with tiny models the weights' budget (1 GiB) put a whole
+    resize group in one pass, so the memory a screen held grew with the
+    zoo; when the group's images are kept across passes, a pass holds at
+    most 16 models (or models_per_pass)."""
+    settings = extract_module.Settings.make(progress=False)
+    stage = type("S", (), {"images": range(2000)})()
+    key = extract_module.resize_key(SMALL_CONFIG)
+    limit = extract_module._pass_limit(key, [stage], settings)
+    members = [(None, type("L", (), {"model": torch.nn.Identity()})(), None)] * 16
+    assert limit == 16
+    assert extract_module._pass_full(members, settings, limit) and not extract_module._pass_full(members[1:],
+                                                                                                   settings, limit)
+    huge = extract_module.resize_key(dict(SMALL_CONFIG, input_size=(3, 4096, 4096)))
+    assert extract_module._pass_limit(huge, [stage], settings) is None
+    assert not extract_module._pass_full(members, dataclasses.replace(settings, models_per_pass=17), limit)
+
+
+def test_a_model_whose_config_moves_it_to_a_group_already_run_is_run(zoo, tmp_path):
+    """A model planned into one resize group (a stale remembered config)
+    whose built config belongs to a group already run joins a new pass of
+    that group instead of being left out."""
+    from ped_fast.zoo import Cache, parse_spec, weights_identity
+
+    cache = Cache(tmp_path / "c")
+    spec = parse_spec(zoo["b"])
+    identity = weights_identity(spec)
+    stale = extract_module.canonical_config(dict(SMALL_CONFIG, input_size=(3, 16, 16)))
+    cache.put("config", extract_module.data_config_key(spec, identity),
+              {"model": spec.name, "identity": identity, "data_config": stale})
+    got = extract([zoo["a"], zoo["b"]], zoo["data"], cache=cache, progress=False)
+    data = image_folder(zoo["data"])
+    want = timm_features(load_model(spec).model, [data.file(i) for i in range(len(data))], SMALL_CONFIG)
+    np.testing.assert_array_equal(got["b"].features, want)

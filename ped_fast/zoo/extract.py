@@ -368,9 +368,11 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
     config (a data config less its normalisation, which each model applies
     to the shared decoded batch itself), and each group's models are built
     and pushed through the stages in passes as large as the pass budget
-    allows (settings.models_per_pass, or the weights' bytes), so a group's
-    images are decoded once per pass, and only once when the group fits in
-    one. A model whose stage fails skips the stages after it."""
+    allows (settings.models_per_pass, or _pass_limit's count and the
+    weights' bytes). A group's decoded images are kept across its passes
+    (_Reuse, within _DECODED_BYTES), so each image is decoded once per
+    resize group and stage; beyond that budget, once per pass. A model
+    whose stage fails skips the stages after it."""
     from .models import parse_models
 
     outcomes, groups = {}, {}
@@ -386,27 +388,30 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
         if todo:
             planned = outcome.data_config or _planned_config(spec)
             groups.setdefault(resize_key(planned), []).append((outcome, todo))
-    keys = list(groups)
-    for key in keys:  # grows when a built model's config moves it to another group
+    while groups:  # a built model whose config moves it to another group joins (or reopens) that group
+        key = next(iter(groups))
+        pending = groups.pop(key)
+        reuse = _Reuse(_DECODED_BYTES)
+        limit = _pass_limit(key, stages, settings)
         members = []
-        for outcome, todo in groups[key]:
+        for position, (outcome, todo) in enumerate(pending):
             built = _build(outcome, stages, todo, settings, cache)
             if built is None:
                 continue
             loaded, todo = built
             own = resize_key(outcome.data_config)
             if own != key:
-                if own not in groups:
-                    groups[own] = []
-                    keys.append(own)
-                groups[own].append((outcome, todo))
+                groups.setdefault(own, []).append((outcome, todo))
                 continue
             members.append((outcome, loaded, todo))
-            if _pass_full(members, settings):
-                _run_group(members, stages, settings, cache)
+            if _pass_full(members, settings, limit):
+                reuse.keep = position + 1 < len(pending)  # another pass of this group may follow
+                _run_group(members, stages, settings, cache, reuse)
                 members = []
         if members:
-            _run_group(members, stages, settings, cache)
+            reuse.keep = False
+            _run_group(members, stages, settings, cache, reuse)
+        reuse.clear()
     return outcomes
 
 
@@ -458,11 +463,39 @@ def resize_key(data_config) -> str:
 # GPU a share of its memory, leaving room for the activations.
 _PASS_BYTES_CPU = 1 << 30
 _PASS_SHARE_GPU = 0.4
+# And models one pass holds when the group's decoded images are kept across
+# its passes (_pass_limit): what a pass holds beyond the weights (each
+# model's activations, its sinks' buffers, its module objects) then does
+# not grow with the zoo, where the weights' budget alone put a whole group
+# of tiny models (67 at 200 in bench_zoo_scale.py) in one pass. A smaller
+# pass costs no decoding then, only a replay of the kept batches; 16 models
+# still share each replay's conversion and the per-pass set-up.
+_PASS_MODELS = 16
+# Decoded images one resize group keeps across its passes, all its stages
+# together (uint8 where exact: 2,000 images at 224 x 224 are 300 MB).
+# Beyond it each pass decodes again.
+_DECODED_BYTES = 1 << 30
 
 
-def _pass_full(members, settings) -> bool:
+def _pass_limit(key, stages, settings):
+    """The most models one pass of resize group `key` holds when
+    models_per_pass is not given: _PASS_MODELS when the group's decoded
+    images (one uint8 per value) will fit in _DECODED_BYTES, so that a
+    smaller pass decodes nothing again; None (the weights' budget alone)
+    when each pass has to decode them again anyway."""
+    if key == "null":
+        return None
+    values = int(np.prod(json.loads(key)["input_size"]))
+    return _PASS_MODELS if values * sum(len(stage.images) for stage in stages) <= _DECODED_BYTES else None
+
+
+def _pass_full(members, settings, limit=None) -> bool:
+    """Whether a pass of `members` holds as many models as it may: the
+    settings' models_per_pass, else `limit` models or the weights' budget."""
     if settings.models_per_pass is not None:
         return len(members) >= settings.models_per_pass
+    if limit is not None and len(members) >= limit:
+        return True
     device = settings.torch_device()
     budget = _PASS_BYTES_CPU if device.type == "cpu" else \
         _PASS_SHARE_GPU * torch.cuda.get_device_properties(device).total_memory
@@ -487,7 +520,7 @@ def _missing(outcome, stages, settings, cache):
     return todo
 
 
-def _run_group(pending, stages, settings, cache):
+def _run_group(pending, stages, settings, cache, reuse=None):
     device = settings.torch_device()
     members = []
     for outcome, loaded, todo in pending:
@@ -499,7 +532,7 @@ def _run_group(pending, stages, settings, cache):
         members.append((outcome, loaded, todo))
     with torch_threads(settings.forward_threads(device)):
         for stage in stages:
-            _run_stage(stage, members, settings, cache, device)
+            _run_stage(stage, members, settings, cache, device, reuse)
     # Dropping the last references frees the weights (reference counting);
     # the CUDA allocator keeps freed blocks cached unless told to return them.
     members.clear()
@@ -508,11 +541,11 @@ def _run_group(pending, stages, settings, cache):
         torch.cuda.empty_cache()
 
 
-def _run_stage(stage, members, settings, cache, device):
+def _run_stage(stage, members, settings, cache, device, reuse=None):
     due = [(outcome, loaded) for outcome, loaded, todo in members if stage in todo and not outcome.failed()]
     with contextlib.ExitStack() as held:
         mine, waiting = _claim(stage, due, settings, cache, held)
-        _run_passes(stage, mine, settings, cache, device)
+        _run_passes(stage, mine, settings, cache, device, reuse)
     for outcome, loaded in waiting:
         # Another process is computing this entry: wait for it, holding no
         # other lock (cache.lock's rule), and read it; compute it here only
@@ -523,7 +556,7 @@ def _run_stage(stage, members, settings, cache, device):
             if result is not None:
                 outcome.results[stage] = result
             else:
-                _run_passes(stage, [(outcome, loaded)], settings, cache, device)
+                _run_passes(stage, [(outcome, loaded)], settings, cache, device, reuse)
 
 
 def _claim(stage, due, settings, cache, held):
@@ -545,25 +578,97 @@ def _claim(stage, due, settings, cache, held):
     return mine, waiting
 
 
-def _run_passes(stage, members, settings, cache, device):
-    """One pass over the stage's images per resize config among `members`."""
+def _run_passes(stage, members, settings, cache, device, reuse=None):
+    """One pass over the stage's images per resize config among `members`,
+    replaying what `reuse` kept of them."""
     groups = {}
     for outcome, loaded in members:
         groups.setdefault(resize_key(outcome.data_config), []).append((outcome, loaded))
-    for group in groups.values():
-        _run_pass(stage, group, settings, cache, device)
+    for key, group in groups.items():
+        store = (reuse or _Reuse(0)).store(stage, key)
+        _run_pass(stage, group, settings, cache, device, store)
+
+
+class _Reuse:
+    """The decoded images of one resize group, a _Store per (stage, resize
+    config), kept across the group's passes within one run_stages call and
+    sharing one budget of bytes. keep: whether the pass about to run records
+    what it decodes (not when it is the group's last)."""
+
+    def __init__(self, budget):
+        self.budget, self.used, self.keep, self.stores = budget, 0, False, {}
+
+    def store(self, stage, key):
+        return self.stores.setdefault((stage, key), _Store(self))
+
+    def clear(self):
+        self.stores.clear()
+        self.used = 0
+
+
+class _Store:
+    """One stage's decoded batches for one resize config, in order: those
+    of the images before `next` (all of them once `complete`), each
+    (index, batch or None, failed), so that a replay skips and reports the
+    same undecodable images. A batch is kept as uint8 when that gives it
+    back exactly (timm's eval transform ends with ToTensor, uint8 / 255: a
+    quarter of the bytes), else as float32. A pass stopped early (a
+    reference budget met) leaves the rest to the next pass, which decodes
+    from `next` on, in the same batch windows. Once the group's stores
+    outgrow their budget this one is emptied, and later passes decode
+    again."""
+
+    def __init__(self, reuse):
+        self.reuse = reuse
+        self.kept, self.next, self.bytes = [], 0, 0
+        self.complete = self.dropped = False
+
+    def batches(self, decode):
+        """(index, float32 batch or None, failed) of every image in order:
+        the kept batches, then decode(first image) for the rest, recording
+        them while the group keeps what it decodes."""
+        for index, kept, failed in list(self.kept):
+            yield index, kept.float().div(255) if kept is not None and kept.dtype == torch.uint8 else kept, failed
+        if self.complete:
+            return
+        recording = self.reuse.keep and not self.dropped
+        for index, batch, failed in decode(self.next):
+            if recording:
+                recording = self._record(index, batch, failed)
+            yield index, batch, failed
+        self.complete = recording
+
+    def _record(self, index, batch, failed):
+        """Keep one batch; False (and nothing kept) once over the budget."""
+        kept = batch
+        if batch is not None:
+            exact = batch.mul(255).round_().to(torch.uint8)
+            if torch.equal(exact.float().div(255), batch):
+                kept = exact
+        size = 0 if kept is None else kept.numel() * kept.element_size()
+        if self.reuse.used + size > self.reuse.budget:
+            self.reuse.used -= self.bytes
+            self.kept, self.next, self.bytes, self.dropped = [], 0, 0, True
+            return False
+        self.kept.append((index, kept, failed))
+        self.next += len(index) + len(failed)
+        self.bytes += size
+        self.reuse.used += size
+        return True
 
 
 class _Decoded(torch.utils.data.Dataset):
-    """(index, transformed image or None, error message or None)."""
+    """(index, transformed image or None, error message or None) of the
+    images from `start` on."""
 
-    def __init__(self, images, transform):
-        self.images, self.transform = images, transform
+    def __init__(self, images, transform, start=0):
+        self.images, self.transform, self.start = images, transform, start
 
     def __len__(self):
-        return len(self.images)
+        return len(self.images) - self.start
 
     def __getitem__(self, index):
+        index += self.start
         try:
             return index, self.transform(load_rgb(self.images.file(index))), None
         except Exception as error:
@@ -616,10 +721,10 @@ def _forward(model, batch, precision, logits=False):
     return features.float().cpu(), (head.float() if head is not None else None)
 
 
-def _run_pass(stage, group, settings, cache, device):
+def _run_pass(stage, group, settings, cache, device, store):
     """One pass over stage.images for a group of models sharing a resize
-    config: each image decoded once, each model normalising the batch its
-    own way."""
+    config: each image decoded once (or replayed from `store`), each model
+    normalising the batch its own way."""
     images = stage.images
     sinks, spent, normalise = {}, {}, {}
     for outcome, loaded in group:
@@ -629,17 +734,19 @@ def _run_pass(stage, group, settings, cache, device):
         spent[label] = 0.0
         normalise[label] = _normaliser(outcome.data_config, device)
     active, satisfied = list(group), []
-    loader = torch.utils.data.DataLoader(_Decoded(images, _decoding(group[0][0].data_config)),
-                                         batch_size=settings.batch_size,
-                                         shuffle=False, num_workers=settings.decoding_workers(device),
-                                         collate_fn=_collate, pin_memory=device.type == "cuda")
+    transform = _decoding(group[0][0].data_config)
+
+    def decode(start):
+        return torch.utils.data.DataLoader(_Decoded(images, transform, start), batch_size=settings.batch_size,
+                                           shuffle=False, num_workers=settings.decoding_workers(device),
+                                           collate_fn=_collate, pin_memory=device.type == "cuda")
     labels = ", ".join(outcome.spec.label for outcome, _ in group)
     failed, decoding = [], 0.0
     try:
         with torch.inference_mode(), math_context(settings.precision), \
                 progress_bar(total=len(images), unit="img", enabled=settings.progress,
-                             desc=f"{stage.name} of {images.root} [{labels}]") as bar:
-            batches = iter(loader)
+                             desc=f"{stage.name} of {images.root} [{labels}]") as bar, \
+                contextlib.closing(store.batches(decode)) as batches:  # its loader's workers end with the pass
             while active:
                 start = time.perf_counter()
                 try:
