@@ -10,11 +10,13 @@ reference pass never computes them.
 
 Models that share a resize config (timm's resolved input size,
 interpolation and crop) share decoded batches, whatever their
-normalisation: each image is decoded and transformed once per pass, and
-each model normalises the batch on its device. Passes are planned over the
-whole zoo (grouped by resize config, then filled); a pass holds up to
-``models_per_pass`` models (their weights) at once, by default as many as
-a weights budget allows; each model's
+normalisation: each image is decoded and transformed once per resize
+group, and each model normalises the batch on its device. Passes are
+planned over the whole zoo (grouped by resize config, then filled); a pass
+holds up to ``models_per_pass`` models (their weights) at once, by default
+16 or as many as a weights budget allows, and a group's decoded images are
+kept across its passes within a memory budget (beyond it, each pass
+decodes them again); each model's
 features go straight into its own N x D float32 file in the cache (a
 memory-mapped temporary file, renamed into place when complete), so no
 model's feature matrix is ever held in memory by extraction.
@@ -66,7 +68,9 @@ class Settings:
     the CPU, where decoding would take cores from the forward passes, up to
     8 with a GPU). models_per_pass: how many models' weights one shared pass
     over the images holds at once (None: as many as fit in 1 GiB of weights
-    on the CPU, 40% of a GPU's memory). threads: torch's intra-op threads
+    on the CPU, 40% of a GPU's memory, and at most 16 when the resize
+    group's decoded images fit in the 1 GiB kept across its passes; see
+    run_stages). threads: torch's intra-op threads
     during the forward passes (None: the cores this process may use less
     the decoding workers, at least 1, so decoding and forward passes never
     oversubscribe the cores). use_ema: a training checkpoint's EMA
