@@ -81,6 +81,9 @@ setup(
         # or later: holds per thread (thread_local) and acquire(blocking=...).
         "filelock>=3.12",
     ],
+    # datasets: Hugging Face datasets as image sets (ped_fast.zoo.datasets,
+    # the only module that imports it; 5.2 is the version it is tested
+    # with); in test too, so that CI runs its tests.
     # ray: screening on a Ray cluster (ped_fast.zoo.ray_executor, the only
     # module that imports it); in test too, so that CI runs the Ray tests.
     # transformer-ranker: PED before its estimators
@@ -91,8 +94,9 @@ setup(
     # packages' pyproject.toml. mypy: .ci/run's type check ([tool.mypy] in
     # pyproject.toml); py.typed tells type checkers the package is annotated.
     extras_require={"test": ["pytest", "pytest-benchmark", "mypy>=1.10", "ray>=2.9", "transformer-ranker>=0.2",
-                             "tomli; python_version < '3.11'"],
-                    "ray": ["ray>=2.9"], "transformer-ranker": ["transformer-ranker>=0.2"]},
+                             "datasets>=5.2", "tomli; python_version < '3.11'"],
+                    "ray": ["ray>=2.9"], "transformer-ranker": ["transformer-ranker>=0.2"],
+                    "datasets": ["datasets>=5.2"]},
     entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},
     ext_modules=[cpu_extension, *cuda_extensions()],
     cmdclass={"build_ext": BuildExt},

@@ -38,6 +38,8 @@ EXIT_FAILED_MODELS, EXIT_USAGE, EXIT_RUN, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1,
 ERROR_LOG = "ped-fast-error.log"
 
 _MODEL_FLAGS = "comma-separated NAME, NAME=PATH or LABEL:NAME[=PATH], or a JSON file of them"
+_SOURCES = ("an image folder (one subfolder per class), a CSV or JSON-lines manifest of path,label, or a Hugging "
+            "Face dataset (a save_to_disk folder, parquet or arrow files)")
 
 
 def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
@@ -80,6 +82,18 @@ def _reference_budget(parser):
                         help="auto's relative standard error (default: %(default)s)")
 
 
+def _column_options(parser, labels=True):
+    """The columns of a --data, --reference or --test that is a dataset or
+    a manifest (docs/screening.md §1.1)."""
+    parser.add_argument("--image-column", metavar="NAME",
+                        help="the images' column of a dataset (default: image, else its only Image column) or a "
+                             "manifest (default: path)")
+    if labels:
+        parser.add_argument("--label-column", metavar="NAME",
+                            help="the labels' column of a dataset (default: label, else its only ClassLabel column) "
+                                 "or a manifest (default: label)")
+
+
 def _bootstrap_options(group, seed_flags):
     """The bootstrap intervals of the ranking measures (docs/screening.md §5)."""
     group.add_argument("--bootstrap", type=int, default=BOOTSTRAP, metavar="B",
@@ -112,7 +126,8 @@ def _parser(prog):
 
     extract = verbs.add_parser("extract", help="features of an image folder from timm models (cached)")
     extract.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
-    extract.add_argument("--data", required=True, metavar="DIR", help="image folder, one subfolder per class")
+    extract.add_argument("--data", required=True, metavar="DIR", help=f"the labelled images: {_SOURCES}")
+    _column_options(extract)
     extract.add_argument("--out", metavar="DIR",
                          help="also write OUT/labels.npy and OUT/LABEL.npy (the --features layout), and "
                               "OUT/LABEL.logits.npy with --predictions exact")
@@ -124,19 +139,23 @@ def _parser(prog):
     stats = verbs.add_parser("reference-stats", help="streamed mean/std of each model's reference features")
     stats.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
     stats.add_argument("--reference", required=True, metavar="DIR",
-                       help="reference image folder (any layout; labels ignored)")
+                       help="reference images (labels ignored): an image folder (any layout), a CSV or JSON-lines "
+                            "manifest, or a Hugging Face dataset")
+    _column_options(stats, labels=False)
     stats.add_argument("--out", metavar="DIR", help="also write OUT/LABEL.reference_stats.npz (arrays mean, std)")
     _reference_budget(stats)
     _common(stats)
 
     screen = verbs.add_parser("screen", help="score every model plain and with PED, and write the report")
     screen.add_argument("--models", metavar="SPECS", help=_MODEL_FLAGS)
-    screen.add_argument("--data", metavar="DIR", help="target image folder, one subfolder per class")
+    screen.add_argument("--data", metavar="DIR", help=f"the target images: {_SOURCES}")
+    _column_options(screen)
     screen.add_argument("--features", metavar="DIR",
                         help="instead of --models/--data: a folder with labels.npy, NAME.npy and optionally "
                              "NAME.reference.npy or NAME.reference_stats.npz")
     screen.add_argument("--reference", metavar="DIR|self",
-                        help="reference image folder, or 'self' (rescale by the target features); with "
+                        help="reference images (an image folder, a manifest or a dataset; labels ignored), "
+                             "or 'self' (rescale by the target features); with "
                              "--features, omit it to use each NAME's reference file")
     screen.add_argument("--scorers", default="sfda",
                         help=f"'all', or comma-separated among {', '.join(s.name for s in available())} (default: "
@@ -198,9 +217,10 @@ def _parser(prog):
     finetune = verbs.add_parser("finetune", help="fine-tune each model: ground-truth accuracies")
     finetune.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
     finetune.add_argument("--data", required=True, metavar="DIR",
-                          help="training image folder, one subfolder per class")
+                          help=f"the training images: {_SOURCES}")
     finetune.add_argument("--test", required=True, metavar="DIR",
-                          help="test image folder (the same classes, other images)")
+                          help="the test images, read as --data is (the same classes, other images)")
+    _column_options(finetune)
     finetune.add_argument("--out", metavar="FILE", default="ground_truth.json",
                           help="ground-truth JSON to write (default: ground_truth.json)")
     # The defaults are the Recipe's, so the command and the API agree.
@@ -354,6 +374,29 @@ def _budget(value):
             raise ValueError(f"--reference-images must be a number of images or 'auto', got {value!r}") from None
 
 
+def _sources(args, *sources):
+    """The verb's images (each (option, what, source, labelled)) as the API
+    takes them: with --image-column or --label-column, the datasets and
+    manifests among them read with those columns (images.image_set), the
+    image folders left as paths, and an error when none is a dataset or
+    manifest; without them, the paths themselves."""
+    from .zoo.images import image_set, source_kind
+
+    columns = {name: getattr(args, name, None) for name in ("image_column", "label_column")}
+    columns = {name: value for name, value in columns.items() if value is not None}
+    if not columns:
+        return [source for _, _, source, _ in sources]
+    with checking_inputs():
+        read = [source not in (None, "self") and source_kind(source) != "folder" for _, _, source, _ in sources]
+        if not any(read):
+            given = " and ".join("--" + name.replace("_", "-") for name in columns)
+            folders = ", ".join(f"{option} {source!r}" for option, _, source, _ in sources if source is not None)
+            raise ValueError(f"{given} {'name columns' if len(columns) > 1 else 'names a column'} of a dataset or "
+                             f"a manifest; {folders or 'no source'} {'is an image folder' if folders else 'was given'}")
+        return [image_set(source, what=what, labelled=labelled, **columns) if reading else source
+                for (_, what, source, labelled), reading in zip(sources, read)]
+
+
 def _run_stage(args, run, folder, describe, export, written, **options):
     """extract and reference-stats: run the stage, one line per model, and
     export what finished to --out."""
@@ -381,7 +424,8 @@ def _run_stage(args, run, folder, describe, export, written, **options):
 def _run_extract(args):
     from .zoo.extract import export_features, extract
 
-    return _run_stage(args, extract, args.data, lambda fs: f"{fs.features.shape[0]} x {fs.dim} features",
+    data, = _sources(args, ("--data", "data", args.data, True))
+    return _run_stage(args, extract, data, lambda fs: f"{fs.features.shape[0]} x {fs.dim} features",
                       export_features, lambda n: f"{args.out}/labels.npy and {n} feature files",
                       predictions=args.predictions)
 
@@ -389,7 +433,8 @@ def _run_extract(args):
 def _run_reference_stats(args):
     from .zoo.refstats import export_stats, reference_stats
 
-    return _run_stage(args, reference_stats, args.reference,
+    reference, = _sources(args, ("--reference", "reference", args.reference, False))
+    return _run_stage(args, reference_stats, reference,
                       lambda stats: f"mean and std of {stats.dim} dimensions over {stats.count} images",
                       export_stats, lambda n: f"{n} files {args.out}/LABEL.reference_stats.npz",
                       reference_images=_budget(args.reference_images), reference_tolerance=args.reference_tolerance)
@@ -399,7 +444,9 @@ def _run_screen(args):
     from .zoo.report import FILES, format_grid, format_table
     from .zoo.screen import failed, screen
 
-    results = screen(args.models, args.data, args.reference, scorers=args.scorers, ground_truth=args.ground_truth,
+    data, reference = _sources(args, ("--data", "data", args.data, True),
+                               ("--reference", "reference", args.reference, False))
+    results = screen(args.models, data, reference, scorers=args.scorers, ground_truth=args.ground_truth,
                      out=args.out, cache=args.cache, features=args.features, backend=args.backend,
                      executor=_executor(args), reduce=args.reduce, combine=args.combine,
                      predictions=args.predictions, reference_images=_budget(args.reference_images),
@@ -482,8 +529,9 @@ def _run_finetune(args):
         recipe = Recipe(optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                         augmentation=args.augmentation)
         seeds = _seeds(args.seeds)
+    train, test = _sources(args, ("--data", "train_dir", args.data, True), ("--test", "test_dir", args.test, True))
     try:
-        accuracies = finetune_zoo(args.models, args.data, args.test, out=args.out, recipe=recipe, seed=args.seed,
+        accuracies = finetune_zoo(args.models, train, test, out=args.out, recipe=recipe, seed=args.seed,
                                   seeds=seeds, pretrained=not args.no_pretrained, device=args.device,
                                   cache=args.cache, use_ema=not args.no_ema, progress=not args.quiet)
     except FinetuneFailed as error:

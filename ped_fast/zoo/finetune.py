@@ -31,7 +31,7 @@ from .errors import checking_inputs, describe
 from .progress import progress as progress_bar
 from .progress import write
 from .report import check_output_file
-from .images import ImageSet, image_folder, load_rgb
+from .images import ImageSet, image_set, load_rgb
 from .models import LoadedModel, load_model, parse_models, parse_spec, weights_identity
 
 # Bumped when the same inputs would give other numbers (the harness, the
@@ -115,17 +115,18 @@ class _Data:
 
 
 def _splits(train_dir, test_dir) -> _Splits:
-    """List both splits with the screening's reader (images.image_folder:
-    the same extensions; hidden files and folders such as
-    .ipynb_checkpoints are not images or classes) and map the test split's
-    classes to the training split's by folder name."""
-    train = image_folder(train_dir, what="train_dir")
-    test = image_folder(test_dir, what="test_dir")
+    """List both splits with the screening's reader (images.image_set: a
+    folder's images with the same extensions, hidden files and folders
+    such as .ipynb_checkpoints not images or classes; or a manifest or a
+    dataset) and map the test split's classes to the training split's by
+    name."""
+    train = image_set(train_dir, what="train_dir")
+    test = image_set(test_dir, what="test_dir")
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:
-        raise ValueError(f"test_dir {str(test_dir)!r} has classes {unknown} that train_dir {str(train_dir)!r} lacks")
+        raise ValueError(f"test_dir {test.root!r} has classes {unknown} that train_dir {train.root!r} lacks")
     if len(train.classes) < 2:
-        raise ValueError(f"train_dir {str(train_dir)!r} has {len(train.classes)} class; fine-tuning needs at least 2")
+        raise ValueError(f"train_dir {train.root!r} has {len(train.classes)} class; fine-tuning needs at least 2")
     index = {name: i for i, name in enumerate(train.classes)}
     mapping = np.array([index[name] for name in test.classes], dtype=np.int64)
     return _Splits(train, test, mapping[test.labels])
@@ -269,9 +270,10 @@ def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pr
 
     loaded_or_spec: a LoadedModel (left unchanged: a copy is trained), a
     ModelSpec or a SPEC string (loaded with `pretrained` and `seed`).
-    train_dir, test_dir: ImageFolder layouts (one subfolder per class, read
-    as the screening reads them: images.image_folder); test classes must be
-    among the training classes.
+    train_dir, test_dir: labelled image sets, read as the screening reads
+    its data (images.image_set: ImageFolder layouts, manifests, Hugging Face
+    datasets or ImageSets); test classes must be among the training
+    classes.
     device: "cpu", "cuda", ... (default: cuda when available).
     Returns {"accuracy": test top-1 in [0, 1], "seconds": wall time,
     "epochs", "train_loss": mean loss of the last epoch, "n_train",

@@ -1,43 +1,71 @@
-"""Image folders: listing, fingerprint and decoding.
+"""Image sets: listing, fingerprint and decoding.
 
-A labelled set uses torchvision's ImageFolder layout (``DIR/CLASS/...image``;
-labels are the indices of the sorted class-folder names). A reference set
-(ImageNet-val in the paper) is every image under a folder, in any layout;
-its labels are never used.
+A labelled set is read from one of:
+
+- an image folder in torchvision's ImageFolder layout (``DIR/CLASS/...image``;
+  labels are the indices of the sorted class-folder names);
+- a manifest, a CSV or JSON-lines file of ``path,label`` rows (paths
+  relative to the manifest's folder);
+- a Hugging Face ``datasets`` dataset: a folder written by
+  ``Dataset.save_to_disk``, or parquet or arrow files (read by the module
+  ``ped_fast.zoo.datasets``; the package is the optional extra ``datasets``).
+
+A reference set (ImageNet-val in the paper) is every image under a folder,
+in any layout, or every row of a manifest or dataset; its labels are never
+used.
 """
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
+import io
+import json
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+DATA_FILE_SUFFIXES = (".parquet", ".arrow")
 
 
 @dataclass(frozen=True, eq=False)
 class ImageSet:
-    """The images of a folder, in a fixed order.
+    """The images of a folder, manifest or dataset, in a fixed order.
 
-    root: the folder. paths: image paths relative to root ('/'-separated,
-    sorted). labels: int64 class index of each path (None for a reference
-    set). classes: class-folder names, label c is classes[c]. fingerprint:
-    a hash of every path with its size and modification time: the cache key
-    of the set's contents (copying the folder, or touching a file, changes
-    it)."""
+    root: what the set was read from (the folder, the manifest file, the
+    dataset), as messages and reports name it. paths: each image's name:
+    for a folder, its path relative to root ('/'-separated, sorted); for a
+    manifest, its path as the manifest gives it; for a dataset, "row N".
+    labels: int64 class index of each path (None for a reference set).
+    classes: class names, label c is classes[c]. fingerprint: the cache key
+    of the set's contents (for files, a hash of every path with its size
+    and modification time: copying the folder, or touching a file, changes
+    it). opener: None when paths are files under root, else a picklable
+    callable turning a path into what load_rgb reads (a file path or a
+    file-like object); it travels to decoding workers and Ray tasks, so it
+    holds a description of its source, never the images."""
     root: str
     paths: tuple
     labels: np.ndarray | None
     classes: tuple
     fingerprint: str
+    opener: object = None
 
     def __len__(self):
         return len(self.paths)
 
-    def file(self, index) -> str:
-        return os.path.join(self.root, self.paths[index])
+    def file(self, index):
+        """What load_rgb decodes for image `index`: a file path, or a
+        file-like object holding a dataset row's encoded image."""
+        if self.opener is None:
+            return os.path.join(self.root, self.paths[index])
+        return self.opener(self.paths[index])
 
     def subset(self, count, seed=0) -> "ImageSet":
         """`count` of the images, drawn at random (seeded: the same for every
@@ -56,7 +84,164 @@ class ImageSet:
     def _take(self, indices, how) -> "ImageSet":
         labels = None if self.labels is None else self.labels[indices]
         fingerprint = hashlib.sha256(f"{self.fingerprint}\n{how}".encode()).hexdigest()[:32]
-        return ImageSet(self.root, tuple(self.paths[i] for i in indices), labels, self.classes, fingerprint)
+        return ImageSet(self.root, tuple(self.paths[i] for i in indices), labels, self.classes, fingerprint,
+                        self.opener)
+
+
+def source_kind(source) -> str:
+    """How `source` is read: "set" (already an ImageSet), "dataset" (a
+    Hugging Face datasets folder written by save_to_disk, parquet or arrow
+    files, or a glob pattern of them that is no existing path), "manifest"
+    (a .csv, .jsonl or .ndjson file) or "folder" (an image folder)."""
+    if isinstance(source, ImageSet):
+        return "set"
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in DATA_FILE_SUFFIXES:
+        return "dataset"
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return "manifest"
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        return "dataset"
+    if not path.exists() and any(char in text for char in "*?["):
+        return "dataset"
+    return "folder"
+
+
+def image_set(source, *, what="data", labelled=True, image_column=None, label_column=None) -> ImageSet:
+    """The images of `source`, whatever its kind (source_kind): an image
+    folder (ImageFolder layout when `labelled`, else every image under it),
+    a manifest, a Hugging Face dataset, or an ImageSet (returned as it is).
+
+    image_column, label_column: the columns of a manifest (default "path"
+    and "label") or dataset (default "image" and "label", else its only
+    Image and only ClassLabel column); label_column is not read when not
+    `labelled`. `what` names the source in error messages."""
+    kind = source_kind(source)
+    if kind in ("set", "folder"):
+        given = [name for name, value in (("image_column", image_column), ("label_column", label_column))
+                 if value is not None]
+        if given:
+            shown = source.root if kind == "set" else os.fspath(source)
+            raise ValueError(f"{' and '.join(given)} {'name columns' if len(given) > 1 else 'names a column'} of a "
+                             f"dataset or a manifest; {what} {shown!r} is "
+                             f"{'an ImageSet' if kind == 'set' else 'an image folder'}")
+    if kind == "set":
+        if labelled and source.labels is None:
+            raise ValueError(f"{what} must be a labelled image set, got the unlabelled set {source.root!r}")
+        return source
+    if kind == "folder":
+        return image_folder(source, what=what) if labelled else image_files(source, what=what)
+    if kind == "manifest":
+        return manifest(source, what=what, labelled=labelled, image_column=image_column, label_column=label_column)
+    from .datasets import dataset_images  # datasets is an optional extra: imported only for a dataset
+
+    return dataset_images(source, what=what, labelled=labelled, image_column=image_column,
+                          label_column=label_column)
+
+
+def manifest(file, *, what="data", labelled=True, image_column=None, label_column=None) -> ImageSet:
+    """The images a CSV (header line naming the columns) or JSON-lines (one
+    object per line) manifest lists: image_column (default "path") holds
+    each image's path, relative to the manifest's folder or absolute;
+    label_column (default "label") its class, a name or an integer.
+
+    A row without a path, a line that is not a JSON object, or a column no
+    row has is an error naming the line or the columns there are; a row
+    without a label is left out with a warning; a listed file that is
+    missing or cannot be decoded is skipped when the set is decoded, as an
+    undecodable file of a folder is."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} manifest {os.fspath(file)!r} "
+                                f"{'is not a file' if path.exists() else 'does not exist'}")
+    image_column, label_column = image_column or "path", (label_column or "label") if labelled else None
+    raw = path.read_bytes()
+    rows, columns = (_csv_rows if path.suffix.lower() == ".csv" else _json_rows)(raw, path, what)
+    shown = ", ".join(columns) or "none"
+    for column, role in ((image_column, "image_column"), (label_column, "label_column")):
+        if column is not None and column not in columns:
+            raise ValueError(f"{what} manifest {str(path)!r} has no column {column!r} ({role}); its columns: {shown}")
+    paths, values, unlabelled = [], [], []
+    for line, row in rows:
+        image = row.get(image_column)
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"{what} manifest {str(path)!r} line {line}: no image path in column {image_column!r} "
+                             f"(got {image!r})")
+        if label_column is not None and row.get(label_column) in (None, ""):
+            unlabelled.append(f"line {line}")
+            continue
+        paths.append(image)
+        values.append(row.get(label_column))
+    _warn_unlabelled(unlabelled, len(rows), f"{what} manifest {str(path)!r}", label_column)
+    if not paths:
+        raise ValueError(f"{what} manifest {str(path)!r} lists no {'labelled ' if labelled else ''}images")
+    labels, classes = class_labels(values, f"{what} manifest {str(path)!r}") if labelled else (None, ())
+    base = str(path.parent)
+    digest = hashlib.sha256(f"manifest\n{image_column}\n{label_column}\n".encode() + raw)
+    for image in paths:
+        try:
+            stat = os.stat(os.path.join(base, image))
+            digest.update(f"\n{image}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        except OSError:  # skipped when decoded; becoming readable changes the set
+            digest.update(f"\n{image}\tmissing".encode())
+    return ImageSet(str(path), tuple(paths), labels, classes, digest.hexdigest()[:32],
+                    functools.partial(os.path.join, base))
+
+
+def class_labels(values, what) -> tuple:
+    """(int64 class index of each value, class names): integer labels (ints,
+    or strings that all read as integers) sorted by value, any other labels
+    sorted as strings; every class has an image."""
+    bad = next((value for value in values if isinstance(value, bool) or not isinstance(value, (int, str))), None)
+    if bad is not None:
+        raise ValueError(f"{what}: labels must be class names or integers, got {bad!r}")
+    names = [str(value) for value in values]
+    distinct = set(names)
+    numeric = all(_INTEGER.fullmatch(name) for name in distinct)
+    classes = tuple(sorted(distinct, key=int if numeric else None))
+    index = {name: i for i, name in enumerate(classes)}
+    return np.asarray([index[name] for name in names], dtype=np.int64), classes
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _csv_rows(raw, path, what):
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} manifest {str(path)!r} is not UTF-8 text: {error}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [name for name in (reader.fieldnames or []) if name]
+    if not columns:
+        raise ValueError(f"{what} manifest {str(path)!r} is empty; expected a header line naming its columns, "
+                         f"e.g. path,label")
+    return [(reader.line_num, row) for row in reader if any(row.values())], columns
+
+
+def _json_rows(raw, path, what):
+    rows, columns = [], {}
+    for line, text in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{what} manifest {str(path)!r} line {line} is not JSON: {error}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{what} manifest {str(path)!r} line {line}: expected a JSON object such as "
+                             f'{{"path": "cat/1.jpg", "label": "cat"}}, got {type(row).__name__}')
+        rows.append((line, row))
+        columns.update(dict.fromkeys(row))
+    return rows, list(columns)
+
+
+def _warn_unlabelled(unlabelled, total, what, label_column):
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5])
+        warnings.warn(f"{len(unlabelled)} of {total} rows of {what} have no label in column {label_column!r} and "
+                      f"were left out: {shown}{', ...' if len(unlabelled) > 5 else ''}", RuntimeWarning, stacklevel=3)
 
 
 def image_folder(root, *, what="data") -> ImageSet:
@@ -89,7 +274,8 @@ def image_files(root, *, what="reference") -> ImageSet:
 
 
 def load_rgb(path):
-    """Decode one image file into an RGB PIL image (raises on failure)."""
+    """Decode one image (a file path, or a file-like object holding an
+    encoded image) into an RGB PIL image (raises on failure)."""
     from PIL import Image
 
     with Image.open(path) as image:

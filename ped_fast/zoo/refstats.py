@@ -20,7 +20,7 @@ from .._validate import check_integer, check_number
 from .cache import Cache, content_key
 from .errors import checking_inputs
 from .extract import Settings, Stage, check_models, run_alone
-from .images import ImageSet, image_files
+from .images import ImageSet, image_set
 
 # Rows of a feature matrix reduced at once by stats_of(): bounds the float64
 # working copy (rows x D x 8 bytes) whatever the matrix's size.
@@ -141,7 +141,7 @@ def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, b
     extract(). reference_images, reference_tolerance: the budget (None:
     every image; N; "auto"; see ReferenceStage)."""
     with checking_inputs():
-        images = image_files(reference, what="reference")
+        images = image_set(reference, what="reference", labelled=False)
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
                                  progress=progress, use_ema=use_ema, threads=threads)

@@ -37,7 +37,7 @@ from .device import device_name
 from .digest import file_sha256
 from .errors import checking_inputs, describe, is_transient
 from .extract import FeaturesStage, Settings, check_models, remembered_config, run_stages
-from .images import ImageSet, image_files, image_folder
+from .images import ImageSet, image_set
 from .predictions import COMPACT_SCORERS, Predictions, check_form
 from .refstats import ReferenceStage, ReferenceStats, check_budget, load_stats_file, stats_of
 from .report import (check_ground_truth, check_output_folder, evaluation, grid_evaluation, json_safe,
@@ -105,12 +105,14 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     with results.csv and ranking.png when `out` is given).
 
     models + data: model specs (see ped_fast.zoo.models) and a labelled
-        image folder (ImageFolder layout).
+        image set: an ImageFolder-layout folder, a manifest, a Hugging Face
+        dataset or an ImageSet (images.image_set).
     features: instead of models + data, a folder with labels.npy and one
         NAME.npy (N x D) per model, optionally NAME.reference.npy (M x D) or
         NAME.reference_stats.npz (mean, std), and NAME.logits.npy (N x K,
         for leep and nce).
-    reference: an image folder (the reference set, labels ignored) whose
+    reference: an image folder, manifest, dataset or ImageSet (the
+        reference set, labels ignored; images.image_set) whose
         feature statistics rescale PED; "self" to rescale each model by its
         own target features; None only with `features` (each model's
         reference file).
@@ -195,14 +197,14 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
                 raise ValueError("screen needs models and data (an image folder), or features (a folder of .npy "
                                  "files)")
             specs = check_models(models, settings, cache)
-            images = image_folder(data, what="data")
+            images = image_set(data, what="data")
             if len(images.classes) < 2:
-                raise ValueError(f"data folder {str(data)!r} has {len(images.classes)} class folder; scoring needs "
+                raise ValueError(f"data {images.root!r} has {len(images.classes)} class; scoring needs "
                                  f"at least 2")
             if reference is None:
                 raise ValueError("reference is required: an image folder (e.g. ImageNet-val), or 'self' to rescale "
                                  "each model by its own features")
-            reference_set = "self" if reference == "self" else image_files(reference, what="reference")
+            reference_set = "self" if reference == "self" else image_set(reference, what="reference", labelled=False)
             names = [spec.label for spec in specs]
             header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
                       "reference": _describe_reference(reference_set)}
