@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import errno
 import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -48,11 +49,14 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 from filelock import FileLock, Timeout
 
 from ._files import atomic_write, atomic_write_json, remove_temporaries, sweep_temporaries, temporary_name
@@ -71,14 +75,14 @@ def default_root() -> Path:
     return Path(value).expanduser().absolute() if value else Path.home() / ".cache" / "ped_fast"
 
 
-def content_key(*parts) -> str:
+def content_key(*parts: Any) -> str:
     """A 32-hex-digit hash of `parts` (anything JSON can write: strings,
     numbers, lists, dicts; dict order does not matter)."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, tuple):
         return list(value)
     if isinstance(value, Path):
@@ -90,14 +94,15 @@ class CacheEntry:
     """A complete entry: `meta` (a dict) and `arrays` ({name: read-only
     numpy memmap})."""
 
-    def __init__(self, kind, key, meta, arrays, path):
+    def __init__(self, kind: str, key: str, meta: dict[str, Any], arrays: dict[str, np.memmap[Any, Any]],
+                 path: Path) -> None:
         self.kind = kind
         self.key = key
         self.meta = meta
         self.arrays = arrays
         self.path = path
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"CacheEntry({self.kind}/{self.key}, arrays={sorted(self.arrays)})"
 
 
@@ -114,7 +119,7 @@ class EntryRecord:
     model: str | None
     bytes: int
     created: float
-    files: tuple
+    files: tuple[Path, ...]
     format: int | None
 
 
@@ -125,9 +130,9 @@ class Problem:
     kind: str
     key: str
     message: str
-    files: tuple
+    files: tuple[Path, ...]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.kind}/{self.key}: {self.message}"
 
 
@@ -135,8 +140,8 @@ class Problem:
 class Pruned:
     """What prune() removed (or, with dry_run, would remove); `busy`: entries
     that matched but were being written by another process, left alone."""
-    removed: list = field(default_factory=list)
-    busy: list = field(default_factory=list)
+    removed: list[EntryRecord] = field(default_factory=list)
+    busy: list[EntryRecord] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -146,26 +151,26 @@ class Pruned:
 class Cache:
     """Content-keyed entries under `root` (default: :func:`default_root`)."""
 
-    def __init__(self, root=None):
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         # Absolute: memory-mapped arrays report absolute file names (put()
         # recognises its own files by them), and Ray workers resolve the
         # root in their own working folders.
         self.root = Path(root).expanduser().absolute() if root is not None else default_root()
 
     @classmethod
-    def of(cls, cache):
+    def of(cls, cache: Cache | str | os.PathLike[str] | None) -> Cache:
         """`cache` itself when it is a Cache, else Cache(cache) (a folder or None)."""
-        return cache if isinstance(cache, cls) else cls(cache)
+        return cache if isinstance(cache, Cache) else cls(cache)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
 
-    def _folder(self, kind) -> Path:
+    def _folder(self, kind: str) -> Path:
         folder = self.root / kind
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _kinds(self, kind=None) -> list:
+    def _kinds(self, kind: str | None = None) -> list[Path]:
         if kind is not None:
             _validate_name(kind, "kind")
             return [self.root / kind] if (self.root / kind).is_dir() else []
@@ -175,14 +180,14 @@ class Cache:
 
     # Locking
 
-    def lock_path(self, kind, key) -> Path:
+    def lock_path(self, kind: str, key: str) -> Path:
         """The lock file of entry (kind, key)."""
         _validate_name(kind, "kind")
         _validate_key(key)
         return self.root / _LOCKS / kind / f"{key}.lock"
 
     @contextlib.contextmanager
-    def lock(self, kind, key, *, blocking=True, timeout=None):
+    def lock(self, kind: str, key: str, *, blocking: bool = True, timeout: float | None = None) -> Iterator[bool]:
         """Hold the lock of entry (kind, key) for the ``with`` block, which
         receives whether it got it: always True when blocking without a
         timeout; with blocking=False (one attempt) or a timeout (seconds), False
@@ -209,16 +214,15 @@ class Cache:
         finally:
             lock.release()
 
-    def sweep(self) -> list:
+    def sweep(self) -> list[Path]:
         """Remove the temporaries that no live writer holds (killed runs'
         leftovers, on any machine sharing the cache); returns their paths."""
-        removed = []
+        removed: list[Path] = []
         for folder in self._kinds():
-            kind = folder.name
-            removed += sweep_temporaries(folder, lambda final, kind=kind: self._lock_of_file(kind, final))
+            removed += sweep_temporaries(folder, functools.partial(self._lock_of_file, folder.name))
         return removed
 
-    def _lock_of_file(self, kind, name):
+    def _lock_of_file(self, kind: str, name: str) -> Path | None:
         key = name.split(".", 1)[0]
         try:
             return self.lock_path(kind, key)
@@ -227,10 +231,10 @@ class Cache:
 
     # Entries
 
-    def manifest_path(self, kind, key) -> Path:
+    def manifest_path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.json"
 
-    def has(self, kind, key) -> bool:
+    def has(self, kind: str, key: str) -> bool:
         """Whether a manifest of this format exists (cheap: it does not read
         the arrays, which get() checks)."""
         try:
@@ -239,7 +243,7 @@ class Cache:
             return False
         return isinstance(record, dict) and record.get("format") == _FORMAT
 
-    def get(self, kind, key) -> CacheEntry | None:
+    def get(self, kind: str, key: str) -> CacheEntry | None:
         """The entry, or None when it does not exist, is of another format or
         cannot be read, or an array file does not hold what its manifest
         says (size, shape, dtype, CRC-32); then with a warning naming the
@@ -250,7 +254,8 @@ class Cache:
         except FileNotFoundError:
             return None
         except OSError as error:
-            return _unreadable(manifest, error)
+            _unreadable(manifest, error)
+            return None
         try:
             record = json.loads(text)
             _check_format(record)
@@ -261,9 +266,11 @@ class Cache:
                           RuntimeWarning, stacklevel=2)
             return None
         except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
-            return _unreadable(manifest, error)
+            _unreadable(manifest, error)
+            return None
 
-    def new_array(self, kind, key, name, shape, dtype) -> np.memmap:
+    def new_array(self, kind: str, key: str, name: str, shape: Iterable[int],
+                  dtype: npt.DTypeLike) -> np.memmap[Any, Any]:
         """A writable array backed by a temporary file, to be filled in place
         (an N x D feature matrix need never be in memory) and passed to
         put(); discard() removes it if the entry is abandoned. Its disk
@@ -284,45 +291,52 @@ class Cache:
             lock.release()
             raise
         with _GUARD:
-            _ARRAY_LOCKS[array.filename] = lock
+            _ARRAY_LOCKS[str(_file_of(array))] = lock  # mapped from a path: never None
         return array
 
-    def put(self, kind, key, meta, arrays=None) -> CacheEntry:
+    def put(self, kind: str, key: str, meta: Mapping[str, Any],
+            arrays: Mapping[str, npt.ArrayLike] | None = None) -> CacheEntry | None:
         """Write an entry atomically, under its lock. arrays: {name: numpy
         array, or a memmap from new_array(), which is moved into place
         rather than copied}. On any failure (bad input, a full disk...) it
         leaves nothing: the new_array() temporaries given are discarded, no
         array file stays, and no entry (once an array file is replaced, an
-        older entry of the key goes too, since it no longer matches)."""
+        older entry of the key goes too, since it no longer matches). The
+        entry as get() reads it back: None only when that fails (get() warns
+        why)."""
         arrays = dict(arrays or {})
-        streamed = [array for array in arrays.values() if isinstance(array, np.memmap) and array.filename
-                    and array.filename in _ARRAY_LOCKS]
+        # new_array()'s memmaps: {file name: array}.
+        streamed = {file: array for array in arrays.values() if isinstance(array, np.memmap)
+                    and (file := _file_of(array)) is not None and file in _ARRAY_LOCKS}
         manifest = self.manifest_path(kind, key)
-        placed = []
+        placed: list[Path] = []
         try:
             _validate_name(kind, "kind")
             _validate_key(key)
-            for name, array in arrays.items():
+            for name, value in arrays.items():
                 _validate_name(name, "array name")
-                if np.asarray(array).dtype.hasobject:
+                if np.asarray(value).dtype.hasobject:
                     raise ValueError(f"cache array {name!r} must hold numbers, got dtype object (it would need "
                                      f"pickle)")
             folder = self._folder(kind)
             with self.lock(kind, key):
-                files = {}
-                for name, array in arrays.items():
+                files: dict[str, dict[str, Any]] = {}
+                for name, value in arrays.items():
                     final = folder / f"{key}.{name}.npy"
-                    if any(array is own for own in streamed):
+                    filename = next((filename for filename, own in streamed.items() if own is value), None)
+                    array: npt.NDArray[Any]
+                    if filename is not None:
+                        array = streamed[filename]
                         array.flush()
                         crc = _crc32(array)
-                        _fsync_file(array.filename)
+                        _fsync_file(filename)
                         placed.append(final)
-                        os.replace(array.filename, final)
+                        os.replace(filename, final)
                     else:
-                        array = np.ascontiguousarray(array)
+                        array = np.ascontiguousarray(value)
                         crc = _crc32(array)
                         placed.append(final)
-                        atomic_write(final, lambda f, a=array: _write_npy(f, a))
+                        atomic_write(final, functools.partial(_write_npy, array=array))
                     files[name] = {"file": final.name, "shape": list(array.shape), "dtype": str(array.dtype),
                                    "bytes": final.stat().st_size, "crc32": crc}
                 record = {"format": _FORMAT, "kind": kind, "key": key, "meta": meta, "arrays": files}
@@ -332,27 +346,28 @@ class Cache:
                 manifest.unlink(missing_ok=True)
                 for path in placed:
                     path.unlink(missing_ok=True)
-            for array in streamed:
-                Cache.discard(array)
+            for own in streamed.values():
+                Cache.discard(own)
             raise
-        for array in streamed:
-            _release_array(array.filename)
+        for filename in streamed:
+            _release_array(filename)
         return self.get(kind, key)
 
     @staticmethod
-    def discard(array):
+    def discard(array: npt.NDArray[Any]) -> None:
         """Remove the temporary file behind an abandoned new_array() (and
         release the entry lock it held)."""
-        if isinstance(array, np.memmap) and array.filename:
-            Path(array.filename).unlink(missing_ok=True)
-            _release_array(array.filename)
+        file = _file_of(array) if isinstance(array, np.memmap) else None
+        if file is not None:
+            Path(file).unlink(missing_ok=True)
+            _release_array(file)
 
     # Management: ped-fast cache ls | verify | prune
 
-    def entries(self, kind=None) -> list:
+    def entries(self, kind: str | None = None) -> list[EntryRecord]:
         """Every entry (of `kind`, or all kinds) as EntryRecords, by kind then
         key. Array files with no manifest are not entries (verify() lists them)."""
-        records = []
+        records: list[EntryRecord] = []
         for folder in self._kinds(kind):
             for manifest in sorted(folder.glob("*.json")):
                 # A key has no dot: anything else is no manifest of this cache.
@@ -360,7 +375,7 @@ class Cache:
                     records.append(self._record(folder.name, manifest))
         return records
 
-    def _record(self, kind, manifest) -> EntryRecord:
+    def _record(self, kind: str, manifest: Path) -> EntryRecord:
         key = manifest.name[:-len(".json")]
         files = [manifest] + sorted(manifest.parent.glob(f"{key}.*.npy"))
         try:
@@ -382,14 +397,14 @@ class Cache:
                            model=model if isinstance(model, str) else None, bytes=sizes, created=created,
                            files=tuple(files), format=form if isinstance(form, int) else None)
 
-    def verify(self, kind=None) -> list:
+    def verify(self, kind: str | None = None) -> list[Problem]:
         """Read every entry (of `kind`, or all kinds) in full: a Problem for
         each that get() would refuse (unreadable manifest, another format, an
         array file missing or not of its manifest's size, shape, dtype or
         CRC-32) and for each array file that belongs to no entry."""
-        problems = []
+        problems: list[Problem] = []
         for folder in self._kinds(kind):
-            named = set()
+            named: set[str] = set()
             for record in self.entries(folder.name):
                 manifest = record.files[0]
                 try:
@@ -409,7 +424,8 @@ class Cache:
                                                 "stopped before its manifest); nothing reads it", (path,)))
         return problems
 
-    def prune(self, *, model=None, kind=None, older_than=None, damaged=False, dry_run=False) -> Pruned:
+    def prune(self, *, model: str | None = None, kind: str | None = None, older_than: float | timedelta | None = None,
+              damaged: bool = False, dry_run: bool = False) -> Pruned:
         """Remove the entries that match every filter given: `model` (a row
         label or model name, shell wildcards allowed, e.g. ``"resnet*"``),
         `kind`, `older_than` (seconds, or a timedelta: entries created before
@@ -454,13 +470,16 @@ class Cache:
                     record = dataclasses.replace(record, files=self._record(record.kind, manifest).files)
                 for path in record.files:  # the manifest first
                     path.unlink(missing_ok=True)
-                remove_temporaries(self.root / record.kind, match=lambda final, k=record.key:
-                                   final.split(".", 1)[0] == k)
+                remove_temporaries(self.root / record.kind, match=functools.partial(_of_key, record.key))
             result.removed.append(record)
         return result
 
 
-def _problem_record(cache, problem) -> EntryRecord:
+def _of_key(key: str, final: str) -> bool:
+    return final.split(".", 1)[0] == key
+
+
+def _problem_record(cache: Cache, problem: Problem) -> EntryRecord:
     files = tuple(path for path in problem.files if path.exists())
     manifest = cache.manifest_path(problem.kind, problem.key)
     if manifest in files:
@@ -474,15 +493,16 @@ def _problem_record(cache, problem) -> EntryRecord:
 
 # Plain-text output for ``ped-fast cache``.
 
-def format_size(n) -> str:
+def format_size(n: float) -> str:
     """1234567 -> '1.2 MB' (decimal units, as disks are sold and df -H shows)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
+    return f"{n:.1f} TB"
 
 
-def format_age(seconds) -> str:
+def format_age(seconds: float) -> str:
     """Seconds -> '40 s', '12 min', '5 h', '3 d'."""
     for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= length:
@@ -494,7 +514,7 @@ _AGE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(s|min|h|d|w)\s*")
 _AGE_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_age(text, what="--older-than") -> float:
+def parse_age(text: str | float, what: str = "--older-than") -> float:
     """'30d', '12h', '90min', '2w', '45s' -> seconds."""
     match = _AGE.fullmatch(str(text))
     if not match:
@@ -502,12 +522,12 @@ def parse_age(text, what="--older-than") -> float:
     return float(match.group(1)) * _AGE_UNITS[match.group(2)]
 
 
-def format_entries(records, *, now=None) -> str:
+def format_entries(records: Sequence[EntryRecord], *, now: float | None = None) -> str:
     """The table of ``ped-fast cache ls``: one line per entry (kind, model,
     key, size, age), then each kind's total and the grand total."""
     now = time.time() if now is None else now
     lines = [f"{'KIND':<10} {'MODEL':<32} {'KEY':<12} {'SIZE':>9} {'AGE':>7}"]
-    totals = {}
+    totals: dict[str, tuple[int, int]] = {}
     for r in records:
         name = r.label or r.model or ("(unreadable)" if r.format is None else "-")
         if r.format is not None and r.format != _FORMAT:
@@ -523,14 +543,14 @@ def format_entries(records, *, now=None) -> str:
     return "\n".join(lines)
 
 
-def format_problems(problems) -> str:
+def format_problems(problems: Sequence[Problem]) -> str:
     """One line per verify() problem, or a line saying there is none."""
     if not problems:
         return "every entry is intact"
     return "\n".join(str(problem) for problem in problems)
 
 
-def format_pruned(pruned, *, dry_run=False) -> str:
+def format_pruned(pruned: Pruned, *, dry_run: bool = False) -> str:
     """What prune() did (or would do), one line per entry and a total."""
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {r.kind}/{r.key[:12]} {r.label or r.model or ''} ({format_size(r.bytes)})".rstrip()
@@ -547,25 +567,25 @@ class _OtherFormat(ValueError):
     pass
 
 
-def _check_format(record):
+def _check_format(record: object) -> None:
     form = record.get("format") if isinstance(record, dict) else None
     if form != _FORMAT:
         raise _OtherFormat(f"was written in format {form!r} by another version of ped_fast (this one reads format "
                            f"{_FORMAT})")
 
 
-def _validate_name(name, what):
+def _validate_name(name: object, what: str) -> None:
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"cache {what} must be a plain name (no '/', not starting with '.'), got {name!r}")
 
 
-def _validate_key(key):
+def _validate_key(key: object) -> None:
     # No '.': a file name's key is what precedes its first dot.
     if not isinstance(key, str) or not key or "." in key or "/" in key or "\\" in key:
         raise ValueError(f"cache key must be a plain name without '.', '/' or '\\', got {key!r}")
 
 
-def _unreadable(path, error):
+def _unreadable(path: Path, error: BaseException) -> None:
     warnings.warn(f"cache entry {path} cannot be read ({type(error).__name__}: {error}); treating it as missing "
                   f"and recomputing it", RuntimeWarning, stacklevel=3)
     return None
@@ -574,10 +594,10 @@ def _unreadable(path, error):
 # Files this process has checked in full, by identity and content stamp:
 # a re-read in the same process (a stage's result read again by the
 # scoring unit) does not checksum the file again.
-_VERIFIED = set()
+_VERIFIED: set[tuple[str, int, int, int, int, int]] = set()
 
 
-def _open_array(folder, info, *, memo):
+def _open_array(folder: Path, info: dict[str, Any], *, memo: bool) -> np.memmap[Any, Any]:
     """The array file an entry's manifest describes, as a read-only memmap,
     after checking its size, shape, dtype and CRC-32."""
     name = info["file"]
@@ -588,7 +608,7 @@ def _open_array(folder, info, *, memo):
     if stat.st_size != info["bytes"]:
         raise ValueError(f"{name} has {stat.st_size} bytes, the manifest says {info['bytes']} (a truncated or "
                          f"altered file)")
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    array: np.memmap[Any, Any] = np.load(path, mmap_mode="r", allow_pickle=False)
     if list(array.shape) != info["shape"] or str(array.dtype) != info["dtype"]:
         raise ValueError(f"{name} holds {array.dtype} {list(array.shape)}, the manifest says "
                          f"{info['dtype']} {info['shape']}")
@@ -602,16 +622,23 @@ def _open_array(folder, info, *, memo):
     return array
 
 
-def _crc32(array) -> int:
+def _file_of(array: np.memmap[Any, Any]) -> str | None:
+    """The file behind a memmap, as a str (numpy 2 gives a Path, its stubs
+    say str), or None for one mapped from an open file object."""
+    return os.fspath(array.filename) if array.filename else None
+
+
+def _crc32(array: npt.NDArray[Any]) -> int:
     """CRC-32 of an array's data bytes, in chunks (zlib releases the GIL)."""
     flat = np.ravel(array, order="K").view(np.uint8) if array.size else b""
     crc = 0
     for start in range(0, len(flat), _CHUNK):
-        crc = zlib.crc32(flat[start:start + _CHUNK], crc)
+        # numpy declares its buffer protocol to type checkers for Python 3.12+ only.
+        crc = zlib.crc32(flat[start:start + _CHUNK], crc)  # type: ignore[arg-type]
     return crc
 
 
-def _allocate(path: Path, shape, dtype) -> np.memmap:
+def _allocate(path: Path, shape: Iterable[int], dtype: npt.DTypeLike) -> np.memmap[Any, Any]:
     """A .npy file at `path` whose data blocks are reserved on disk before
     it is mapped, open as a writable memmap. A written page of a sparse map
     that the disk cannot hold kills the process (SIGBUS); a reserved one
@@ -624,28 +651,28 @@ def _allocate(path: Path, shape, dtype) -> np.memmap:
         try:
             _reserve(f, offset, size)
         except OSError as error:
-            raise OSError(error.errno, f"{os.strerror(error.errno)} (reserving {format_size(size)} for a cache array)",
+            raise OSError(error.errno, f"{error.strerror} (reserving {format_size(size)} for a cache array)",
                           str(path.parent)) from error
     return np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=shape)
 
 
-def _write_header(f, header):
+def _write_header(f: IO[bytes], header: dict[str, Any]) -> None:
     try:
         np.lib.format.write_array_header_1_0(f, header)
     except ValueError:  # too large for format 1.0 (millions of dimensions)
         np.lib.format.write_array_header_2_0(f, header)
 
 
-def _write_npy(f, array):
+def _write_npy(f: IO[bytes], array: npt.NDArray[Any]) -> None:
     """np.save of a C-contiguous array, but through f.write: numpy's own
     writer (ndarray.tofile) reports a full disk without its errno."""
     _write_header(f, np.lib.format.header_data_from_array_1_0(array))
     data = np.ravel(array, order="K").view(np.uint8) if array.size else b""
     for start in range(0, len(data), _CHUNK):
-        f.write(data[start:start + _CHUNK])
+        f.write(data[start:start + _CHUNK])  # type: ignore[arg-type]  # as in _crc32
 
 
-def _reserve(f, start, size):
+def _reserve(f: IO[bytes], start: int, size: int) -> None:
     if hasattr(os, "posix_fallocate"):
         try:
             os.posix_fallocate(f.fileno(), 0, size)
@@ -662,7 +689,7 @@ def _reserve(f, start, size):
     f.flush()
 
 
-def _fsync_file(path):
+def _fsync_file(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -674,11 +701,11 @@ def _fsync_file(path):
 # reentrant across Cache objects of one root (filelock counts holds per
 # object and thread) and exclusive between threads and processes.
 _GUARD = threading.Lock()
-_PROCESS_LOCKS = {}
-_ARRAY_LOCKS = {}  # new_array() file name -> the entry lock it holds
+_PROCESS_LOCKS: dict[Path, FileLock] = {}
+_ARRAY_LOCKS: dict[str, FileLock] = {}  # new_array() file name -> the entry lock it holds
 
 
-def _process_lock(path: Path):
+def _process_lock(path: Path) -> FileLock:
     with _GUARD:
         lock = _PROCESS_LOCKS.get(path)
         if lock is None:
@@ -687,14 +714,14 @@ def _process_lock(path: Path):
         return lock
 
 
-def _release_array(filename):
+def _release_array(filename: str) -> None:
     with _GUARD:
         lock = _ARRAY_LOCKS.pop(filename, None)
     if lock is not None:
         lock.release()
 
 
-def _after_fork():
+def _after_fork() -> None:
     # A forked child holds none of its parent's locks, and must not wait on
     # a guard another parent thread held at the fork.
     global _GUARD
