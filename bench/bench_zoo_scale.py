@@ -15,7 +15,9 @@ cold screens on fresh caches and floors then alternate, and the fastest of
 each is compared):
 
 - the cold screen (ped_fast.zoo.screen on an empty cache), with the
-  process's peak resident memory (VmHWM, reset just before);
+  process's peak resident memory (VmHWM, reset just before) and the images
+  it decodes (once per image and resize group when each group's decoded
+  images fit in extract's budget, however many passes the group takes);
 - the cached re-run of the same screen;
 - the cache's bytes (Cache.entries()) against the features' own bytes
   (N x D float32 per model);
@@ -114,8 +116,8 @@ TARGET_IMAGES, REFERENCE_IMAGES = _integers("PED_FAST_BENCH_ZOO_IMAGES", "2000,1
 SIZES = _integers("PED_FAST_BENCH_ZOO_SIZES", "32,48,64")
 (THREADS,) = _integers("PED_FAST_BENCH_ZOO_THREADS", "1")
 (ROUNDS,) = _integers("PED_FAST_BENCH_ZOO_ROUNDS", "2" if FULL else "1")
-# The screen's models_per_pass (0: its default, a pass budget of 1 GiB of
-# weights on the CPU, which holds a whole resize group of these tiny models).
+# The screen's models_per_pass (0: its default, 16 of these tiny models,
+# whose images are kept across a resize group's passes).
 (MODELS_PER_PASS,) = _integers("PED_FAST_BENCH_ZOO_MODELS_PER_PASS", "0", minimum=0)
 (RAY_MODELS,) = _integers("PED_FAST_BENCH_ZOO_RAY", str(MODELS), minimum=0)
 RAY_MODELS = min(RAY_MODELS, MODELS)
@@ -348,6 +350,26 @@ def _ray_run(job, specs, cold):
             "ray_worst_relative_difference": worst, "ray_same_results": worst <= RAY_TOLERANCE}
 
 
+@contextlib.contextmanager
+def _counting_decodes():
+    """The images the screen decodes in the block (each call of extract's
+    load_rgb; the decoding runs in this process: no workers on the CPU)."""
+    import importlib
+
+    extract = importlib.import_module("ped_fast.zoo.extract")  # the module: the package exports the function
+    decodes, load = [], extract.load_rgb
+
+    def counted(path):
+        decodes.append(path)
+        return load(path)
+
+    extract.load_rgb = counted
+    try:
+        yield decodes
+    finally:
+        extract.load_rgb = load
+
+
 def child(job):
     """One measuring process: job["steps"] is ["cold"] (the small zoo's
     memory) or every step (the full measurement)."""
@@ -368,9 +390,11 @@ def child(job):
         _screen(job, specs[:1], job["cache"] + "-warm-up", data=warm / "data", reference=warm / "reference")
     open("/proc/self/clear_refs", "w").write("5")
     before = _status()
-    cold = _screen(job, specs, job["cache"], clock, "cold")
+    with _counting_decodes() as decodes:
+        cold = _screen(job, specs, job["cache"], clock, "cold")
     out = {"models": len(specs), "torch_threads": job["threads"], "rss_before_bytes": before["VmRSS"],
-           "peak_rss_bytes": _status()["VmHWM"], "cold_seconds_by_stage": _seconds_by_stage(cold)}
+           "peak_rss_bytes": _status()["VmHWM"], "cold_seconds_by_stage": _seconds_by_stage(cold),
+           "cold_decodes": len(decodes)}
     if job["steps"] == ["cold"]:
         return dict(out, seconds=clock.wall, cpu_seconds=clock.cpu)
     again = _screen(job, specs, job["cache"], clock, "cached")
@@ -509,6 +533,8 @@ def report(benches, when=""):
                   f"{e['floor_cpu_s']:.1f} s ({' + '.join(f'{cpu[p]:.1f}' for p in parts)}) | |",
                   f"| cold screen / floor | {e['cold_over_floor']:.2f}x | {e['cold_over_floor_cpu']:.2f}x | "
                   f"<= {TARGETS['cold_over_floor']}x |",
+                  f"| images decoded by the cold screen | {e['cold_decodes']:,} (once per image and resize group: "
+                  f"{(e['target_images'] + e['reference_images']) * e['resize_groups']:,}) | | |",
                   f"| cached re-run | {e['cached_s']:.2f} s ({100 * e['cached_over_cold']:.2f}% of the cold screen)"
                   f" | | < {100 * TARGETS['cached_over_cold']:.0f}% |",
                   f"| peak RSS, {e['small_zoo']} / {e['models']} models | {e['small_peak_rss_bytes'] / mib:.0f} / "
