@@ -18,6 +18,7 @@ unit reads them, at most one model's features are in memory at once.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -163,8 +164,51 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
     Models that fail get their error in their row ("error"); check
     `failed(results)`.
     """
+    # locals() holds exactly the arguments here, its first statement.
+    return _run(_plan(**locals()))
+
+
+@dataclass
+class _Plan:
+    """A screen whose arguments are all checked, before any work: screen()
+    plans one; screen_tasks plans every task before extracting for all of
+    them. Model screens have `specs`, `images`, `reference` (an ImageSet
+    or "self") and their extraction `stages`; --features screens their
+    `file_tasks`."""
+    started: float
+    scorers: tuple
+    settings: Settings
+    cache: Cache
+    executor: object
+    here: bool
+    backend: str
+    reduce: str | None
+    predictions: str
+    budget: tuple
+    combine: tuple
+    points: tuple
+    intervals: dict
+    truth: object
+    header: dict
+    out: object
+    log: object
+    specs: list | None = None
+    images: ImageSet | None = None
+    reference: object = None
+    stages: list = field(default_factory=list)
+    file_tasks: list | None = None
+
+
+def _plan(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
+          features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
+          workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None, combine=None,
+          use_ema=True, predictions="compact", reference_images=None, reference_tolerance=0.01, threads=None,
+          bootstrap=BOOTSTRAP, confidence=CONFIDENCE, bootstrap_seed=0, ped_grid=None, task=None) -> _Plan:
+    """screen()'s arguments checked (every mistake is found here, before
+    any work). task: the name of screen_tasks' target set, which the
+    errors about its own data, features and ground truth then name."""
     started = time.perf_counter()
-    with checking_inputs():  # every mistake in the arguments is found here, before any work
+    with checking_inputs():
         scorers = check_scorers(scorers)
         check_form(predictions)
         check_bootstrap(bootstrap, confidence, bootstrap_seed)
@@ -183,49 +227,67 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
         if here:
             _check_backend(backend, settings.torch_device())
         cache = Cache.of(cache)
-        truth = load_ground_truth(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
         if out is not None:
             check_output_folder(out)
+        plan = _Plan(started=started, scorers=scorers, settings=settings, cache=cache, executor=executor, here=here,
+                     backend=backend, reduce=reduce, predictions=predictions, budget=budget, combine=combine,
+                     points=points, truth=None, header={}, out=out, log=log,
+                     intervals=dict(bootstrap=bootstrap, confidence=confidence, seed=bootstrap_seed))
         if features is not None:
             if models is not None or data is not None:
                 raise ValueError("give either features (a folder of .npy files) or models and data, not both")
-            tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce, points)
-            names = [task.name for task in tasks]
-            header = {"data": {"features": str(features)}, "reference": _describe_reference(reference, files=True)}
         else:
             if models is None or data is None:
                 raise ValueError("screen needs models and data (an image folder), or features (a folder of .npy "
                                  "files)")
-            specs = check_models(models, settings, cache)
-            images = image_set(data, what="data")
-            if len(images.classes) < 2:
-                raise ValueError(f"data {images.root!r} has {len(images.classes)} class; scoring needs "
-                                 f"at least 2")
+            plan.specs = check_models(models, settings, cache)
             if reference is None:
                 raise ValueError("reference is required: an image folder (e.g. ImageNet-val), or 'self' to rescale "
                                  "each model by its own features")
-            reference_set = "self" if reference == "self" else image_set(reference, what="reference", labelled=False)
-            names = [spec.label for spec in specs]
-            header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
-                      "reference": _describe_reference(reference_set)}
-        if truth is not None:
-            check_ground_truth(truth, names, _truth_source(ground_truth))
+            plan.reference = "self" if reference == "self" else image_set(reference, what="reference", labelled=False)
+        with _naming_task(task):
+            truth = load_ground_truth(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
+            if features is not None:
+                plan.file_tasks = _file_tasks(features, reference, scorers, backend, settings, cache, reduce, points)
+                names = [unit.name for unit in plan.file_tasks]
+                plan.header = {"data": {"features": str(features)},
+                               "reference": _describe_reference(reference, files=True)}
+            else:
+                images = plan.images = image_set(data, what="data")
+                if len(images.classes) < 2:
+                    raise ValueError(f"data {images.root!r} has {len(images.classes)} class; scoring "
+                                     f"needs at least 2")
+                plan.stages = stages_of(images, plan.reference, predictions_form(scorers, predictions), budget)
+                names = [spec.label for spec in plan.specs]
+                plan.header = {"data": {"path": images.root, "images": len(images), "classes": list(images.classes)},
+                               "reference": _describe_reference(plan.reference)}
+            if truth is not None:
+                check_ground_truth(truth, names, _truth_source(ground_truth))
+            plan.truth = truth
     if log is None:
-        log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+        plan.log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    return plan
 
+
+def _run(plan: _Plan, extracted=None) -> dict:
+    """Run a planned screen: its results. extracted: {label: Outcome} of a
+    shared extraction phase already run for this screen (screen_tasks');
+    None runs this screen's own."""
+    cache, log = plan.cache, plan.log
     cache.sweep()
-    if features is None:
-        tasks = _model_tasks(specs, images, reference_set, scorers, backend, settings, cache, log,
-                             shared_phase=here, reduce=reduce, predictions=predictions, budget=budget,
-                             ped_grid=points)
+    tasks = plan.file_tasks
+    if tasks is None:
+        if extracted is None:
+            extracted = extract_shared([plan])[0]
+        tasks = _model_tasks(plan, extracted)
     # What the driver's view of the cache holds for each unit: a unit run
     # elsewhere that reports fewer cache hits recomputed what its machine
     # could not see.
-    expected = [cached_stages(task) for task in tasks] if not here else None
+    expected = [cached_stages(task) for task in tasks] if not plan.here else None
     rows = []
     # strict: an executor must yield one item per task (and zip then runs
     # its generator to the end, where it finishes its summary).
-    for index, (task, outcome) in enumerate(zip(tasks, executor.map(screen_model, tasks), strict=True)):
+    for index, (task, outcome) in enumerate(zip(tasks, plan.executor.map(screen_model, tasks), strict=True)):
         row = outcome if isinstance(outcome, dict) else _failed_unit(task, outcome)
         rows.append(row)
         status = f"failed: {row['error']}" if row["error"] else (
@@ -233,18 +295,43 @@ def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_tru
                                                             if row["cached"] else ""))
         log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
 
-    results = _assemble(rows, scorers, header, settings, truth, combine,
-                        dict(bootstrap=bootstrap, confidence=confidence, seed=bootstrap_seed), points)
-    summary = executor.summary() if callable(getattr(executor, "summary", None)) else None
+    results = _assemble(rows, plan.scorers, plan.header, plan.settings, plan.truth, plan.combine, plan.intervals,
+                        plan.points)
+    summary = plan.executor.summary() if callable(getattr(plan.executor, "summary", None)) else None
     if expected is not None:
         summary = dict(summary or {}, **_cache_misses(tasks, rows, expected))
     if summary is not None:
         results["executor"] = summary
-    results["seconds"] = time.perf_counter() - started
+    results["seconds"] = time.perf_counter() - plan.started
     results = json_safe(results)  # what results.json holds: NaN (an undefined tau) as None
-    if out is not None:
-        write_report(results, out)
+    if plan.out is not None:
+        write_report(results, plan.out)
     return results
+
+
+@contextlib.contextmanager
+def _naming_task(task):
+    """Put `task` (a target set of screen_tasks) at the front of the
+    message of every input error raised in the block; nothing without one."""
+    try:
+        yield
+    except (ValueError, TypeError, OSError, LookupError) as error:
+        if task is None:
+            raise
+        raise _prefixed(error, f"task {task!r}: ") from None
+
+
+def _prefixed(error, prefix):
+    """`error` again, of its type (and errno: a refused folder stays a
+    failure of the machine), with `prefix` before its message."""
+    try:
+        if isinstance(error, OSError) and error.errno is not None:
+            return type(error)(error.errno, prefix + (error.strerror or ""),
+                               *([error.filename] if error.filename is not None else []))
+        message = error.args[0] if isinstance(error, KeyError) and len(error.args) == 1 else str(error)
+        return type(error)(prefix + str(message))
+    except TypeError:  # an exception type with a constructor of its own
+        return error
 
 
 def _failed_unit(task, error) -> dict:
@@ -352,30 +439,64 @@ def predictions_form(scorers, predictions) -> str | None:
     return predictions if all(scorer in COMPACT_SCORERS for scorer in readers) else "exact"
 
 
-def _model_tasks(specs, images, reference, scorers, backend, settings, cache, log, shared_phase=True, reduce=None,
-                 predictions="compact", budget=(None, 0.01), ped_grid=()):
-    """One task per model; with `shared_phase`, after the shared extraction
-    phase for the models whose scores are not all cached."""
-    form = predictions_form(scorers, predictions)
-    stages = stages_of(images, reference, form, budget)
-    todo = [spec for spec in specs if not _scores_cached(spec, stages, scorers, settings, cache, reduce)] \
-        if shared_phase else []
+def extract_shared(plans) -> list:
+    """The shared extraction phase of one or more planned model screens of
+    the same models: [{label: Outcome}] per plan, for its models whose
+    scores are not all cached. The models any plan needs are pushed
+    through the stages of every plan that needs them in one run_stages, so
+    each model is built once per pass and, the plans sharing their stage
+    objects (share_stages), a stage two plans have in common (the
+    reference statistics) runs once. Nothing for a plan whose executor
+    extracts in its units."""
+    needed, stages, todo = [], [], {}
+    for plan in plans:
+        specs = [spec for spec in plan.specs if not _scores_cached(spec, plan.stages, plan.scorers, plan.settings,
+                                                                   plan.cache, plan.reduce)] if plan.here else []
+        needed.append({spec.label for spec in specs})
+        if specs:
+            stages += [stage for stage in plan.stages if not any(stage is known for known in stages)]
+            todo.update((spec.label, spec) for spec in specs)
+    if not todo:
+        return [{} for _ in plans]
+    first = plans[0]
+    sets = sum(isinstance(stage, FeaturesStage) for stage in stages)
+    first.log(f"extracting for {len(todo)} model(s) whose scores are not all in the cache {first.cache.root}"
+              + (f", on {sets} target sets" if sets > 1 else ""))
+    outcomes = run_stages(list(todo.values()), stages, first.settings, first.cache)
+    return [{label: outcomes[label] for label in labels} for labels in needed]
+
+
+def share_stages(plans):
+    """Make the plans use one stage object for stages of the same images
+    and settings (screen_tasks' plans share the reference set; two target
+    sets may share a folder): run_stages then runs it once, and each
+    plan finds its result under its own stage."""
+    known = {}
+    for plan in plans:
+        plan.stages = [known.setdefault((type(stage), stage.images.fingerprint, getattr(stage, "predictions", None),
+                                         getattr(stage, "budget", None), getattr(stage, "tolerance", None)), stage)
+                       for stage in plan.stages]
+
+
+def _model_tasks(plan, extracted):
+    """One task per model of `plan`, after the shared extraction phase
+    (`extracted`: {label: Outcome} of the models it ran for), whose times
+    and errors the units take over."""
     prior, errors = {}, {}
-    if todo:
-        log(f"extracting for {len(todo)} model(s) whose scores are not all in the cache {cache.root}")
-        for label, outcome in run_stages(todo, stages, settings, cache).items():
-            prior[label] = dict(outcome.seconds)
-            for stage in stages:
-                result = outcome.results.get(stage)
-                if isinstance(result, BaseException):
-                    errors.setdefault(label, describe(result))
-                elif result is not None and not result.cached:
-                    prior[label][_TIMINGS[stage.name]] = result.seconds
-    return [ModelTask(name=spec.label, scorers=scorers, backend=backend, settings=settings,
-                      cache_root=str(cache.root), spec=spec, data=images, reference=reference,
-                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=reduce,
-                      predictions=form, reference_budget=budget, ped_grid=ped_grid)
-            for spec in specs]
+    for label, outcome in extracted.items():
+        prior[label] = dict(outcome.seconds)
+        for stage in plan.stages:
+            result = outcome.results.get(stage)
+            if isinstance(result, BaseException):
+                errors.setdefault(label, describe(result))
+            elif result is not None and not result.cached:
+                prior[label][_TIMINGS[stage.name]] = result.seconds
+    form = predictions_form(plan.scorers, plan.predictions)
+    return [ModelTask(name=spec.label, scorers=plan.scorers, backend=plan.backend, settings=plan.settings,
+                      cache_root=str(plan.cache.root), spec=spec, data=plan.images, reference=plan.reference,
+                      prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=plan.reduce,
+                      predictions=form, reference_budget=plan.budget, ped_grid=plan.points)
+            for spec in plan.specs]
 
 
 def _scores_cached(spec, stages, scorers, settings, cache, reduce):
