@@ -153,6 +153,12 @@ def _parser(prog):
     screen.add_argument("--features", metavar="DIR",
                         help="instead of --models/--data: a folder with labels.npy, NAME.npy and optionally "
                              "NAME.reference.npy or NAME.reference_stats.npz")
+    screen.add_argument("--tasks", metavar="FILE",
+                        help="instead of --data/--features/--ground-truth: a JSON list of target tasks, each "
+                             "{\"name\", \"data\" or \"features\": FOLDER, \"ground_truth\": FILE (optional)} "
+                             "(paths relative to the file): screens the zoo on every task (each model built once per "
+                             "pass, the reference statistics once), each report in OUT/NAME/ and the summary across "
+                             "tasks in OUT/summary.{json,csv,md}")
     screen.add_argument("--reference", metavar="DIR|self",
                         help="reference images (an image folder, a manifest or a dataset; labels ignored), "
                              "or 'self' (rescale by the target features); with "
@@ -213,6 +219,16 @@ def _parser(prog):
                           help="also write the report with the measures and the accuracy plot here")
     _bootstrap_options(evaluate, seed_flags=("--seed", "--bootstrap-seed"))
     _output_options(evaluate.add_argument_group("common options"))
+
+    summarize = verbs.add_parser("summarize", help="the summary across tasks of finished screens")
+    summarize.add_argument("results", nargs="+", metavar="RESULTS",
+                           help="a screen's results.json or --out folder, one per task, named by its folder "
+                                "(OUT/NAME/results.json), or NAME=PATH")
+    summarize.add_argument("--out", metavar="DIR", required=True,
+                           help="where to write summary.json, summary.csv and the Markdown table "
+                                "(summary.{json,csv,md})")
+    _bootstrap_options(summarize, seed_flags=("--seed", "--bootstrap-seed"))
+    _output_options(summarize.add_argument_group("common options"))
 
     finetune = verbs.add_parser("finetune", help="fine-tune each model: ground-truth accuracies")
     finetune.add_argument("--models", required=True, metavar="SPECS", help=_MODEL_FLAGS)
@@ -324,7 +340,8 @@ def _write_error_log(args, error):
     """The traceback in OUT/ped-fast-error.log (the verb's report folder, or
     the cache folder); None when neither can be written."""
     out = getattr(args, "out", None)
-    folder = Path(out) if out and args.command in ("screen", "extract", "reference-stats", "evaluate", "demo") \
+    folder = Path(out) if out and args.command in ("screen", "extract", "reference-stats", "evaluate", "demo",
+                                                   "summarize") \
         else _cache_folder(args)
     path = folder / ERROR_LOG
     try:
@@ -444,6 +461,8 @@ def _run_screen(args):
     from .zoo.report import FILES, format_grid, format_table
     from .zoo.screen import failed, screen
 
+    if args.tasks is not None:
+        return _run_screen_tasks(args)
     data, reference = _sources(args, ("--data", "data", args.data, True),
                                ("--reference", "reference", args.reference, False))
     results = screen(args.models, data, reference, scorers=args.scorers, ground_truth=args.ground_truth,
@@ -461,6 +480,46 @@ def _run_screen(args):
     if bad:
         print(f"{len(bad)} of {len(results['models'])} models failed: {', '.join(bad)}", file=sys.stderr)
     return EXIT_FAILED_MODELS if bad else 0
+
+
+def _run_screen_tasks(args):
+    """screen --tasks: every task's screen, then the summary across them."""
+    from .zoo.tasks import SUMMARY_FILES, failed_tasks, format_summary, screen_tasks
+
+    with checking_inputs():
+        given = [option for option in ("data", "features", "ground_truth", "image_column", "label_column")
+                 if getattr(args, option, None) is not None]
+        if given:
+            raise ValueError(f"--tasks names each task's data, features and ground truth: "
+                             f"{', '.join('--' + o.replace('_', '-') for o in given)} cannot be given with it")
+    screened = screen_tasks(args.models, args.tasks, args.reference, scorers=args.scorers, out=args.out,
+                            cache=args.cache, backend=args.backend, executor=_executor(args), reduce=args.reduce,
+                            combine=args.combine, predictions=args.predictions,
+                            reference_images=_budget(args.reference_images),
+                            reference_tolerance=args.reference_tolerance, bootstrap=args.bootstrap,
+                            confidence=args.confidence, bootstrap_seed=args.bootstrap_seed, ped_grid=args.ped_grid,
+                            **_settings(args))
+    print(format_summary(screened["summary"]))
+    print(f"\nwrote each task's report to {args.out}/TASK/ and the summary ({', '.join(SUMMARY_FILES)}) to "
+          f"{args.out}")
+    bad = failed_tasks(screened)
+    for task, models in bad.items():
+        print(f"task {task}: {len(models)} model(s) failed: {', '.join(models)}", file=sys.stderr)
+    return EXIT_FAILED_MODELS if bad else 0
+
+
+def _run_summarize(args):
+    """summarize: the summary across tasks of finished screens."""
+    from .zoo.tasks import SUMMARY_FILES, format_summary, summarize
+
+    # NAME=PATH names a task; a path that exists is a path even with an "=".
+    screens = [item if Path(item).exists() or "=" not in item else tuple(item.split("=", 1))
+               for item in args.results]
+    summary = summarize(screens, args.out, bootstrap=args.bootstrap, confidence=args.confidence,
+                        seed=args.bootstrap_seed)
+    print(format_summary(summary))
+    print(f"\nwrote the summary ({', '.join(SUMMARY_FILES)}) to {args.out}")
+    return 0
 
 
 _RAY_OPTIONS = {"ray_address": "address", "ray_gpus_per_task": "gpus_per_task", "ray_cpus_per_task": "cpus_per_task",
@@ -577,7 +636,8 @@ def _run_demo(args):
 
 
 _RUN = {"extract": _run_extract, "reference-stats": _run_reference_stats, "screen": _run_screen,
-        "evaluate": _run_evaluate, "finetune": _run_finetune, "cache": _run_cache, "demo": _run_demo}
+        "evaluate": _run_evaluate, "summarize": _run_summarize, "finetune": _run_finetune, "cache": _run_cache,
+        "demo": _run_demo}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ the report (docs/screening.md).
 Stages, each usable alone: models (specs, building, weights) -> extract
 (images -> features, and predictions when a scorer reads them) -> refstats
 (streamed mean/std) -> scoring (one model -> one row) -> report (JSON, CSV,
-plot); screen() composes them over one cache.
+plot); screen() composes them over one cache, screen_tasks() over several
+target tasks with a summary across them.
 """
 from .cache import Cache, default_root
 from .extract import ExtractionError, FeatureSet, export_features, extract
@@ -16,9 +17,15 @@ from .refstats import ReferenceStats, RunningMoments, export_stats, load_stats_f
 from .report import evaluation, format_table, load_ground_truth, write_report
 from .scoring import score_features
 from .screen import LocalExecutor, ModelTask, failed, screen, screen_model
+from .tasks import Task, format_summary, load_tasks, screen_tasks, summarize
 
 __all__ = [
     "screen",
+    "screen_tasks",
+    "summarize",
+    "format_summary",
+    "load_tasks",
+    "Task",
     "failed",
     "extract",
     "export_features",

@@ -4,34 +4,46 @@ ped_fast.evaluate)."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import tempfile
 import textwrap
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from ..evaluate import BOOTSTRAP, CONFIDENCE, check_bootstrap, judge
 from ._files import fsync_directory, temporary_name
 from .scoring import display_name
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 MEASURES = ("weighted_tau", "kendall_tau", "pearson", "rel@1", "rel@3")
 FILES = ("results.json", "results.csv", "ranking.png")
+# A ground-truth table as given: {model: accuracy or [accuracy per seed]}.
+TruthTable = Mapping[str, Union[float, Sequence[float]]]
+# A ranking's key: (scorer or --combine SPEC, "baseline" | "ped" | "combined"), or
+# (grid point, scorer).
+Key = tuple[Any, str]
 
 
-class GroundTruth(dict):
+class GroundTruth(dict[str, float]):
     """The ground truth: {model: accuracy}, the mean over the model's
     fine-tuning seeds (what ranks, and what the table prints), with
     `seeds` {model: [accuracy of each seed]} (one entry for a model given
     a single number), which the bootstrap resamples."""
 
-    def __init__(self, seeds):
+    def __init__(self, seeds: Mapping[str, Sequence[float]]) -> None:
         super().__init__({name: sum(runs) / len(runs) for name, runs in seeds.items()})
         self.seeds = seeds
 
 
-def load_ground_truth(path) -> GroundTruth:
+def load_ground_truth(path: str | os.PathLike[str]) -> GroundTruth:
     """The GroundTruth of a JSON file holding {model: accuracy} or
     {model: [accuracy per fine-tuning seed]} (both forms may mix)."""
     path = Path(path)
@@ -44,7 +56,7 @@ def load_ground_truth(path) -> GroundTruth:
     return as_ground_truth(table, f"ground-truth file {str(path)!r}")
 
 
-def as_ground_truth(table, source="the ground truth") -> GroundTruth:
+def as_ground_truth(table: TruthTable, source: str = "the ground truth") -> GroundTruth:
     """`table` ({model: accuracy or [accuracy per seed]}, or a GroundTruth)
     as a GroundTruth, checked: a one-line error naming `source` and the
     models whose accuracies are not finite numbers or non-empty lists of
@@ -67,21 +79,23 @@ def as_ground_truth(table, source="the ground truth") -> GroundTruth:
     return GroundTruth(seeds)
 
 
-def recorded_ground_truth(ground_truth, names) -> dict:
+def recorded_ground_truth(ground_truth: TruthTable, names: Iterable[str]) -> dict[str, float | Sequence[float]]:
     """The ground truth of the models `names` as results.json records it:
     {model: accuracy}, or [accuracy per seed] for a model with several."""
     truth = as_ground_truth(ground_truth)
     return {name: truth.seeds[name] if len(truth.seeds[name]) > 1 else truth[name] for name in names}
 
 
-def check_ground_truth(ground_truth, names, source="the ground truth"):
+def check_ground_truth(ground_truth: Mapping[str, object], names: Iterable[str],
+                       source: str = "the ground truth") -> None:
     """Raise naming every model of `names` that `ground_truth` lacks."""
     missing = [name for name in names if name not in ground_truth]
     if missing:
         raise ValueError(f"{source} has no accuracy for the models {missing} (it has {sorted(ground_truth)})")
 
 
-def evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0) -> dict:
+def evaluation(results: Mapping[str, Any], ground_truth: TruthTable, *, bootstrap: int = BOOTSTRAP,
+               confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, dict[str, Any]]:
     """{scorer: {"baseline": measures, "ped": measures, "ped_vs_baseline":
     comparison}} for the finished rows of `results`, and {SPEC:
     {"combined": measures}} for each of its "combined" scores.
@@ -105,7 +119,9 @@ def evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDE
     check_ground_truth(truth, [row["name"] for row in rows])
     if len(rows) < 2:
         raise ValueError(f"ranking measures need at least 2 scored models, got {len(rows)}")
-    rankings, saturated, pairs = {}, {}, []
+    rankings: dict[Key, dict[str, float | None]] = {}
+    saturated: dict[Key, set[str]] = {}
+    pairs: list[tuple[Key, Key]] = []
     for scorer in results["scorers"]:
         shown = kinds(results, scorer)
         for kind in shown:
@@ -120,7 +136,7 @@ def evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDE
                                        if any(_saturated(row["scores"][s], k) for s, k in terms)}
     measures, comparisons = _judged(rankings, truth, pairs, dict(bootstrap=bootstrap, confidence=confidence,
                                                                 seed=seed))
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for (name, kind), judged in measures.items():
         out.setdefault(name, {"baseline": None, "ped": None, "ped_vs_baseline": None} if kind != "combined" else {})
         marked = [model for model, value in rankings[name, kind].items()
@@ -132,7 +148,8 @@ def evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDE
     return out
 
 
-def grid_evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0) -> list:
+def grid_evaluation(results: Mapping[str, Any], ground_truth: TruthTable, *, bootstrap: int = BOOTSTRAP,
+                    confidence: float = CONFIDENCE, seed: int = 0) -> list[dict[str, Any]]:
     """The ranking measures of each scorer's PED score at each point of
     results["ped_grid"] (screen(ped_grid=...)): [{scorer: measures}], one
     per point, measures as evaluation()'s (MEASURES, "interval",
@@ -152,7 +169,7 @@ def grid_evaluation(results, ground_truth, *, bootstrap=BOOTSTRAP, confidence=CO
     return [{scorer: measures[index, scorer] for scorer in grid["scorers"]} for index in range(len(grid["points"]))]
 
 
-def format_grid(results) -> str:
+def format_grid(results: Mapping[str, Any]) -> str:
     """PED's sensitivity grid: one line per point (its setting), each
     scorer's weighted tau of its PED score there with its interval; a
     line saying where the scores are without ground truth."""
@@ -176,16 +193,18 @@ def format_grid(results) -> str:
     return "\n".join(lines)
 
 
-def _judged(rankings, truth, pairs, options):
+def _judged(rankings: Mapping[Key, Mapping[str, float | None]], truth: GroundTruth, pairs: Sequence[tuple[Key, Key]],
+            options: Mapping[str, Any]) -> tuple[dict[Key, dict[str, Any]], dict[tuple[Key, Key], dict[str, Any]]]:
     """ped_fast.evaluate.judge over the rankings, which it takes by the set
     of models that have a score (a model without one, e.g. LEEP without
     logits, is left out of that ranking): ({key: measures} (MEASURES, None
     where undefined, "interval", "bootstrap"), {pair: comparison})."""
-    groups = {}
+    groups: dict[frozenset[str], dict[Key, dict[str, float]]] = {}
     for key, values in rankings.items():
         scored = {name: value for name, value in values.items() if value is not None}
         groups.setdefault(frozenset(scored), {})[key] = scored
-    measures, comparisons = {}, {}
+    measures: dict[Key, dict[str, Any]] = {}
+    comparisons: dict[tuple[Key, Key], dict[str, Any]] = {}
     for models, group in groups.items():
         if len(models) < 2:
             measures.update({key: dict.fromkeys(MEASURES) | {"interval": dict.fromkeys(MEASURES)} for key in group})
@@ -202,18 +221,18 @@ def _judged(rankings, truth, pairs, options):
     return {key: measures[key] for key in rankings}, comparisons
 
 
-def _combined_terms(spec):
+def _combined_terms(spec: str) -> list[tuple[str, str]]:
     """[(scorer, kind)] of a checked --combine SPEC "minmax:TERM+TERM...",
     TERM a scorer (its plain score) or ped_SCORER (its PED score)."""
     return [(term[4:], "ped") if term.startswith("ped_") else (term, "baseline")
             for term in spec.partition(":")[2].split("+")]
 
 
-def _values(rows, scorer, kind):
+def _values(rows: Iterable[Mapping[str, Any]], scorer: str, kind: str) -> dict[str, float | None]:
     return {row["name"]: row["scores"][scorer][kind] for row in rows}
 
 
-def kinds(results, scorer) -> tuple:
+def kinds(results: Mapping[str, Any], scorer: str) -> tuple[str, ...]:
     """("baseline", "ped"), or ("baseline",) for a scorer whose finished
     rows have no PED score (PED does not apply to leep and nce)."""
     rows = [row for row in results["models"] if not row["error"]]
@@ -221,13 +240,13 @@ def kinds(results, scorer) -> tuple:
     return ("baseline", "ped") if has_ped else ("baseline",)
 
 
-def _saturated(score, kind):
+def _saturated(score: Mapping[str, Any], kind: str) -> str | None:
     """The reason `score`'s `kind` value saturated, or None (results from
     before saturation was recorded have no "saturated")."""
     return (score.get("saturated") or {}).get(kind)
 
 
-def check_output_folder(out) -> Path:
+def check_output_folder(out: str | os.PathLike[str]) -> Path:
     """`out` as a folder this process can write (created if missing), checked
     before any work: a screen must not fail at its report after hours of
     extraction."""
@@ -243,7 +262,7 @@ def check_output_folder(out) -> Path:
     return out
 
 
-def check_output_file(path) -> Path:
+def check_output_file(path: str | os.PathLike[str]) -> Path:
     """`path` as a file this process can write (its folder created if
     missing), checked before any work."""
     path = Path(path)
@@ -253,7 +272,7 @@ def check_output_file(path) -> Path:
     return path
 
 
-def write_report(results, out) -> list:
+def write_report(results: Mapping[str, Any], out: str | os.PathLike[str]) -> list[Path]:
     """Write results.json, results.csv and ranking.png into `out` as one
     set; returns the paths written.
 
@@ -288,7 +307,7 @@ def write_report(results, out) -> list:
     return [path for path in paths if path.exists()]
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """NaN and infinities (a tau of constant scores is NaN) become null:
     JSON has no NaN."""
     if isinstance(value, float):
@@ -300,7 +319,7 @@ def json_safe(value):
     return value
 
 
-def write_csv(results, path):
+def write_csv(results: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """One line per model: its scores, plain and PED, per scorer, written to
     `path` (write_report makes it atomic)."""
     scorers = results["scorers"]
@@ -333,8 +352,9 @@ def write_csv(results, path):
             writer.writerow(["" if v is None else v for v in line])
 
 
-def _accuracy(value):
-    """A ground-truth entry as one accuracy: a per-seed list's mean."""
+def _accuracy(value: Any) -> Any:
+    """A ground-truth entry as one accuracy: a per-seed list's mean (any
+    other value, such as results.csv's blank, as it is)."""
     return sum(value) / len(value) if isinstance(value, (list, tuple)) else value
 
 
@@ -352,7 +372,7 @@ _LABEL_FEW = 4
 _LABEL_CHARS = 26
 
 
-def plot_ranking(results, path):
+def plot_ranking(results: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Draw ranking_figure(results) into `path` (PNG)."""
     import matplotlib
 
@@ -364,7 +384,7 @@ def plot_ranking(results, path):
     plt.close(figure)
 
 
-def ranking_figure(results):
+def ranking_figure(results: Mapping[str, Any]) -> Figure:
     """The figure of ranking.png: one panel per scorer (and per
     combination), of a fixed size. Each model is a point at its score, a
     hollow one for the plain score and a filled one for the PED score,
@@ -422,7 +442,8 @@ def ranking_figure(results):
     return figure
 
 
-def _panel(axis, results, rows, name, shown, truth, seeds, measures):
+def _panel(axis: Axes, results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], name: str, shown: Sequence[str],
+           truth: Mapping[str, float], seeds: Mapping[str, Sequence[float]], measures: Mapping[str, Any]) -> None:
     """One scorer's (or combination's) panel; see ranking_figure."""
     from matplotlib.collections import LineCollection
     from matplotlib.ticker import MaxNLocator
@@ -492,13 +513,14 @@ def _panel(axis, results, rows, name, shown, truth, seeds, measures):
     _label(axis, [(model, series[primary][model], height[model]) for model in labelled])
 
 
-def _panel_measure(kind, measures, truth, count):
+def _panel_measure(kind: str, measures: Mapping[str, Any] | None, truth: Mapping[str, float], count: int) -> str:
     """A title line: the weighted tau of one kind, with its interval and
     the saturation mark; empty without ground truth."""
     if not truth:
         return ""
+    measures = measures or {}
     name = {"baseline": "plain", "ped": "PED", "combined": "combined"}[kind]
-    tau = (measures or {}).get("weighted_tau")
+    tau = measures.get("weighted_tau")
     if count < 2:
         return f"{name}: weighted tau undefined (one model)"
     if tau is None or not math.isfinite(tau):
@@ -510,13 +532,13 @@ def _panel_measure(kind, measures, truth, count):
     return text
 
 
-def _label(axis, points):
+def _label(axis: Axes, points: Iterable[tuple[str, float, float]]) -> None:
     """Model names in a column right of the axes, each joined to its point,
     spaced at least a line apart (moved as little as that allows)."""
     low, high = axis.get_ylim()
     gap = _LABEL_FONT * 1.45 / 72 / _AXES[1]
     targets = sorted(((y - low) / (high - low), name, x, y) for name, x, y in points)
-    positions = []
+    positions: list[float] = []
     for target, *_ in targets:
         positions.append(max(target, positions[-1] + gap) if positions else max(target, gap / 2))
     ceiling = 1 - gap / 2
@@ -531,7 +553,7 @@ def _label(axis, points):
                                                              shrinkA=0, shrinkB=3))
 
 
-def _shorten(text, limit):
+def _shorten(text: str, limit: int) -> str:
     """`text` cut in the middle to `limit` characters."""
     if len(text) <= limit:
         return text
@@ -548,7 +570,7 @@ _FAILED_FIT, _NOTES_FIT = 10, 20
 _NEVER_FIT = 9  # the priority of a column left out of every fitted table: PED+LEEP, PED+NCE (all n/a)
 
 
-def format_table(results, *, width=None) -> str:
+def format_table(results: Mapping[str, Any], *, width: int | None = None) -> str:
     """The table printed at the end of a screen: one line per model, then the
     ranking measures (with ground truth) and the warnings.
 
@@ -559,15 +581,14 @@ def format_table(results, *, width=None) -> str:
     best _ROWS_BEST by the first score shown) and at most _FAILED_FIT
     failures and _NOTES_FIT warnings, with a line saying what was left
     out."""
-    fit = width is not None
     scored = [row for row in results["models"] if not row["error"]]
     columns = _table_columns(results, scored)
     marker = 3 if any(row["warnings"] for row in scored) else 0
-    names = {row["name"]: _shorten(row["name"], _NAME_FIT) if fit else row["name"] for row in results["models"]}
+    names = {row["name"]: _shorten(row["name"], _NAME_FIT) if width is not None else row["name"] for row in results["models"]}
     name_width = max([5] + [len(names[row["name"]]) for row in scored])
     shown = columns
     notes = []
-    if fit:
+    if width is not None:
         shown, used = [], name_width + marker
         for column in sorted(columns, key=lambda c: c["priority"]):
             if column["priority"] >= _NEVER_FIT or used + 1 + column["width"] > width:
@@ -580,7 +601,7 @@ def format_table(results, *, width=None) -> str:
             notes.append(f"columns not shown: {', '.join(left_out)} (--show all prints them; results.csv has "
                          f"every column)")
     rows = results["models"]
-    if fit:
+    if width is not None:
         rows = scored
         if len(scored) > ROWS_FIT:
             rank = next((c for c in shown if c["priority"] == 1), None)
@@ -602,7 +623,7 @@ def format_table(results, *, width=None) -> str:
         cells = "".join(f" {c['cells'][row['name']]:>{c['width']}}" for c in shown)
         marked = marked or any(c["cells"][row["name"]].endswith("*") for c in shown)
         lines.append(f"{names[row['name']]:<{name_width}}{cells}" + ("  *" if row["warnings"] else ""))
-    if fit:
+    if width is not None:
         failures = [row for row in results["models"] if row["error"]]
         lines += [_clip(f"{names[row['name']]} failed: {row['error']}", width) for row in failures[:_FAILED_FIT]]
         if len(failures) > _FAILED_FIT:
@@ -616,7 +637,7 @@ def format_table(results, *, width=None) -> str:
     warned += [f"{row['name']}: {w}" for row in results["models"] for w in row["warnings"] if w not in warned]
     if warned:
         lines += ["", "warnings (* in the table):"]
-        shown_notes = warned[:_NOTES_FIT] if fit else warned
+        shown_notes = warned[:_NOTES_FIT] if width is not None else warned
         for note in shown_notes:
             lines += _wrap(note, width, first="  - ", then="    ")
         if len(warned) > len(shown_notes):
@@ -624,21 +645,21 @@ def format_table(results, *, width=None) -> str:
     return "\n".join(lines)
 
 
-def _table_columns(results, scored):
+def _table_columns(results: Mapping[str, Any], scored: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The table's columns, in their printed order: {"header", "cells"
     {model: text}, "values" {model: number or None}, "width", "priority"}
     (0: the accuracy, 1: the scores that rank, PED where it applies, ...
     8: seconds; _NEVER_FIT: a PED column of a scorer PED does not apply
     to)."""
     truth = results.get("ground_truth") or {}
-    columns = []
+    columns: list[dict[str, Any]] = []
 
-    def add(header, values, text, priority):
+    def add(header: str, values: Mapping[str, Any], text: Callable[[str, Any], str], priority: int) -> None:
         cells = {name: text(name, value) for name, value in values.items()}
         columns.append({"header": header, "cells": cells, "values": values, "priority": priority,
                         "width": max([len(header)] + [len(cell) for cell in cells.values()])})
 
-    def plain(name, value):
+    def plain(name: str, value: object) -> str:
         return "-" if value is None else str(value)
 
     add("D", {row["name"]: row["dim"] for row in scored}, plain, 6)
@@ -649,7 +670,7 @@ def _table_columns(results, scored):
         for kind in ("baseline", "ped"):
             values = {row["name"]: row["scores"][scorer][kind] for row in scored}
             marks = {row["name"]: _saturated(row["scores"][scorer], kind) for row in scored}
-            add(display_name(scorer, kind), values, lambda name, value, marks=marks: _cell(value, marks[name]),
+            add(display_name(scorer, kind), values, functools.partial(_marked_cell, marks),
                 1 if kind == primary else 4 if kind == "baseline" else _NEVER_FIT)
     for spec, values in results.get("combined", {}).items():
         add(spec, {row["name"]: values.get(row["name"]) for row in scored}, lambda name, value: _cell(value, None), 3)
@@ -661,7 +682,11 @@ def _table_columns(results, scored):
     return columns
 
 
-def _cell(value, saturated):
+def _marked_cell(marks: Mapping[str, str | None], name: str, value: float | None) -> str:
+    return _cell(value, marks[name])
+
+
+def _cell(value: float | None, saturated: object) -> str:
     """A score's cell: 4 decimals, with a * when it saturated; "n/a" for a
     score that does not exist."""
     if value is None:
@@ -669,20 +694,20 @@ def _cell(value, saturated):
     return f"{value:.4f}*" if saturated else f"{value:.4f}"
 
 
-def _wrap(text, width, first="", then=""):
+def _wrap(text: str, width: int | None, first: str = "", then: str = "") -> list[str]:
     if width is None:
         return [first + text]
     return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=then, break_on_hyphens=False)
 
 
-def _clip(text, width):
+def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
 _SHORT = {"weighted_tau": "w.tau", "kendall_tau": "tau", "pearson": "r", "rel@1": "rel@1", "rel@3": "rel@3"}
 
 
-def format_evaluation(table) -> str:
+def format_evaluation(table: Mapping[str, Mapping[str, Any]]) -> str:
     """The ranking measures, one line per scorer and kind (plain, PED; none
     for a PED score that does not exist) and per combination: the measures,
     then their bootstrap intervals; a measure computed from saturated
@@ -720,7 +745,7 @@ def format_evaluation(table) -> str:
     return "\n".join(lines)
 
 
-def _comparison(by_kind, level):
+def _comparison(by_kind: Mapping[str, Any], level: str) -> str:
     """PED against plain, in words."""
     versus = by_kind["ped_vs_baseline"]
     if versus.get("saturated"):
@@ -739,14 +764,14 @@ def _comparison(by_kind, level):
     return text + f"not resolved at {level}"
 
 
-def _interval_text(interval):
+def _interval_text(interval: Sequence[float] | None) -> str:
     return "n/a" if interval is None else f"[{interval[0]:.2f},{interval[1]:.2f}]"
 
 
-def _row_label(scorer, kind):
+def _row_label(scorer: str, kind: str) -> str:
     """The row label of a score: display_name's, or a combination's SPEC."""
     return scorer if kind == "combined" else display_name(scorer, kind)
 
 
-def _number(value):
+def _number(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
