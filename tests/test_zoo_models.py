@@ -43,7 +43,7 @@ def test_parse_spec(text, expected):
     ("mine:", "no model name"),
     (":test_vit", "no label"),
     ("test_vit=", "no weights path"),
-    ("hf-hub:timm/resnet18", "must be a timm model name"),
+    ("timm/resnet18", "must be a timm model name"),  # hf-hub:timm/resnet18 is a source (test_zoo_model_sources)
     ("my model:test_vit", "label 'my model'"),
     ("labels:test_vit", "label 'labels' is named like another file of a --features folder"),
     ("Labels:test_vit", "label 'Labels' is named like another file"),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -45,12 +46,15 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from . import sources
 from .digest import file_sha256, remembered
+from .sources import Model
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
 # A --features folder holds labels.npy and, per label, LABEL.npy,
@@ -78,12 +82,17 @@ _HUB_PROBE_SECONDS = 5
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One candidate: `label` names its row, `name` is the timm
-    architecture (with an optional pretrained tag), `path` a local weights
-    file or hub-layout directory (None: weights through timm)."""
+    """One candidate: `label` names its row; `source` says where the model
+    comes from ("timm", "torchvision", "hf", "hf-hub", "local-dir", or
+    "module"/"callable" for an in-memory `model`); `name` is the timm
+    architecture (with an optional pretrained tag) or SOURCE:NAME; `path` a
+    local weights file or folder, or a hub repository (None: weights
+    through the source's own cache)."""
     label: str
     name: str
     path: str | None = None
+    source: str = "timm"
+    model: Model | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -101,37 +110,115 @@ class LoadedModel:
 
 def parse_spec(text) -> ModelSpec:
     """Parse one SPEC string (see the module docstring)."""
+    return _parse(text)
+
+
+def _parse(text, label=None) -> ModelSpec:
+    """A SPEC string as a ModelSpec; `label` (a mapping's key) names the row
+    instead of a LABEL in the text, which it may not contradict."""
     if isinstance(text, ModelSpec):
+        if label is not None and label != text.label:
+            return dataclasses.replace(text, label=_checked_label(label, text, f"LABEL:{text.name}"))
         return text
     if not isinstance(text, str):
-        raise TypeError(f"model spec must be a string like NAME, NAME=PATH or LABEL:NAME[=PATH], "
-                        f"got {type(text).__name__}")
+        raise TypeError(f"model spec must be a string like NAME, NAME=PATH, LABEL:NAME[=PATH] or "
+                        f"[LABEL:]SOURCE:ID, got {type(text).__name__}")
     spec = text.strip()
-    head, has_path, path = spec.partition("=")
-    label, has_label, name = head.partition(":")
-    if not has_label:
-        label, name = "", head
-    label, name, path = label.strip(), name.strip(), path.strip()
+    given, source, body = _split_source(spec)
+    if given is not None and label is not None and given != label:
+        raise ValueError(f"models[{label!r}]: spec {text!r} names another label, {given!r}")
+    if given == "":
+        raise ValueError(f"model spec {text!r} has ':' but no label before it")
+    if source in ("hf", "hf-hub", "local-dir"):
+        return _parse_located(text, label or given, source, body.strip())
+    name, has_path, path = body.partition("=")
+    name, path = name.strip(), path.strip()
     if not name:
         raise ValueError(f"model spec {text!r} has no model name; expected NAME, NAME=PATH or LABEL:NAME[=PATH]")
     if has_path and not path:
         raise ValueError(f"model spec {text!r} has '=' but no weights path after it")
-    if has_label and not label:
-        raise ValueError(f"model spec {text!r} has ':' but no label before it")
+    if source == "torchvision":
+        builder, has_weights, weights = name.partition(":")
+        builder, weights = builder.strip(), weights.strip()
+        if not builder or (has_weights and not weights) or any(c in name for c in "/\\.") or ":" in weights:
+            raise ValueError(f"model spec {text!r}: expected torchvision:NAME[:WEIGHTS][=PATH] with NAME a "
+                             f"torchvision model builder and WEIGHTS one of its weights (e.g. IMAGENET1K_V1)")
+        tag = f".{weights}" if weights else ""
+        default = f"{builder}{tag}" if not has_path else f"{builder}{tag}-{_stem(path)}"
+        again = f"LABEL:torchvision:{name}{'=' + path if has_path else ''}"
+        # NAME.WEIGHTS, like timm's NAME.TAG: extraction takes the part
+        # before the first '.' as the architecture, which the weights'
+        # identity completes.
+        return ModelSpec(label=_checked_label(label or given or default, text, again),
+                         name=f"torchvision:{builder}{tag}", path=path or None, source="torchvision")
     if any(c in name for c in "/\\:"):
+        prefix = name.partition(":")[0] if ":" in name else ""
+        if prefix:
+            raise ValueError(f"model spec {text!r}: unknown model source {prefix!r}; the sources are "
+                             f"{', '.join(SOURCES)} (or a timm model NAME, with no source)")
         raise ValueError(f"model spec {text!r}: model name {name!r} must be a timm model name "
-                         f"(no '/', '\\' or ':'); give local weights as NAME=PATH")
-    if not label:
-        label = name if not has_path else f"{name}-{_stem(path)}"
+                         f"(no '/', '\\' or ':'); give local weights as NAME=PATH, a Hugging Face repository as "
+                         f"hf-hub:{name} (timm) or hf:{name} (transformers)")
+    default = name if not has_path else f"{name}-{_stem(path)}"
     again = f"LABEL:{name}{'=' + path if has_path else ''}"
-    if not _LABEL.fullmatch(label):
+    return ModelSpec(label=_checked_label(label or given or default, text, again), name=name, path=path or None)
+
+
+# The sources a SPEC may start with (after an optional LABEL:). timm's own
+# prefixes keep their meaning (hf_hub is timm's old spelling of hf-hub).
+SOURCES = ("hf-hub", "local-dir", "torchvision", "hf")
+_SOURCE_ALIASES = {"hf_hub": "hf-hub"}
+
+
+def _split_source(spec):
+    """(label or None, source, the rest) of a SPEC. Only the part before the
+    first '=' is read for them (a PATH may hold ':'): a first field that is
+    a source name is the source; otherwise it is the LABEL, and a second
+    field that is a source name is the source. So a label can never be a
+    source name, and a source never reads as a label."""
+    head = spec.partition("=")[0]
+    first, has_colon, rest = head.partition(":")
+    first = first.strip()
+    if _SOURCE_ALIASES.get(first, first) in SOURCES:
+        return None, _SOURCE_ALIASES.get(first, first), spec.partition(":")[2]
+    if not has_colon:
+        return None, "timm", spec
+    after = spec.partition(":")[2]
+    second, has_second, _ = rest.partition(":")
+    second = second.strip()
+    if has_second and _SOURCE_ALIASES.get(second, second) in SOURCES:
+        return first, _SOURCE_ALIASES.get(second, second), after.partition(":")[2]
+    return first, "timm", after
+
+
+def _parse_located(text, label, source, location):
+    """hf:ID_OR_PATH (transformers), hf-hub:ORG/NAME[@REVISION] and
+    local-dir:PATH (timm's): the whole rest is the location (a folder path
+    may hold ':' or '='); the name is SOURCE:LAST (its last path part), so
+    that moving a folder changes no cache key."""
+    if not location:
+        raise ValueError(f"model spec {text!r} has nothing after '{source}:'; expected {source}:"
+                         f"{'ORG/NAME' if source == 'hf-hub' else 'PATH' if source == 'local-dir' else 'ID_OR_PATH'}")
+    last = Path(location.rstrip("/\\").partition("@")[0] if source == "hf-hub" else location.rstrip("/\\")).name
+    if source == "hf-hub" and location.count("/") != 1:
+        raise ValueError(f"model spec {text!r}: hf-hub: takes a Hugging Face repository ORG/NAME[@REVISION], "
+                         f"got {location!r}")
+    return ModelSpec(label=_checked_label(label or last, text, f"LABEL:{source}:{location}"),
+                     name=f"{source}:{last}", path=location, source=source)
+
+
+def _checked_label(label, text, again):
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
         raise ValueError(f"model spec {text!r}: label {label!r} must start with a letter or digit and contain "
                          f"only letters, digits and '._+@-' (it names files); give one as {again}")
     if _RESERVED_LABEL.fullmatch(label):
         raise ValueError(f"model spec {text!r}: label {label!r} is named like another file of a --features folder "
                          f"(labels.npy, LABEL.logits.npy, LABEL.reference.npy, LABEL.reference_stats.npz); "
                          f"give another as {again}")
-    return ModelSpec(label=label, name=name, path=path or None)
+    if _SOURCE_ALIASES.get(label, label) in SOURCES:
+        raise ValueError(f"model spec {text!r}: label {label!r} is a model source's name, which a spec would read "
+                         f"as the source; give another as {again}")
+    return label
 
 
 def _stem(path):
@@ -152,7 +239,16 @@ def _suffix(name: str) -> str:
 
 def parse_models(value) -> list[ModelSpec]:
     """Specs from a comma-separated string, a list of strings (or ModelSpec),
-    or the path of a JSON file holding a list of spec strings."""
+    the path of a JSON file holding a list of spec strings, or a mapping
+    {label: model} whose values are spec strings (without a label, or with
+    the same one), nn.Modules, callables images -> features or
+    :class:`Model`s (see :func:`memory_spec`)."""
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("models is an empty mapping; give at least one {label: model}")
+        specs = [_parse(item, label) if isinstance(item, (str, ModelSpec)) else memory_spec(label, item)
+                 for label, item in value.items()]
+        return _unique(specs)
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value).strip()
         if text.lower().endswith(".json") and "," not in text and "=" not in text:
@@ -171,16 +267,38 @@ def parse_models(value) -> list[ModelSpec]:
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise TypeError(f"models must be a comma-separated string, a list of specs or a JSON file path, "
+        raise TypeError(f"models must be a comma-separated string, a list of specs, a JSON file path or a mapping "
+                        f"{{label: model}}, "
                         f"got {type(value).__name__}")
     if not items:
         raise ValueError(f"models is empty: got {value!r}; give at least one SPEC")
-    specs = [parse_spec(item) for item in items]
+    return _unique([parse_spec(item) for item in items])
+
+
+def _unique(specs):
     labels = [spec.label for spec in specs]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ValueError(f"models has duplicate labels {duplicates}; give each row its own name as LABEL:NAME[=PATH]")
     return specs
+
+
+def memory_spec(label, model) -> ModelSpec:
+    """The spec of an in-memory model: an nn.Module, a callable images ->
+    features, or a :class:`Model` (which also takes a layer, a transform and
+    an identity). Each call makes its own Model, so that the weights' hash
+    is taken afresh (the module may have been trained since)."""
+    if not isinstance(label, str):
+        raise TypeError(f"models mapping keys must be labels (strings), got {type(label).__name__} {label!r}")
+    if isinstance(model, Model):
+        model = Model(model.model, layer=model.layer, data_config=model.data_config, identity=model.identity)
+    elif callable(model):
+        model = Model(model)
+    else:
+        raise TypeError(f"models[{label!r}] must be a spec string, an nn.Module, a callable images -> features or "
+                        f"a ped_fast.zoo.models.Model, got {type(model).__name__}")
+    label = _checked_label(label, label, "another key")
+    return ModelSpec(label=label, name=f"{model.kind}:{model.type_name()}", source=model.kind, model=model)
 
 
 def check_name(spec: ModelSpec) -> str:
@@ -227,6 +345,8 @@ def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True, cache=None)
     (by path, size, modification time and inode), so that a re-run reads no
     checkpoint bytes; None: remembered in this process only."""
     spec = parse_spec(spec)
+    if spec.source != "timm":
+        return _source_identity(spec, pretrained=pretrained, seed=seed, use_ema=use_ema, cache=cache)
     arch = check_name(spec)
     if spec.path is not None:
         files = _weight_files(spec, arch)
@@ -241,6 +361,109 @@ def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True, cache=None)
     if not pretrained:
         return f"random:seed={seed}"
     return f"timm:{arch}.{_pretrained_tag(spec, arch)}"
+
+
+def _source_identity(spec, *, pretrained, seed, use_ema, cache):
+    """weights_identity of the sources other than timm names:
+
+    - hf-hub:, local-dir: that of the timm folder (its files' sha256);
+    - torchvision: ``torchvision:<Enum>.<member>:<url>`` for its weights
+      enum's (torchvision downloads them, or reads torch's hub cache), the
+      file's ``sha256:<hex>`` (as for timm) for a PATH, or
+      ``random:seed=<seed>``;
+    - hf: ``sha256:<hex>`` of the folder's configs and weights (a hub
+      repository: those of its snapshot, resolved in the local Hugging Face
+      cache, or downloaded), with ``:transformers=<version>``, whose code
+      decides the numbers;
+    - in-memory models: see :class:`Model` (``sha256:`` of the module's
+      class and state dict, or ``given:<identity>``)."""
+    if spec.source in ("module", "callable"):
+        return spec.model.digest(spec.label)
+    if spec.source in ("hf-hub", "local-dir"):
+        return weights_identity(_timm_folder(spec), pretrained=pretrained, seed=seed, use_ema=use_ema, cache=cache)
+    if spec.source == "hf":
+        folder = _located_folder(spec)
+        joined = "".join(f"{f.name}:{file_sha256(f, cache)}\n" for f in sources.hf_files(folder, spec.label))
+        version = sources.import_transformers(spec.label).__version__
+        return f"sha256:{hashlib.sha256(joined.encode()).hexdigest()}:transformers={version}"
+    builder, weights = sources.torchvision_parts(spec)
+    if spec.path is not None:
+        path = _weights_file(spec)
+        return f"sha256:{file_sha256(path, cache)}{_ema_choice(spec, path, use_ema, cache)}"
+    if not pretrained:
+        return f"random:seed={seed}"
+    if weights is None:
+        raise ValueError(f"model {spec.label!r}: torchvision has no pretrained weights for {builder!r}; give a "
+                         f"weights file as torchvision:{builder}=PATH or use random weights (--no-pretrained)")
+    return sources.weights_name(weights)
+
+
+def _weights_file(spec) -> Path:
+    """A torchvision spec's PATH: an existing weights file."""
+    path = Path(spec.path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model {spec.label!r}: weights file {str(path)!r} does not exist"
+                                f"{' (a folder: torchvision specs take a state-dict file)' if path.is_dir() else ''}")
+    if not _suffix(path.name):
+        raise ValueError(f"model {spec.label!r}: weights file {str(path)!r} has unknown type "
+                         f"{path.suffix or '(none)'!r}; expected .safetensors or {', '.join(_TORCH_SUFFIXES)}")
+    return path
+
+
+def _located_folder(spec) -> Path:
+    """The local folder of an hf:, hf-hub: or local-dir: spec: the folder
+    itself, or a hub repository's snapshot (see _snapshot)."""
+    local = Path(spec.path).expanduser()
+    if spec.source == "local-dir" or local.is_dir():
+        if not local.is_dir():
+            raise FileNotFoundError(f"model {spec.label!r}: local-dir: folder {spec.path!r} does not exist")
+        return local
+    repo, _, revision = spec.path.partition("@")
+    if spec.path.startswith((".", "/", "~", "\\")) or "\\" in spec.path or repo.count("/") > 1:
+        raise FileNotFoundError(f"model {spec.label!r}: {spec.path!r} is neither a folder nor a Hugging Face "
+                                f"repository (ORG/NAME)")
+    patterns = sources.HF_PATTERNS if spec.source == "hf" else ("config.json",) + _WEIGHT_FILES
+    try:
+        return Path(_snapshot(repo, revision or None, patterns))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise type(error)(f"model {spec.label!r}: {error}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _snapshot(repo, revision, patterns) -> str:
+    """The local snapshot folder of a hub repository's files matching
+    `patterns`, resolved once per process: from the local Hugging Face cache
+    without a network attempt when the hub cannot be used (as _hub_model),
+    else downloaded (only what is not cached yet)."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable()
+    try:
+        with _hub_offline(bool(offline)):
+            return snapshot_download(repo, revision=revision, allow_patterns=list(patterns))
+    except Exception as error:
+        # Not cached while offline: like a missing weights file (huggingface_hub's
+        # LocalEntryNotFoundError is a FileNotFoundError); else the hub's failure.
+        where = f"not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be used " \
+                f"({offline})" if offline else "could not be downloaded"
+        kind = FileNotFoundError if isinstance(error, FileNotFoundError) else RuntimeError
+        raise kind(f"Hugging Face repository {repo!r}{'@' + revision if revision else ''} is {where}: "
+                   f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}") from None
+
+
+def _timm_folder(spec) -> ModelSpec:
+    """The timm spec ARCHITECTURE=FOLDER that an hf-hub: or local-dir: spec
+    stands for (timm's hub layout; the architecture from its config.json)."""
+    folder = _located_folder(spec)
+    config = folder / "config.json"
+    try:
+        architecture = json.loads(config.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"model {spec.label!r}: cannot read timm's config {str(config)!r}: {error}") from None
+    if not isinstance(architecture, str):
+        raise ValueError(f"model {spec.label!r}: {str(config)!r} has no 'architecture' entry (expected timm's hub "
+                         f"layout; for transformers models use hf:{spec.path})")
+    return ModelSpec(label=spec.label, name=architecture, path=str(folder))
 
 
 def _pretrained_tag(spec, arch):
@@ -321,6 +544,13 @@ def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
     import timm
 
     spec = parse_spec(spec)
+    if spec.source in ("hf-hub", "local-dir"):
+        loaded = load_model(_timm_folder(spec), pretrained=pretrained, seed=seed, use_ema=use_ema)
+        return dataclasses.replace(loaded, spec=spec)
+    if spec.source != "timm":
+        identity = weights_identity(spec, pretrained=pretrained, seed=seed, use_ema=use_ema)
+        model, data_config = _load_source(spec, pretrained=pretrained, seed=seed, use_ema=use_ema)
+        return LoadedModel(spec=spec, model=model.eval(), identity=identity, data_config=data_config)
     arch = check_name(spec)
     identity = weights_identity(spec, pretrained=pretrained, seed=seed, use_ema=use_ema)
     if spec.path is None and pretrained:
@@ -334,6 +564,23 @@ def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
                        data_config=dict(timm.data.resolve_model_data_config(model)))
 
 
+def _load_source(spec, *, pretrained, seed, use_ema):
+    """(the model dressed as a timm model, its data config) of a torchvision,
+    hf or in-memory spec (see ped_fast.zoo.sources)."""
+    if spec.source in ("module", "callable"):
+        return sources.load_memory(spec.model, spec.label), sources.memory_config(spec.model, spec.label)
+    if spec.source == "hf":
+        folder = _located_folder(spec)
+        return sources.load_hf(folder, spec.label), sources.hf_config(folder, spec.label)
+    _, weights = sources.torchvision_parts(spec)
+    config = sources.torchvision_config(spec)
+    if spec.path is not None:
+        return sources.build_torchvision(spec, state=_read_state_dict(spec, _weights_file(spec), use_ema)), config
+    if pretrained:
+        return sources.build_torchvision(spec, weights=weights), config
+    return sources.build_torchvision(spec, seed=seed), config
+
+
 def planned_data_config(spec) -> dict | None:
     """The data config `spec` will have once built, read from timm's config
     of the architecture (and a hub-layout folder's config.json) with the
@@ -344,6 +591,14 @@ def planned_data_config(spec) -> dict | None:
     import timm
 
     spec = parse_spec(spec)
+    if spec.source in ("hf-hub", "local-dir"):
+        return planned_data_config(_timm_folder(spec))
+    if spec.source in ("module", "callable"):
+        return sources.memory_config(spec.model, spec.label)
+    if spec.source == "torchvision":
+        return sources.torchvision_config(spec)
+    if spec.source == "hf":
+        return sources.hf_config(_located_folder(spec), spec.label)
     arch = check_name(spec)
     name, kwargs, overlay = spec.name, {}, {}
     if spec.path is not None:
