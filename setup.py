@@ -93,10 +93,13 @@ setup(
     # tomllib), with which tests/test_scorer_plugins.py reads its plugin
     # packages' pyproject.toml. mypy: .ci/run's type check ([tool.mypy] in
     # pyproject.toml); py.typed tells type checkers the package is annotated.
+    # hf: transformers vision backbones as models (hf: specs, in-memory
+    # transformers models; ped_fast.zoo.sources imports it only for them;
+    # tested with 5.x); in test too, so that CI runs their tests.
     extras_require={"test": ["pytest", "pytest-benchmark", "mypy>=1.10", "ray>=2.9", "transformer-ranker>=0.2",
-                             "datasets>=5.2", "tomli; python_version < '3.11'"],
+                             "datasets>=5.2", "transformers>=5", "tomli; python_version < '3.11'"],
                     "ray": ["ray>=2.9"], "transformer-ranker": ["transformer-ranker>=0.2"],
-                    "datasets": ["datasets>=5.2"]},
+                    "datasets": ["datasets>=5.2"], "hf": ["transformers>=5"]},
     entry_points={"console_scripts": ["ped-fast = ped_fast.__main__:main"]},
     ext_modules=[cpu_extension, *cuda_extensions()],
     cmdclass={"build_ext": BuildExt},
