@@ -295,15 +295,15 @@ class Cache:
         return array
 
     def put(self, kind: str, key: str, meta: Mapping[str, Any],
-            arrays: Mapping[str, npt.ArrayLike] | None = None) -> CacheEntry | None:
+            arrays: Mapping[str, npt.ArrayLike] | None = None) -> CacheEntry:
         """Write an entry atomically, under its lock. arrays: {name: numpy
         array, or a memmap from new_array(), which is moved into place
         rather than copied}. On any failure (bad input, a full disk...) it
         leaves nothing: the new_array() temporaries given are discarded, no
         array file stays, and no entry (once an array file is replaced, an
-        older entry of the key goes too, since it no longer matches). The
-        entry as get() reads it back: None only when that fails (get() warns
-        why)."""
+        older entry of the key goes too, since it no longer matches).
+        Returns the entry as get() reads it back; OSError when it cannot be
+        (get() warns why), rather than a None that would fail later."""
         arrays = dict(arrays or {})
         # new_array()'s memmaps: {file name: array}.
         streamed = {file: array for array in arrays.values() if isinstance(array, np.memmap)
@@ -351,7 +351,10 @@ class Cache:
             raise
         for filename in streamed:
             _release_array(filename)
-        return self.get(kind, key)
+        entry = self.get(kind, key)
+        if entry is None:
+            raise OSError(f"cache entry {manifest} was written but cannot be read back")
+        return entry
 
     @staticmethod
     def discard(array: npt.NDArray[Any]) -> None:

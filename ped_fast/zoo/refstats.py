@@ -11,13 +11,18 @@ matrix instead.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, Union
 
 import numpy as np
+import numpy.typing as npt
+import torch
 
 from .._validate import check_integer, check_number
-from .cache import Cache, content_key
+from .cache import Cache, CacheEntry, content_key
 from .errors import checking_inputs
 from .extract import Settings, Stage, check_models, run_alone
 from .images import ImageSet, image_set
@@ -25,20 +30,23 @@ from .images import ImageSet, image_set
 # Rows of a feature matrix reduced at once by stats_of(): bounds the float64
 # working copy (rows x D x 8 bytes) whatever the matrix's size.
 _CHUNK_ROWS = 8192
+# A reference budget: None (every image), a number of images, or "auto".
+Budget = Union[int, Literal["auto"], None]
 
 
 class RunningMoments:
     """count, mean and M2 (sum of squared deviations from the mean) per
-    dimension, float64, updated batch by batch or merged with another."""
+    dimension, float64, updated batch by batch or merged with another (mean
+    and M2 are empty until the first rows)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.count = 0
-        self.mean = None
-        self.m2 = None
+        self.mean: npt.NDArray[np.float64] = np.zeros(0)
+        self.m2: npt.NDArray[np.float64] = np.zeros(0)
 
-    def update(self, batch):
+    def update(self, batch: npt.ArrayLike | torch.Tensor) -> RunningMoments:
         """Add the rows of `batch` (B x D, numpy or torch, any float dtype)."""
-        x = np.asarray(batch.detach().cpu() if hasattr(batch, "detach") else batch, dtype=np.float64)
+        x = np.asarray(batch.detach().cpu() if isinstance(batch, torch.Tensor) else batch, dtype=np.float64)
         if x.ndim != 2:
             raise ValueError(f"batch must be B x D (2-D), got shape {x.shape}")
         if x.shape[0] == 0:
@@ -47,13 +55,13 @@ class RunningMoments:
         centred = x - mean
         return self._merge(x.shape[0], mean, np.einsum("ij,ij->j", centred, centred))
 
-    def merge(self, other):
+    def merge(self, other: RunningMoments) -> RunningMoments:
         """Add another RunningMoments' rows (computed elsewhere)."""
         if other.count:
             self._merge(other.count, other.mean, other.m2)
         return self
 
-    def _merge(self, count, mean, m2):
+    def _merge(self, count: int, mean: npt.NDArray[np.float64], m2: npt.NDArray[np.float64]) -> RunningMoments:
         if self.count == 0:
             self.count, self.mean, self.m2 = count, mean.copy(), m2.copy()
             return self
@@ -67,7 +75,7 @@ class RunningMoments:
         return self
 
     @property
-    def std(self):
+    def std(self) -> npt.NDArray[np.float64]:
         """Population standard deviation (ddof=0, as PED's rescaling uses)."""
         return np.sqrt(self.m2 / self.count)
 
@@ -80,20 +88,20 @@ class ReferenceStats:
     could not be decoded. source: where the numbers came from (for error
     messages). key: the cache key (None when not cached). cached: read from
     the cache rather than computed in this call. seconds: time spent."""
-    mean: np.ndarray
-    std: np.ndarray
+    mean: npt.NDArray[np.float64]
+    std: npt.NDArray[np.float64]
     count: int
     source: str
-    skipped: list = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     key: str | None = None
     cached: bool = False
     seconds: float = 0.0
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         return int(self.mean.shape[0])
 
-    def check_dim(self, dim, model):
+    def check_dim(self, dim: int, model: str) -> None:
         """Raise if these statistics cannot rescale `model`'s D = dim features."""
         if self.dim != dim:
             raise ValueError(f"reference statistics from {self.source} have {self.dim} dimensions but model {model!r} "
@@ -101,7 +109,7 @@ class ReferenceStats:
                              f"recompute them)")
 
 
-def stats_of(features, *, source="features") -> ReferenceStats:
+def stats_of(features: npt.NDArray[Any], *, source: str = "features") -> ReferenceStats:
     """Streamed statistics of an M x D matrix (e.g. a memory-mapped
     NAME.reference.npy), chunk by chunk."""
     if getattr(features, "ndim", None) != 2:
@@ -114,7 +122,7 @@ def stats_of(features, *, source="features") -> ReferenceStats:
     return ReferenceStats(mean=moments.mean, std=moments.std, count=moments.count, source=source)
 
 
-def load_stats_file(path) -> ReferenceStats:
+def load_stats_file(path: str | os.PathLike[str]) -> ReferenceStats:
     """ReferenceStats from an .npz file with arrays `mean` and `std`."""
     path = Path(path)
     with np.load(path, allow_pickle=False) as data:
@@ -129,9 +137,11 @@ def load_stats_file(path) -> ReferenceStats:
     return ReferenceStats(mean=mean, std=std, count=0, source=repr(str(path)))
 
 
-def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None,
-                    precision="fp32", workers=None, models_per_pass=None, progress=True, use_ema=True,
-                    reference_images=None, reference_tolerance=0.01, threads=None):
+def reference_stats(models: Any, reference: Any, *, cache: Cache | str | os.PathLike[str] | None = None, pretrained: bool = True,
+                    seed: int = 0, batch_size: int = 64, device: str | torch.device | None = None,
+                    precision: str = "fp32", workers: int | None = None, models_per_pass: int | None = None,
+                    progress: bool = True, use_ema: bool = True, reference_images: Budget = None,
+                    reference_tolerance: float = 0.01, threads: int | None = None) -> dict[str, ReferenceStats]:
     """Each model's ReferenceStats on the images under `reference` (any
     layout; labels ignored), streamed and cached: {label: ReferenceStats}.
 
@@ -148,16 +158,17 @@ def reference_stats(models, reference, *, cache=None, pretrained=True, seed=0, b
         cache = Cache.of(cache)
         stage = ReferenceStage(images, reference_images, reference_tolerance)
         specs = check_models(models, settings, cache)
-    return run_alone(specs, stage, settings, cache)
+    stats: dict[str, ReferenceStats] = run_alone(specs, stage, settings, cache)
+    return stats
 
 
-def export_stats(stats, out) -> list:
+def export_stats(stats: Mapping[str, ReferenceStats], out: str | os.PathLike[str]) -> list[Path]:
     """Write OUT/LABEL.reference_stats.npz (arrays mean, std) for each
     {label: ReferenceStats}, the layout `screen --features` reads; returns
     the paths written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     for label, item in stats.items():
         path = out / f"{label}.reference_stats.npz"
         np.savez(path, mean=item.mean, std=item.std)
@@ -170,7 +181,7 @@ def export_stats(stats, out) -> list:
 _AUTO_MINIMUM = 256
 
 
-def check_budget(images, tolerance=0.01) -> tuple:
+def check_budget(images: Budget, tolerance: float = 0.01) -> tuple[Budget, float]:
     """(images, tolerance) of a reference budget: `images` None (every image
     of the reference set, the paper's setting), a positive integer (a seeded
     random subset of that many, the same for every model), or "auto" (stop
@@ -194,7 +205,7 @@ class ReferenceStage(Stage):
     the images seen (`count`)."""
     name = "reference"
 
-    def __init__(self, images: ImageSet, budget=None, tolerance=0.01):
+    def __init__(self, images: ImageSet, budget: Budget = None, tolerance: float = 0.01) -> None:
         budget, tolerance = check_budget(budget, tolerance)
         if isinstance(budget, int):
             images = images.subset(budget)
@@ -203,54 +214,56 @@ class ReferenceStage(Stage):
         super().__init__(images)
         self.budget, self.tolerance = budget, tolerance
 
-    def key(self, spec, identity, data_config, precision) -> str:
-        key = super().key(spec, identity, data_config, precision)
+    def key(self, spec: Any, identity: Any, data_config: Any, precision: str) -> str:
+        key: str = super().key(spec, identity, data_config, precision)
         return key if self.budget != "auto" else content_key(key, "auto", self.tolerance, _AUTO_MINIMUM)
 
-    def result(self, entry, label, *, cached):
+    def result(self, entry: CacheEntry, label: str, *, cached: bool) -> ReferenceStats:
         meta = entry.meta
         return ReferenceStats(mean=np.array(entry.arrays["mean"]), std=np.array(entry.arrays["std"]),
                               count=meta["count"], source=f"the cache entry {entry.path}", skipped=meta["skipped"],
                               key=entry.key, cached=cached, seconds=0.0 if cached else meta["seconds"])
 
-    def sink(self, cache, key, loaded):
+    def sink(self, cache: Cache, key: str, loaded: Any) -> _MomentsSink:
         return _MomentsSink(self, cache, key)
 
 
 class _MomentsSink:
-    def __init__(self, stage, cache, key):
+    def __init__(self, stage: ReferenceStage, cache: Cache, key: str) -> None:
         self.stage, self.cache, self.key, self.images = stage, cache, key, stage.images
         self.moments = RunningMoments()
         self.precision = _Precision() if stage.budget == "auto" else None
         self.done = False
 
-    def add(self, index, features, logits):
+    def add(self, index: Any, features: torch.Tensor, logits: Any) -> None:
         self.moments.update(features)
         if self.precision is not None:
             self.precision.update(features)
             self.done = self.moments.count >= _AUTO_MINIMUM and \
                 self.precision.relative_error() <= self.stage.tolerance
 
-    def finish(self, skipped, meta, label):
+    def finish(self, skipped: Any, meta: Mapping[str, Any], label: str) -> ReferenceStats:
         if not self.moments.count:
             raise ValueError(f"no image of the reference folder {self.images.root!r} could be decoded")
         entry = self.cache.put("reference", self.key, dict(meta, count=self.moments.count),
                                {"mean": self.moments.mean, "std": self.moments.std})
         return self.stage.result(entry, label, cached=False)
 
-    def abandon(self):
-        self.moments = None
+    def abandon(self) -> None:
+        self.moments = RunningMoments()  # lets the statistics go
 
 
 class _Precision:
     """Power sums of the features about their first batch's mean (float64),
     for the standard errors of the running mean and std."""
 
-    def __init__(self):
-        self.shift, self.count, self.sums = None, 0, None
+    def __init__(self) -> None:
+        self.shift: npt.NDArray[np.float64] | None = None
+        self.count = 0
+        self.sums: npt.NDArray[np.float64] = np.zeros((4, 0))
 
-    def update(self, batch):
-        x = np.asarray(batch.detach().cpu() if hasattr(batch, "detach") else batch, dtype=np.float64)
+    def update(self, batch: npt.ArrayLike | torch.Tensor) -> None:
+        x = np.asarray(batch.detach().cpu() if isinstance(batch, torch.Tensor) else batch, dtype=np.float64)
         if self.shift is None:
             self.shift, self.sums = x.mean(axis=0), np.zeros((4, x.shape[1]))
         y = x - self.shift
