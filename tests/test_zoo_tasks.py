@@ -94,6 +94,11 @@ def test_each_model_built_once_and_reference_computed_once(screened):
         assert rows["bad"]["error"] and "test_convnext" in rows["bad"]["error"]
         assert all(rows[m]["error"] is None for m in "abc")
     assert [row["name"] for row in tasks["three"]["models"]] == ["w", "x", "y", "z"]
+    # The first task's rows time the one reference pass; the second's read it.
+    for m in "abc":
+        first, second = ({row["name"]: row for row in tasks[name]["models"]}[m] for name in ("one", "two"))
+        assert "reference" in first["seconds"] and "reference" not in first["cached"]
+        assert "reference" in second["cached"] and "extract" in second["seconds"]
 
 
 def test_each_task_as_its_own_screen(zoo, screened, tmp_path):
@@ -285,3 +290,21 @@ def test_tasks_from_a_list_and_bad_summarize_input(zoo, tmp_path):
         summarize([zoo["root"] / "missing" / "three", zoo["root"] / "other" / "three"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         summarize([zoo["root"] / "missing" / "results.json"])
+
+
+def test_tasks_sharing_a_folder_extract_it_once(zoo, tmp_path, monkeypatch):
+    forwards = []
+    forward = extract_module._forward
+
+    def counting_forward(model, batch, precision, **options):
+        forwards.append(len(batch))
+        return forward(model, batch, precision, **options)
+
+    monkeypatch.setattr(extract_module, "_forward", counting_forward)
+    tasks = [{"name": "p", "data": str(zoo["root"] / "one")}, {"name": "q", "data": str(zoo["root"] / "one")}]
+    screened = screen_tasks(zoo["specs"][:1], tasks, "self", scorers="logme", cache=tmp_path, batch_size=10,
+                            progress=False)
+    assert forwards == [10, 8]  # one pass over the 18 images, for both tasks
+    assert screened["tasks"]["p"]["models"][0]["scores"] == screened["tasks"]["q"]["models"][0]["scores"]
+    assert screened["summary"]["judged_tasks"] == 0 and screened["summary"]["win_rate"] == {"LOGME": None,
+                                                                                            "PED+LOGME": None}

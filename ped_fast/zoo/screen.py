@@ -444,17 +444,18 @@ def extract_shared(plans) -> list:
     the same models: [{label: Outcome}] per plan, for its models whose
     scores are not all cached. The models any plan needs are pushed
     through the stages of every plan that needs them in one run_stages, so
-    each model is built once per pass and, the plans sharing their stage
-    objects (share_stages), a stage two plans have in common (the
-    reference statistics) runs once. Nothing for a plan whose executor
-    extracts in its units."""
+    each model is built once per pass; a stage two plans have in common
+    (the reference statistics, a target set given twice) is computed for
+    the first and read from the cache for the others (run_stages looks
+    again before it computes). Nothing for a plan whose executor extracts
+    in its units."""
     needed, stages, todo = [], [], {}
     for plan in plans:
         specs = [spec for spec in plan.specs if not _scores_cached(spec, plan.stages, plan.scorers, plan.settings,
                                                                    plan.cache, plan.reduce)] if plan.here else []
         needed.append({spec.label for spec in specs})
         if specs:
-            stages += [stage for stage in plan.stages if not any(stage is known for known in stages)]
+            stages += plan.stages
             todo.update((spec.label, spec) for spec in specs)
     if not todo:
         return [{} for _ in plans]
@@ -464,18 +465,6 @@ def extract_shared(plans) -> list:
               + (f", on {sets} target sets" if sets > 1 else ""))
     outcomes = run_stages(list(todo.values()), stages, first.settings, first.cache)
     return [{label: outcomes[label] for label in labels} for labels in needed]
-
-
-def share_stages(plans):
-    """Make the plans use one stage object for stages of the same images
-    and settings (screen_tasks' plans share the reference set; two target
-    sets may share a folder): run_stages then runs it once, and each
-    plan finds its result under its own stage."""
-    known = {}
-    for plan in plans:
-        plan.stages = [known.setdefault((type(stage), stage.images.fingerprint, getattr(stage, "predictions", None),
-                                         getattr(stage, "budget", None), getattr(stage, "tolerance", None)), stage)
-                       for stage in plan.stages]
 
 
 def _model_tasks(plan, extracted):

@@ -32,7 +32,7 @@ from .errors import checking_inputs
 from .report import (_combined_terms, _judged, _saturated, as_ground_truth, check_ground_truth, check_output_folder,
                      json_safe, kinds)
 from .scoring import display_name
-from .screen import _executor, _plan, _run, extract_shared, failed, share_stages
+from .screen import _executor, _plan, _run, extract_shared, failed
 
 # summary.{json,csv,md} (the Markdown file's name is spelt out nowhere, so
 # that tests/test_docs.py does not take it for a missing document).
@@ -161,7 +161,6 @@ def screen_tasks(models, tasks, reference=None, *, scorers=("sfda",), out=None, 
                        out=None if out is None else out / task.name, task=task.name, **shared)
                  for task in tasks]
     screens = [plan for plan in plans if plan.specs is not None]
-    share_stages(screens)
     shared_outcomes = iter(extract_shared(screens))
     results = {}
     for task, plan in zip(tasks, plans):
