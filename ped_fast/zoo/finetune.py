@@ -15,10 +15,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
+
+import numpy.typing as npt
 
 import numpy as np
 import torch
@@ -42,6 +47,12 @@ FINETUNE_VERSION = 1
 # Splits up to this size are decoded once and kept as tensors (1 GiB: about
 # 1,780 float32 images at 3 x 224 x 224).
 _IN_MEMORY_BYTES = 1 << 30
+
+# A timm model (get_classifier, reset_classifier): torch's nn.Module types
+# its attributes as Tensor | Module, which would hide those methods.
+TimmModel = Any
+# Where a labelled image set comes from: anything images.image_set reads.
+ImageSource = Any
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class Recipe:
     batch_size: int = 32
     augmentation: str = "none"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"recipe optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.augmentation not in ("none", "light"):
@@ -88,7 +99,7 @@ class FinetuneFailed(RuntimeError):
     """Some models could not be fine-tuned. `accuracies` holds the others'
     results (written to the output file), `errors` {label: message}."""
 
-    def __init__(self, accuracies, errors):
+    def __init__(self, accuracies: Mapping[str, float], errors: Mapping[str, str]) -> None:
         self.accuracies = accuracies
         self.errors = errors
         lines = "\n".join(f"  {label}: {message}" for label, message in errors.items())
@@ -97,24 +108,25 @@ class FinetuneFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class _Splits:
-    """Both splits as listed once by the screening's reader; test_labels:
-    each test image's class as an index into train.classes."""
+    """Both splits as listed once by the screening's reader; train_labels,
+    test_labels: each image's class as an index into train.classes."""
     train: ImageSet
     test: ImageSet
-    test_labels: np.ndarray
+    train_labels: npt.NDArray[np.int64]
+    test_labels: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
 class _Data:
     """Both splits decoded with one model's transform: torch Datasets of
     (image tensor, label), and the relative paths skipped in each."""
-    train: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    train: torch.utils.data.Dataset[Any]
+    test: torch.utils.data.Dataset[Any]
     classes: int
-    skipped: dict
+    skipped: dict[str, list[str]]
 
 
-def _splits(train_dir, test_dir) -> _Splits:
+def _splits(train_dir: ImageSource, test_dir: ImageSource) -> _Splits:
     """List both splits with the screening's reader (images.image_set: a
     folder's images with the same extensions, hidden files and folders
     such as .ipynb_checkpoints not images or classes; or a manifest or a
@@ -129,35 +141,39 @@ def _splits(train_dir, test_dir) -> _Splits:
         raise ValueError(f"train_dir {train.root!r} has {len(train.classes)} class; fine-tuning needs at least 2")
     index = {name: i for i, name in enumerate(train.classes)}
     mapping = np.array([index[name] for name in test.classes], dtype=np.int64)
-    return _Splits(train, test, mapping[test.labels])
+    # image_set's labelled sets (the default) always have labels.
+    train_labels, test_labels = (cast("npt.NDArray[np.int64]", images.labels) for images in (train, test))
+    return _Splits(train, test, train_labels, mapping[test_labels])
 
 
-def _decode(splits: _Splits, data_config) -> _Data:
+def _decode(splits: _Splits, data_config: Mapping[str, Any]) -> _Data:
     """Both splits with the eval transform of `data_config`."""
-    import timm
+    from timm.data.transforms_factory import create_transform
 
-    transform = timm.data.create_transform(**data_config, is_training=False)
+    transform = create_transform(**data_config, is_training=False)
     (train, skipped_train), (test, skipped_test) = (
         _decoded(images, labels, transform, what)
-        for images, labels, what in ((splits.train, splits.train.labels, "train_dir"),
+        for images, labels, what in ((splits.train, splits.train_labels, "train_dir"),
                                      (splits.test, splits.test_labels, "test_dir")))
     return _Data(train, test, len(splits.train.classes), {"train": skipped_train, "test": skipped_test})
 
 
-class _Files(torch.utils.data.Dataset):
+class _Files(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """The images of `images` at `indices`, decoded when read."""
 
-    def __init__(self, images, indices, labels, transform):
+    def __init__(self, images: ImageSet, indices: list[int], labels: npt.NDArray[np.int64],
+                 transform: Callable[[Any], torch.Tensor]) -> None:
         self.images, self.indices, self.labels, self.transform = images, indices, labels, transform
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_rgb(self.images.file(self.indices[i]))), int(self.labels[i])
 
 
-def _decoded(images, labels, transform, what):
+def _decoded(images: ImageSet, labels: npt.NDArray[np.int64], transform: Callable[[Any], torch.Tensor],
+             what: str) -> tuple[torch.utils.data.Dataset[Any], list[str]]:
     """(a torch Dataset of (image tensor, label), the relative paths of the
     images that could not be decoded). An undecodable image is skipped
     with a warning, as in extraction, not a failed model.
@@ -166,7 +182,9 @@ def _decoded(images, labels, transform, what):
     split's tensors take at most _IN_MEMORY_BYTES they are kept (the eval
     transform is deterministic, so every epoch would redo the same work);
     a larger split is decoded again each epoch, without the bad ones."""
-    kept, tensors, failed = [], [], []
+    kept: list[int] = []
+    tensors: list[torch.Tensor] | None = []
+    failed: list[tuple[str, str]] = []
     for index in range(len(images)):
         try:
             tensor = transform(load_rgb(images.file(index)))
@@ -185,6 +203,7 @@ def _decoded(images, labels, transform, what):
     if not kept:
         raise ValueError(f"{what} {images.root!r}: none of its {len(images)} images could be decoded")
     labels = labels[kept]
+    dataset: torch.utils.data.Dataset[Any]
     if tensors is None:
         dataset = _Files(images, kept, labels, transform)
     else:
@@ -192,7 +211,7 @@ def _decoded(images, labels, transform, what):
     return dataset, [path for path, _ in failed]
 
 
-def _shift(images, generator):
+def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to 1/8 of its size (zero fill)."""
     n, _, h, w = images.shape
     out = torch.zeros_like(images)
@@ -204,18 +223,19 @@ def _shift(images, generator):
     return out
 
 
-def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True, desc="train") -> float:
+def train(model: TimmModel, dataset: torch.utils.data.Dataset[Any], recipe: Recipe = Recipe(), *, seed: int = 0,
+          device: str | torch.device | None = None, progress: bool = True, desc: str = "train") -> float:
     """Train every weight of `model` (in place, left in eval mode on
     `device`) on `dataset` (any torch Dataset of (image tensor, label))
     with cross-entropy and `recipe`; returns the last epoch's mean loss.
 
     Deterministic for a seed (shuffling, augmentation and dropout draw from
     it; num_workers=0); the caller's torch RNG state is left as it was."""
-    if len(dataset) == 0:
+    if _size(dataset) == 0:
         raise ValueError("dataset is empty; training needs at least one (image, label) pair")
     device = resolve_device(device)
-    batch = min(recipe.batch_size, len(dataset))
-    steps = recipe.epochs * (len(dataset) // batch)
+    batch = min(recipe.batch_size, _size(dataset))
+    steps = recipe.epochs * (_size(dataset) // batch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
                                          generator=torch.Generator().manual_seed(seed))
     model.to(device)
@@ -223,6 +243,7 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
     groups = [{"params": [p for p in model.parameters() if (id(p) in head) == is_head], "lr": lr}
               for is_head, lr in ((False, recipe.lr), (True, recipe.lr * recipe.head_lr_scale))]
     groups = [group for group in groups if group["params"]]  # a headless model has no head group
+    optimizer: torch.optim.Optimizer
     if recipe.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
     else:
@@ -251,7 +272,13 @@ def train(model, dataset, recipe=Recipe(), *, seed=0, device=None, progress=True
     return total / count
 
 
-def accuracy(model, dataset, *, batch_size=256, device=None) -> float:
+def _size(dataset: torch.utils.data.Dataset[Any]) -> int:
+    # A map-style Dataset has __len__; torch's base class does not declare it.
+    return len(dataset)  # type: ignore[arg-type]
+
+
+def accuracy(model: torch.nn.Module, dataset: torch.utils.data.Dataset[Any], *, batch_size: int = 256,
+             device: str | torch.device | None = None) -> float:
     """Top-1 accuracy of `model` (in eval mode) on `dataset`."""
     device = resolve_device(device)
     correct = 0
@@ -261,11 +288,13 @@ def accuracy(model, dataset, *, batch_size=256, device=None) -> float:
         for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0,
                                                           generator=torch.Generator()):
             correct += int((model(images.to(device)).argmax(1).cpu() == labels).sum())
-    return correct / len(dataset)
+    return correct / _size(dataset)
 
 
-def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pretrained=True, device=None,
-             progress=True, use_ema=True) -> dict:
+def finetune(loaded_or_spec: LoadedModel | Any, train_dir: ImageSource, test_dir: ImageSource, *,
+             recipe: Recipe = Recipe(), seed: int = 0, pretrained: bool = True,
+             device: str | torch.device | None = None, progress: bool = True,
+             use_ema: bool = True) -> dict[str, Any]:
     """Fine-tune one model and test it.
 
     loaded_or_spec: a LoadedModel (left unchanged: a copy is trained), a
@@ -293,7 +322,8 @@ def finetune(loaded_or_spec, train_dir, test_dir, *, recipe=Recipe(), seed=0, pr
     return {**result, "seconds": time.perf_counter() - start}
 
 
-def _run(model, label, data: _Data, recipe, *, seed, device, progress) -> dict:
+def _run(model: TimmModel, label: str, data: _Data, recipe: Recipe, *, seed: int,
+         device: str | torch.device | None, progress: bool) -> dict[str, Any]:
     """Give `model` a fresh head for the target classes, train it (in place)
     and test it: finetune()'s result without "seconds"."""
     with torch.random.fork_rng(devices=[]):
@@ -301,10 +331,10 @@ def _run(model, label, data: _Data, recipe, *, seed, device, progress) -> dict:
         model.reset_classifier(data.classes)
     loss = train(model, data.train, recipe, seed=seed, device=device, progress=progress, desc=f"fine-tune {label}")
     return {"accuracy": accuracy(model, data.test, device=device), "epochs": recipe.epochs, "train_loss": loss,
-            "n_train": len(data.train), "n_test": len(data.test), "skipped": data.skipped}
+            "n_train": _size(data.train), "n_test": _size(data.test), "skipped": data.skipped}
 
 
-def _key(spec, identity, recipe, seed, splits: _Splits) -> str:
+def _key(spec: Any, identity: Any, recipe: Recipe, seed: int, splits: _Splits) -> str:
     """The cache key of one fine-tuning run: everything its accuracy
     depends on. The row's label, the device and `progress` are not in it
     (as in extraction: a run on another device reuses the entry)."""
@@ -314,8 +344,10 @@ def _key(spec, identity, recipe, seed, splits: _Splits) -> str:
                        splits.train.fingerprint, splits.test.fingerprint, torch.__version__, timm.__version__)
 
 
-def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=0, seeds=None, pretrained=True,
-                 device=None, cache=None, progress=True, use_ema=True) -> dict:
+def finetune_zoo(specs: Any, train_dir: ImageSource, test_dir: ImageSource, *, out: str | os.PathLike[str] | None = None,
+                 recipe: Recipe = Recipe(), seed: int = 0, seeds: Iterable[int] | None = None,
+                 pretrained: bool = True, device: str | torch.device | None = None,
+                 cache: Cache | str | os.PathLike[str] | None = None, progress: bool = True, use_ema: bool = True) -> dict[str, float]:
     """Fine-tune every model of `specs` (anything parse_models takes) once
     per seed of `seeds` and return the ground truth {label: mean accuracy
     over the seeds}, in the specs' order.
@@ -337,18 +369,20 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
     # error, said once before any work, not every model's.
     with checking_inputs():
         specs = parse_models(specs)
-        seeds = _check_seeds(seed, seeds)
+        seed_list = _check_seeds(seed, seeds)
         splits = _splits(train_dir, test_dir)
         device = resolve_device(device)
         if out is not None:
             check_output_file(out)
     cache = Cache.of(cache)
-    accuracies, written, errors = {}, {}, {}
+    accuracies: dict[str, float] = {}
+    written: dict[str, float | list[float]] = {}
+    errors: dict[str, str] = {}
     if out is not None:
         write_json(out, written)
     for spec in progress_bar(specs, desc="fine-tuning", unit="model", enabled=progress):
         try:
-            runs, ran = _finetune_model(spec, splits, seeds, recipe=recipe, seed=seed, pretrained=pretrained,
+            runs, ran = _finetune_model(spec, splits, seed_list, recipe=recipe, seed=seed, pretrained=pretrained,
                                         use_ema=use_ema, device=device, cache=cache, progress=progress)
         except Exception as err:  # noqa: BLE001 - one model's failure must not end the run
             errors[spec.label] = describe(err)
@@ -368,32 +402,34 @@ def finetune_zoo(specs, train_dir, test_dir, *, out=None, recipe=Recipe(), seed=
     return accuracies
 
 
-def _check_seeds(seed, seeds) -> tuple:
+def _check_seeds(seed: int, seeds: Any) -> tuple[int, ...]:
     if seeds is None:
         seeds = (seed,)
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
-    seeds = tuple(seeds)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct (a repeated seed repeats the same run), got {seeds!r}")
-    return seeds
+    checked: tuple[int, ...] = tuple(seeds)
+    if not checked or not all(isinstance(s, int) and not isinstance(s, bool) for s in checked):
+        raise ValueError(f"seeds must be a non-empty sequence of integers, got {checked!r}")
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"seeds must be distinct (a repeated seed repeats the same run), got {checked!r}")
+    return checked
 
 
-def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, use_ema, device, cache, progress):
+def _finetune_model(spec: Any, splits: _Splits, seeds: tuple[int, ...], *, recipe: Recipe, seed: int, pretrained: bool,
+                    use_ema: bool, device: torch.device, cache: Cache,
+                    progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(every seed's run meta, in `seeds`' order; the runs done now). Only
     the runs the cache lacks are done: the model is built and the images
     decoded once for them, and each run is cached as soon as it ends."""
     identity = weights_identity(spec, pretrained=pretrained, seed=seed, use_ema=use_ema, cache=cache)
     keys = {s: _key(spec, identity, recipe, s, splits) for s in seeds}
-    runs = {}
+    runs: dict[int, dict[str, Any]] = {}
     for s in seeds:
         entry = cache.get("finetune", keys[s])
         if entry is not None:
             runs[s] = entry.meta
     missing = [s for s in seeds if s not in runs]
-    ran = []
+    ran: list[dict[str, Any]] = []
     if missing:
         import timm
 
@@ -416,7 +452,7 @@ def _finetune_model(spec, splits, seeds, *, recipe, seed, pretrained, use_ema, d
     return [runs[s] for s in seeds], ran
 
 
-def write_json(path, value):
+def write_json(path: str | os.PathLike[str], value: Any) -> None:
     """Write `value` as JSON through the package's atomic write, into a
     folder made when missing (finetune_zoo's output and demo_zoo's files).
     Not _files.atomic_write_json: it sorts keys, and a ground truth lists
