@@ -307,7 +307,7 @@ def test_in_memory_models(zoo, tmp_path):
         np.testing.assert_allclose(out["out"].features, net(batch).numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["pool"].features, pooled.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["fn"].features, batch.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
-    assert out["out"].predictions is None and out["fn"].identity == "given:mean"
+    assert out["out"].predictions is None and out["fn"].identity.startswith("given:mean:transform=")
     assert timm_model.training  # screened as a copy
 
 
@@ -321,6 +321,12 @@ def test_in_memory_identity_follows_the_weights(zoo, tmp_path):
     changed = run({"net": model}, zoo, tmp_path)["net"]
     assert not changed.cached and changed.identity != first.identity
     assert not np.array_equal(changed.features, first.features)
+    # Another transform for the same weights is another model for the cache.
+    other = dict(SMALL_CONFIG, mean=(0.0, 0.0, 0.0))
+    for given in (None, "v1"):
+        a, b = (run({"net": Model(net, data_config=config, identity=given)}, zoo, tmp_path)["net"]
+                for config in (SMALL_CONFIG, other))
+        assert a.identity != b.identity and not b.cached and not np.array_equal(a.features, b.features)
 
 
 def test_in_memory_transformers_model_takes_its_processor(zoo, tmp_path):
@@ -355,10 +361,13 @@ def test_in_memory_models_pickle_for_other_processes():
     cloudpickle (lambdas too); one that cannot be pickled says to use the
     local executor."""
     spec = parse_models({"fn": Model(lambda x: x * 2, data_config=SMALL_CONFIG, identity="double"),
-                         "net": torch.nn.Linear(2, 2)})
+                         "net": Model(torch.nn.Linear(2, 2), data_config=SMALL_CONFIG)})
+    digest = spec[1].model.digest("net")
     copies = pickle.loads(pickle.dumps(spec))
     assert copies[0].model.model(torch.tensor(2.0)) == 4.0
-    assert copies[1].model.digest("net") == spec[1].model.digest("net")
+    assert copies[1].model._digest == digest  # shipped: the worker does not hash the weights again
+    copies[1].model._digest = None
+    assert copies[1].model.digest("net") == digest
     lock = threading.Lock()
     spec = parse_models({"bad": Model(lambda x: lock and x, data_config=SMALL_CONFIG, identity="x")})
     with pytest.raises(TypeError, match="cannot be pickled .* screen it with the local executor"):

@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import hashlib
 import inspect
+import json
 import math
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ class Model:
         except ImportError:
             import pickle as cloudpickle
         try:
-            state = cloudpickle.dumps((self.model, self.layer, self.data_config, self.identity))
+            state = cloudpickle.dumps((self.model, self.layer, self.data_config, self.identity, self._digest))
         except Exception as error:
             raise TypeError(f"in-memory model {type(self.model).__name__} cannot be pickled to send it to another "
                             f"process ({type(error).__name__}: {error}); screen it with the local executor, "
@@ -138,14 +139,18 @@ class Model:
         return self._digest
 
     def _identity(self, label) -> str:
-        if self.identity is not None:
-            return f"given:{self.identity}"
+        # The transform is part of it: extraction remembers a model's data
+        # config under its name and identity, which for a timm model decide
+        # it, but here the caller may give another one to the same weights.
         owner = _owner(self.model)
-        if owner is None:
+        if owner is None and self.identity is None:
             raise ValueError(f"model {label!r}: a plain callable has no weights to identify it by in the cache; "
                              f"give Model(function, identity='...', data_config=...)")
+        transform = json.dumps(memory_config(self, label), sort_keys=True)
+        if self.identity is not None:
+            return f"given:{self.identity}:transform={hashlib.sha256(transform.encode()).hexdigest()[:16]}"
         method = "" if owner is self.model else self.model.__name__
-        extra = [f"method={method}", f"layer={self.layer or ''}"]
+        extra = [f"method={method}", f"layer={self.layer or ''}", f"transform={transform}"]
         if _is_transformers(owner):
             extra.append(f"transformers={sys.modules['transformers'].__version__}")
         return f"sha256:{module_digest(owner, *extra)}"
@@ -156,8 +161,10 @@ def _unpickle_model(state):
         import cloudpickle
     except ImportError:
         import pickle as cloudpickle
-    model, layer, data_config, identity = cloudpickle.loads(state)
-    return Model(model, layer=layer, data_config=data_config, identity=identity)
+    model, layer, data_config, identity, digest = cloudpickle.loads(state)
+    copy = Model(model, layer=layer, data_config=data_config, identity=identity)
+    copy._digest = digest  # the hash of the very weights that were pickled: not taken again
+    return copy
 
 
 def _owner(function):
