@@ -392,3 +392,26 @@ def test_cli_takes_the_new_sources(zoo, tmp_path):
                  str(zoo["data"]), "--cache", str(tmp_path / "c"), "--out", str(out), "--batch-size", "4",
                  "--quiet"]) == 0
     assert np.load(out / "mobilenet_v3_small-mnv3.npy").shape == (6, 1024) and np.load(out / "vit.npy").shape == (6, 32)
+
+
+def test_in_memory_models_on_ray(zoo, tmp_path):
+    """With the Ray executor, in-memory models are pickled to the workers
+    (a lambda too) and give the rows the local executor gives."""
+    import ray
+
+    from ped_fast.zoo.ray_executor import RayExecutor
+
+    net = get_model("resnet18", num_classes=5)
+    models = {"pool": Model(net, layer="avgpool", data_config=SMALL_CONFIG),
+              "fn": Model(lambda batch: batch.mean(dim=(2, 3)), data_config=SMALL_CONFIG, identity="mean")}
+    options = dict(scorers=("sfda",), batch_size=4, progress=False)
+    local = screen(models, zoo["data"], "self", cache=tmp_path / "local", **options)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = screen(models, zoo["data"], "self", cache=tmp_path / "ray", executor=RayExecutor(progress=False),
+                        **options)
+    finally:
+        ray.shutdown()
+    for mine, theirs in zip(local["models"], remote["models"], strict=True):
+        assert theirs["error"] is None and mine["identity"] == theirs["identity"]
+        assert mine["scores"] == theirs["scores"]
