@@ -213,11 +213,10 @@ def summarize(results, out=None, *, bootstrap=BOOTSTRAP, confidence=CONFIDENCE, 
     results: {task name: results (a screen's results dict), or the path of
     its results.json or of the folder holding it}, or a sequence of such
     paths, each task named by its folder (task_name), or of (task name,
-    path) pairs. Each task's weighted
-    taus are computed again from its rows and ground truth, with intervals
-    (bootstrap, confidence, seed: evaluate()'s, so the defaults give each
-    task's report's intervals); a task without ground truth is listed, not
-    judged. Returns {"ped_fast_version", "rankings" (the compared rankings:
+    path) pairs. Each task's weighted taus are computed again from its
+    rows and ground truth, with intervals (bootstrap, confidence, seed:
+    evaluate()'s, so the defaults give each task's report's intervals); a
+    task without ground truth is listed, not judged. Returns {"ped_fast_version", "rankings" (the compared rankings:
     SFDA, PED+SFDA, ..., each combination), "tasks": [per task: "name",
     "results", "models", "note", "best", "rankings": {ranking:
     "weighted_tau", "interval", "saturated", "versus_best"}], "mean":
