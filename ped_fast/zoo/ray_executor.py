@@ -16,9 +16,15 @@ import dataclasses
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from .._validate import check_integer, check_number
 from .errors import is_transient
+
+if TYPE_CHECKING:
+    from .screen import ModelTask
 
 INSTALL = "pip install -e '.[ray]'"
 
@@ -28,7 +34,7 @@ INSTALL = "pip install -e '.[ray]'"
 SHARE_BYTES = 1024
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """The ray module, or an ImportError that says how to install it."""
     try:
         import ray
@@ -44,7 +50,7 @@ class TaskFailed(Exception):
     a cancellation), `retries` how often it had been submitted again
     before. The message is one line: Ray's run to many."""
 
-    def __init__(self, error, retries=0):
+    def __init__(self, error: BaseException, retries: int = 0) -> None:
         self.error, self.retries = error, retries
         first_line = (str(error).strip().splitlines() or [repr(error)])[0]
         after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
@@ -79,16 +85,17 @@ class RayExecutor:
     # on one machine.
     extracts_per_unit = True
 
-    def __init__(self, address=None, *, cpus_per_task=1, gpus_per_task=None, max_retries=3, progress=True):
+    def __init__(self, address: str | None = None, *, cpus_per_task: float = 1, gpus_per_task: float | None = None,
+                 max_retries: int = 3, progress: bool = True) -> None:
         self._ray = import_ray()
         self.address = address
         self.cpus_per_task = _resource(cpus_per_task, "cpus_per_task")
         self.gpus_per_task = None if gpus_per_task is None else _resource(gpus_per_task, "gpus_per_task")
         self.max_retries = check_integer(max_retries, "max_retries", minimum=0)
         self.progress = progress
-        self._summary = None
+        self._summary: dict[str, Any] | None = None
 
-    def map(self, function, tasks):
+    def map(self, function: Callable[..., Any], tasks: Iterable[ModelTask]) -> Iterator[Any]:
         """Submit one task per unit at once, each running
         ``function(task, raise_transient=True)`` on a worker; yield, in task
         order, what each returned, or the exception (a TaskFailed, or the
@@ -97,16 +104,18 @@ class RayExecutor:
         from tqdm.auto import tqdm
 
         ray = self._ray
-        tasks = list(tasks)
+        task_list = list(tasks)
         start = time.perf_counter()
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self.address or os.environ.get("RAY_ADDRESS") or "local")
         startup = time.perf_counter() - start
-        pending, outcomes, retries, ready = {}, [_PENDING] * len(tasks), [0] * len(tasks), 0
+        pending: dict[Any, int] = {}
+        outcomes: list[Any] = [_PENDING] * len(task_list)
+        retries, ready = [0] * len(task_list), 0
         try:
             cluster_gpus = ray.cluster_resources().get("GPU", 0)
-            planned = [self._plan(task, cluster_gpus) for task in tasks]
+            planned = [self._plan(task, cluster_gpus) for task in task_list]
             gpus = [gpus for _, gpus in planned]
             shipped, shared = share([task for task, _ in planned], ray.put, ray.cloudpickle.dumps)
             # Ray's own retries are off: the driver resubmits, so that it
@@ -114,14 +123,14 @@ class RayExecutor:
             remote = ray.remote(_run_unit)
             threads = max(1, int(self.cpus_per_task))
 
-            def submit(index):
+            def submit(index: int) -> None:
                 options = remote.options(num_cpus=self.cpus_per_task, num_gpus=gpus[index], max_retries=0)
                 pending[options.remote(function, shipped[index], threads)] = index
 
             submitted = time.perf_counter()
-            for index in range(len(tasks)):
+            for index in range(len(task_list)):
                 submit(index)
-            with tqdm(total=len(tasks), desc="work units", unit="model", disable=not self.progress) as bar:
+            with tqdm(total=len(task_list), desc="work units", unit="model", disable=not self.progress) as bar:
                 while pending:
                     [ref], _ = ray.wait(list(pending), num_returns=1)
                     index = pending.pop(ref)
@@ -132,17 +141,17 @@ class RayExecutor:
                         continue
                     outcomes[index] = outcome
                     bar.update(1)
-                    bar.set_postfix_str(tasks[index].name, refresh=False)
-                    while pending and ready < len(tasks) and outcomes[ready] is not _PENDING:
+                    bar.set_postfix_str(task_list[index].name, refresh=False)
+                    while pending and ready < len(task_list) and outcomes[ready] is not _PENDING:
                         yield outcomes[ready]
                         ready += 1
             self._summary = {
                 "name": "ray", "nodes": sum(node["Alive"] for node in ray.nodes()),
                 "cpus_per_task": self.cpus_per_task,
-                "gpus_per_task": gpus[0] if len(set(gpus)) == 1 else dict(zip((t.name for t in tasks), gpus)),
-                "max_retries": self.max_retries, "tasks": len(tasks), "shared_objects": shared,
+                "gpus_per_task": gpus[0] if len(set(gpus)) == 1 else dict(zip((t.name for t in task_list), gpus)),
+                "max_retries": self.max_retries, "tasks": len(task_list), "shared_objects": shared,
                 "retries": sum(retries),
-                "retries_by_model": {task.name: n for task, n in zip(tasks, retries) if n},
+                "retries_by_model": {task.name: n for task, n in zip(task_list, retries) if n},
                 "startup_seconds": startup, "tasks_seconds": time.perf_counter() - submitted,
             }
         finally:
@@ -154,7 +163,7 @@ class RayExecutor:
         # that zips the tasks with map() never resumes it after its last item.
         yield from outcomes[ready:]
 
-    def _plan(self, task, cluster_gpus):
+    def _plan(self, task: ModelTask, cluster_gpus: float) -> tuple[ModelTask, float]:
         """(the task as the worker gets it, the GPUs it reserves). The device
         stays to be resolved in the worker, except that a task reserving no
         GPU is told "cpu": Ray leaves a task without GPUs every GPU of its
@@ -162,6 +171,7 @@ class RayExecutor:
         would take a GPU that another task reserved."""
         settings = task.settings
         device = settings.device
+        gpus: float
         if device == "cpu":
             gpus = 0
         elif device is None:
@@ -179,7 +189,7 @@ class RayExecutor:
             progress=False)  # the driver's bar is the progress; workers' bars would interleave
         return dataclasses.replace(task, settings=settings), gpus
 
-    def _outcome(self, ref, retries):
+    def _outcome(self, ref: Any, retries: int) -> Any:
         """What the task of `ref` returned, _RETRY when it failed in a way a
         retry may cure and retries are left, else the exception to yield."""
         ray = self._ray
@@ -198,7 +208,7 @@ class RayExecutor:
         except ray.exceptions.RayError as error:
             return TaskFailed(error, retries)
 
-    def summary(self) -> dict | None:
+    def summary(self) -> dict[str, Any] | None:
         """The last map(): nodes, the resources each task reserved, the
         objects put in the object store once for all tasks, the retries (per
         model, those that had any), Ray's start-up and the tasks' seconds."""
@@ -208,7 +218,7 @@ class RayExecutor:
 _RETRY, _PENDING = object(), object()
 
 
-def _resource(value, name):
+def _resource(value: float, name: str) -> float:
     """A Ray resource amount: a number >= 0, whole when above 1 (Ray's
     rule), kept an int when whole."""
     amount = check_number(value, name, minimum=0)
@@ -217,30 +227,31 @@ def _resource(value, name):
     return int(amount) if amount.is_integer() else amount
 
 
-def share(tasks, put, dumps):
+def share(tasks: Sequence[Any], put: Callable[[Any], Any],
+          dumps: Callable[[Any], bytes]) -> tuple[list[Any], int]:
     """(tasks, how many objects were put): each dataclass task with every
     field value that is the same object in several tasks, and pickles (by
     `dumps`) to more than SHARE_BYTES, replaced by `put(value)`: one put
     per object, so that a 100,000-path image set crosses the network once,
     not with every task. _run_unit resolves them in the worker."""
-    def values(task):
+    def values(task: Any) -> list[tuple[str, Any]]:
         return [(field.name, getattr(task, field.name)) for field in dataclasses.fields(task) if field.init] \
             if dataclasses.is_dataclass(task) and not isinstance(task, type) else []
 
     seen = Counter(id(value) for task in tasks for _, value in values(task))
-    refs = {}
+    refs: dict[int, Any] = {}
     for task in tasks:
         for _, value in values(task):
             if seen[id(value)] > 1 and id(value) not in refs:
                 refs[id(value)] = put(value) if len(dumps(value)) > SHARE_BYTES else None
-    shipped = []
+    shipped: list[Any] = []
     for task in tasks:
         changes = {name: refs[id(value)] for name, value in values(task) if refs.get(id(value)) is not None}
         shipped.append(dataclasses.replace(task, **changes) if changes else task)
     return shipped, sum(ref is not None for ref in refs.values())
 
 
-def _run_unit(function, task, threads):
+def _run_unit(function: Callable[..., Any], task: Any, threads: int) -> Any:
     """The Ray task: fetch what share() put in the object store, size
     torch's threads to the task's CPUs (a reused worker keeps the count of
     the first task it ran), and run the unit, raising its transient
@@ -249,7 +260,7 @@ def _run_unit(function, task, threads):
     import torch
 
     torch.set_num_threads(threads)
-    if dataclasses.is_dataclass(task):
+    if dataclasses.is_dataclass(task) and not isinstance(task, type):
         refs = {field.name: getattr(task, field.name) for field in dataclasses.fields(task)
                 if field.init and isinstance(getattr(task, field.name), ray.ObjectRef)}
         if refs:
