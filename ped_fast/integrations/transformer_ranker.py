@@ -23,12 +23,15 @@ be chosen there.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from transformer_ranker.estimators import HScore, LogME, NearestNeighbors
 from transformer_ranker.estimators.base import Estimator
 
-from ..ped import check_parameters, ped
+from .._validate import ArrayLike
+from ..ped import PEDResult, Reference, check_parameters, ped
 
 # The estimators TransformerRanker.run() takes by name, as its own table
 # (TransformerRanker.transferability_metrics) names them.
@@ -61,7 +64,8 @@ class PEDEstimator(Estimator):
     PEDResult (steps, diagnostics, the moved features).
     """
 
-    def __init__(self, estimator="hscore", *, regression=False, reference=None, **ped_options):
+    def __init__(self, estimator: str | Estimator = "hscore", *, regression: bool = False,
+                 reference: Reference | None = None, **ped_options: Any) -> None:
         if not isinstance(regression, bool):
             raise TypeError(f"regression must be True or False, got {regression!r}")
         if regression:
@@ -81,21 +85,23 @@ class PEDEstimator(Estimator):
         self.estimator = estimator
         self.reference = reference
         self.ped_options = _ped_options(ped_options, reference)
-        self.result = None
+        self.result: PEDResult | None = None
 
-    def fit(self, embeddings, labels, **kwargs) -> float:
+    def fit(self, embeddings: ArrayLike, labels: ArrayLike, **kwargs: Any) -> float:
         if isinstance(embeddings, torch.Tensor) and embeddings.dtype in (torch.float16, torch.bfloat16):
             embeddings = embeddings.float()
         self.result = ped(embeddings, labels, reference=self.reference, **self.ped_options)
-        self.score = self.estimator.fit(embeddings=self.result.features, labels=labels, **kwargs)
-        return self.score
+        score: float = self.estimator.fit(embeddings=self.result.features, labels=labels, **kwargs)
+        self.score = score
+        return score
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         options = "".join(f", {key}={value!r}" for key, value in self.ped_options.items())
         return f"PEDEstimator({type(self.estimator).__name__}{options})"
 
 
-def add_ped_estimators(ranker, estimators=("hscore", "logme", "knn"), **ped_options) -> tuple:
+def add_ped_estimators(ranker: Any, estimators: str | Iterable[str] = ("hscore", "logme", "knn"),
+                       **ped_options: Any) -> tuple[str, ...]:
     """Let `ranker` (a TransformerRanker) run each of `estimators` after
     PED: ranker.run(models, estimator="ped_hscore") scores every model's
     embeddings (each layer's, with layer_aggregator="bestlayer") with
@@ -130,18 +136,18 @@ class _Factory:
     """What run() calls to make its estimator, factory(regression=...): a
     PEDEstimator around the ranker's own estimator class."""
 
-    def __init__(self, estimator_class, ped_options):
+    def __init__(self, estimator_class: Callable[..., Estimator], ped_options: Mapping[str, Any]) -> None:
         self.estimator_class = estimator_class
         self.ped_options = ped_options
 
-    def __call__(self, regression=False):
+    def __call__(self, regression: bool = False) -> PEDEstimator:
         if regression:
             raise ValueError("this dataset is a regression task: PED moves the classes of the embeddings apart and "
                              "needs class labels; run the estimator without the ped_ prefix")
         return PEDEstimator(self.estimator_class(regression=False), **self.ped_options)
 
 
-def _ped_options(options, reference):
+def _ped_options(options: Mapping[str, Any], reference: Reference | None) -> dict[str, Any]:
     """ped()'s options, checked, with rescale="self" when there is no
     reference and no rescale was chosen."""
     unknown = sorted(set(options) - set(PED_OPTIONS))
