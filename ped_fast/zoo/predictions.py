@@ -16,14 +16,19 @@ need far less. Two forms (docs/spec.md §2.6-2.7):
 - "exact": the N x K float32 logits, as the head gives them; any scorer
   that reads predictions.
 
-Both are scored in row blocks, never as one N x K float64 matrix.
+Both are scored in row blocks, never as one N x K float64 matrix: LEEP
+holds one C x K float64 table (C target classes) beside its blocks, NCE
+only the (target class, predicted class) pairs that occur.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..scorers.nce import LOG_OFFSET
 
 FORMS = ("compact", "exact")
 # Bytes per image the compact form may take beyond the features.
@@ -31,9 +36,13 @@ COMPACT_BYTES = 1024
 # Scorers that the compact form serves; any other scorer that reads
 # predictions needs the exact form.
 COMPACT_SCORERS = ("leep", "nce")
-# Rows scored at once: a block of B x K float64 probabilities (B = 2^22 / K
-# elements: 32 MiB), whatever N.
-_BLOCK_ELEMENTS = 1 << 22
+# Rows scored at once: B = 2^20 / K rows (B x k for the compact form), so
+# that each float64 or int64 block is 8 MiB whatever N. Beside a few such
+# blocks, LEEP's one C x K float64 table is all that grows with the problem
+# (docs/benchmarks.md §10).
+_BLOCK_ELEMENTS = 1 << 20
+# -p log p of a p(y | z) = 0 cell under NCE's 1e-20 offset (ped_fast.scorers.nce).
+_EMPTY_CELL_ENTROPY = -LOG_OFFSET * math.log(LOG_OFFSET)
 
 
 def index_dtype(num_sources):
@@ -89,48 +98,72 @@ class Predictions:
 
     def leep(self, labels) -> float:
         """LEEP (ped_fast.scorers.leep's definition) in row blocks."""
-        index, num_classes = _label_index(labels, self.rows)
+        index, num_classes = _label_index(labels, self.rows, "leep")
         if self.form == "exact":
             return _leep_dense(self.arrays["logits"], index, num_classes)
         return _leep_compact(self.arrays, self.num_sources, index, num_classes)
+
+    def nce(self, labels) -> float:
+        """NCE (ped_fast.scorers.nce's definition, its 1e-20 offset
+        included) from each image's argmax, exact in both forms. Only the
+        (target class, predicted class) pairs that occur are counted (at
+        most N), not the scorer's C x (predicted classes) table: memory
+        O(N)."""
+        index, num_classes = _label_index(labels, self.rows, "nce")
+        return _nce(torch.as_tensor(self.argmax()), index, num_classes)
 
 
 def _block_rows(num_sources):
     return max(1, _BLOCK_ELEMENTS // max(num_sources, 1))
 
 
-def _label_index(labels, n):
+def _label_index(labels, n, scorer):
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise ValueError(f"labels must be {n} class labels (one per prediction row), got shape {labels.shape}")
     classes, index = np.unique(labels, return_inverse=True)
     if classes.size < 2:
-        raise ValueError(f"leep needs at least 2 classes, got {classes.size}")
-    return torch.as_tensor(index, dtype=torch.int64), int(classes.size)
+        raise ValueError(f"{scorer} needs at least 2 classes, got {classes.size}")
+    return torch.as_tensor(index.reshape(-1), dtype=torch.int64), int(classes.size)
+
+
+def _float64(block) -> torch.Tensor:
+    """A float64 copy of rows read from a (possibly read-only, memory-mapped)
+    array: the copy is the block's own, free to be changed in place."""
+    return torch.from_numpy(np.array(block, dtype=np.float64))
 
 
 def _leep_dense(logits, index, num_classes):
     """Two passes over the N x K logits: the joint p(y, z), then each
-    sample's expected empirical prediction of its own label."""
+    sample's expected empirical prediction of its own label. Beside the
+    C x K table, a block's probabilities and its rows of p(y | z)."""
     n, sources = logits.shape
     step = _block_rows(sources)
     joint = torch.zeros(num_classes, sources, dtype=torch.float64)
     for start in range(0, n, step):
-        theta = torch.softmax(torch.as_tensor(np.asarray(logits[start:start + step])).to(torch.float64), dim=1)
-        joint.index_add_(0, index[start:start + step], theta)
-    conditional = _conditional(joint / n)
+        # index_put_, not index_add_: the same sums to the bit, but
+        # index_add_ along rows syncs its threads once per call, which cost
+        # 20x more than the additions on this shared 2-core machine.
+        joint.index_put_((index[start:start + step],), torch.softmax(_float64(logits[start:start + step]), dim=1),
+                         accumulate=True)
+    conditional = _conditional_(joint, n)
     total = 0.0
     for start in range(0, n, step):
-        theta = torch.softmax(torch.as_tensor(np.asarray(logits[start:start + step])).to(torch.float64), dim=1)
-        total += float(torch.log((theta * conditional[index[start:start + step]]).sum(1)).sum())
+        rows = slice(start, start + step)
+        theta = torch.softmax(_float64(logits[rows]), dim=1)
+        total += float(torch.log(theta.mul_(conditional[index[rows]]).sum(1)).sum())
     return total / n
 
 
-def _conditional(joint):
-    """p(y | z): a source class with zero probability contributes nothing
-    (ped_fast.scorers.leep's rule)."""
+def _conditional_(joint, n):
+    """p(y | z), computed in place of the C x K sums of probabilities per
+    target class (N p(y, z)), which it returns: one C x K table, never a
+    second. A source class with zero probability contributes nothing
+    (ped_fast.scorers.leep's rule), by the scorer's own operations."""
+    joint.div_(n)
     marginal = joint.sum(0)
-    return torch.where(marginal > 0, joint / marginal.clamp_min(torch.finfo(joint.dtype).tiny), 0.0)
+    joint.div_(marginal.clamp_min(torch.finfo(joint.dtype).tiny))
+    return joint.masked_fill_(~(marginal > 0), 0.0)
 
 
 def _leep_compact(arrays, num_sources, index, num_classes):
@@ -143,33 +176,50 @@ def _leep_compact(arrays, num_sources, index, num_classes):
     step = _block_rows(kept)
 
     def block(start):
+        """(labels, kept probabilities, their flat cells y K + z in the
+        C x K table, the spread probability of each other class)."""
         rows = slice(start, start + step)
-        p = torch.as_tensor(np.asarray(top_p[rows])).to(torch.float64)
-        z = torch.as_tensor(np.asarray(top_i[rows]).astype(np.int64))
-        spread = torch.as_tensor(np.asarray(rest[rows])).to(torch.float64) / others if others else \
-            torch.zeros(p.shape[0], dtype=torch.float64)
-        return index[rows], p, z, spread
+        y = index[rows]
+        cells = torch.from_numpy(np.array(top_i[rows], dtype=np.int64)).add_(y[:, None] * num_sources)
+        spread = _float64(rest[rows]).div_(others) if others else torch.zeros(y.shape[0], dtype=torch.float64)
+        return y, _float64(top_p[rows]), cells, spread
 
-    # p(y, z) * n: the kept probabilities where they are, the spread
+    # N p(y, z): the kept probabilities where they are, the spread
     # everywhere but there.
-    kept_mass = torch.zeros(num_classes * num_sources, dtype=torch.float64)
+    joint = torch.zeros(num_classes * num_sources, dtype=torch.float64)
     spread_by_class = torch.zeros(num_classes, dtype=torch.float64)
     for start in range(0, n, step):
-        y, p, z, spread = block(start)
-        cells = (y[:, None] * num_sources + z).flatten()
-        kept_mass.index_add_(0, cells, (p - spread[:, None]).flatten())
+        y, p, cells, spread = block(start)
+        joint.index_add_(0, cells.flatten(), p.sub_(spread[:, None]).flatten())
         spread_by_class.index_add_(0, y, spread)
-    joint = (kept_mass.view(num_classes, num_sources) + spread_by_class[:, None]) / n
-    conditional = _conditional(joint)
-    flat = conditional.flatten()
+    conditional = _conditional_(joint.view(num_classes, num_sources).add_(spread_by_class[:, None]), n)
     row_sums = conditional.sum(1)
     total = 0.0
     for start in range(0, n, step):
-        y, p, z, spread = block(start)
-        picked = flat[(y[:, None] * num_sources + z)]
-        expected = (p * picked).sum(1) + spread * (row_sums[y] - picked.sum(1))
+        y, p, cells, spread = block(start)
+        picked = conditional.view(-1)[cells]
+        others_sum = row_sums[y] - picked.sum(1)
+        expected = p.mul_(picked).sum(1).add_(spread.mul_(others_sum))
         total += float(torch.log(expected).sum())
     return total / n
+
+
+def _nce(source, index, num_classes):
+    """-H(y | z) over the pairs (y, z) that occur; each predicted class's
+    C - (its pairs) empty cells add the offset's entropy in closed form."""
+    n = source.shape[0]
+    _, position = torch.unique(source, return_inverse=True)
+    pairs, counts = torch.unique(position * num_classes + index, return_counts=True)
+    predicted = pairs // num_classes
+    occurring = int(position.max()) + 1
+    joint = counts.to(torch.float64) / n  # p(y, z) of each pair
+    marginal = torch.zeros(occurring, dtype=torch.float64).index_add_(0, predicted, joint)
+    conditional = joint / marginal[predicted] + LOG_OFFSET
+    entropy = torch.zeros(occurring, dtype=torch.float64)
+    entropy.index_add_(0, predicted, -conditional * torch.log(conditional))
+    empty = num_classes - torch.bincount(predicted, minlength=occurring)
+    entropy += empty.to(torch.float64) * _EMPTY_CELL_ENTROPY
+    return -float((entropy * marginal).sum())
 
 
 def compact_bytes(num_sources) -> int:
