@@ -11,7 +11,14 @@ A SPEC is one of
   ``torch.load(weights_only=True)``: a pickle that would run code is refused),
   or from a directory in timm's hub layout (``config.json`` + ``model.safetensors``
   or ``pytorch_model.bin``, see :func:`save_model_dir`);
-- ``LABEL:NAME[=PATH]``: the same, with the row's own name.
+- ``LABEL:NAME[=PATH]``: the same, with the row's own name;
+- ``[LABEL:]SOURCE:ID``, from another source: timm's own ``hf-hub:ORG/NAME``
+  and ``local-dir:PATH``, ``torchvision:NAME[:WEIGHTS][=PATH]`` and
+  ``hf:ID_OR_PATH`` (transformers). A first field naming a source is the
+  source, any other is the LABEL (so a label is never a source's name);
+  after the source, the rest is the ID. ped_fast.zoo.sources dresses these
+  models, and models held in memory (``{label: model}`` mappings,
+  :class:`Model`), as timm models; docs/screening.md §2 has the details.
 
 A checkpoint loads as timm's own pretrained path loads a local file
 (``timm.models.load_state_dict``, then ``create_model(pretrained=True)``):
@@ -327,14 +334,17 @@ def check_name(spec: ModelSpec) -> str:
 
 def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True, cache=None) -> str:
     """The identity LoadedModel.identity will have, without building the
-    model or downloading anything:
+    model or downloading anything (but a hub repository of an hf: or hf-hub:
+    spec, whose files are what is identified: it is fetched once per process
+    unless the local Hugging Face cache holds it and the hub cannot be used):
 
     - ``sha256:<hex>`` of the weights file (of ``config.json`` + weights for
       a hub-layout directory), followed by ``:ema`` or ``:no-ema`` when the
       file is a training checkpoint holding EMA weights, whose choice
       (`use_ema`) changes the model;
     - ``timm:<arch>.<tag>`` for timm's pretrained weights;
-    - ``random:seed=<seed>`` for seeded random weights.
+    - ``random:seed=<seed>`` for seeded random weights;
+    - those of the other sources (see :func:`_source_identity`).
 
     A PyTorch checkpoint is opened here (its pickle only, where it can be
     memory-mapped) to see whether it holds EMA weights, so one whose pickle

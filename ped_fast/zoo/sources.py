@@ -34,9 +34,16 @@ import inspect
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+
+# A timm data config: input_size, interpolation, mean, std, crop_pct, crop_mode.
+DataConfig = dict[str, Any]
+# What an adapter's forward_features returns: (features, logits or None).
+Trunk = tuple[torch.Tensor, "torch.Tensor | None"]
 
 # PIL's resampling filters by number (as transformers' processors store
 # them) -> timm's interpolation names.
@@ -88,7 +95,7 @@ class Model:
     data_config: object = None
     identity: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not callable(self.model):
             raise TypeError(f"Model's model must be an nn.Module or a callable images -> features, "
                             f"got {type(self.model).__name__}")
@@ -101,9 +108,9 @@ class Model:
                                  f"(see named_modules()), got {self.layer!r}")
         if self.identity is not None and (not isinstance(self.identity, str) or not self.identity.strip()):
             raise ValueError(f"Model's identity must be a non-empty string, got {self.identity!r}")
-        self._digest = None
+        self._digest: str | None = None
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[bytes], Model], tuple[bytes]]:
         # cloudpickle takes what plain pickle refuses (lambdas, closures,
         # classes of __main__); what it cannot take either fails here, with
         # the way out, rather than deep inside an executor.
@@ -130,7 +137,7 @@ class Model:
             return type(self.model).__name__
         return getattr(self.model, "__qualname__", type(self.model).__name__)
 
-    def digest(self, label) -> str:
+    def digest(self, label: str) -> str:
         """The identity (see the class docstring), computed once per Model
         (parse_models makes a new one per call, so weights changed between
         calls are hashed again)."""
@@ -138,7 +145,7 @@ class Model:
             self._digest = self._identity(label)
         return self._digest
 
-    def _identity(self, label) -> str:
+    def _identity(self, label: str) -> str:
         # The transform is part of it: extraction remembers a model's data
         # config under its name and identity, which for a timm model decide
         # it, but here the caller may give another one to the same weights.
@@ -147,16 +154,16 @@ class Model:
             raise ValueError(f"model {label!r}: a plain callable has no weights to identify it by in the cache; "
                              f"give Model(function, identity='...', data_config=...)")
         transform = json.dumps(memory_config(self, label), sort_keys=True)
-        if self.identity is not None:
+        if owner is None or self.identity is not None:
             return f"given:{self.identity}:transform={hashlib.sha256(transform.encode()).hexdigest()[:16]}"
-        method = "" if owner is self.model else self.model.__name__
+        method = "" if owner is self.model else getattr(self.model, "__name__")
         extra = [f"method={method}", f"layer={self.layer or ''}", f"transform={transform}"]
         if _is_transformers(owner):
             extra.append(f"transformers={sys.modules['transformers'].__version__}")
         return f"sha256:{module_digest(owner, *extra)}"
 
 
-def _unpickle_model(state):
+def _unpickle_model(state: bytes) -> Model:
     try:
         import cloudpickle
     except ImportError:
@@ -167,7 +174,7 @@ def _unpickle_model(state):
     return copy
 
 
-def _owner(function):
+def _owner(function: object) -> torch.nn.Module | None:
     """The module whose weights decide `function`'s output: the module
     itself, the module a bound method belongs to, or None."""
     if isinstance(function, torch.nn.Module):
@@ -176,7 +183,7 @@ def _owner(function):
     return owner if isinstance(owner, torch.nn.Module) else None
 
 
-def module_digest(module, *extra) -> str:
+def module_digest(module: torch.nn.Module, *extra: str) -> str:
     """sha256 (hex) of the module's class, `extra` and every state-dict
     entry (name, dtype, shape and bytes): what decides its outputs, short
     of its code."""
@@ -192,20 +199,20 @@ def module_digest(module, *extra) -> str:
     return digest.hexdigest()
 
 
-def _is_transformers(module) -> bool:
+def _is_transformers(module: object) -> bool:
     # Only when transformers is imported already: a module cannot be a
     # transformers model otherwise, and importing it costs seconds.
     transformers = sys.modules.get("transformers")
     return transformers is not None and isinstance(module, transformers.PreTrainedModel)
 
 
-def _is_timm(module) -> bool:
+def _is_timm(module: object) -> bool:
     return all(hasattr(module, attr) for attr in ("forward_features", "forward_head", "pretrained_cfg"))
 
 
 # --- transforms as timm data configs ----------------------------------------
 
-def data_config_of(value, what) -> dict:
+def data_config_of(value: object, what: str) -> DataConfig:
     """A timm data config from a dict (completed by timm's defaults for
     interpolation, crop_pct and crop_mode), torchvision weights' transforms,
     or a transformers image processor."""
@@ -219,16 +226,17 @@ def data_config_of(value, what) -> dict:
                     f"transformers image processor, got {type(value).__name__}")
 
 
-def _checked_config(config, what) -> dict:
-    from timm.data import resolve_data_config
+def _checked_config(config: dict[str, Any], what: str) -> DataConfig:
+    import timm.data
 
+    resolve: Any = timm.data.resolve_data_config  # type: ignore[attr-defined]  # timm exports it, untyped
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     unknown = sorted(set(config) - set(keys))
     missing = [k for k in ("input_size", "mean", "std") if k not in config]
     if unknown or missing:
         raise ValueError(f"{what}: data_config must give input_size, mean and std (and may give interpolation, "
                          f"crop_pct, crop_mode); got {sorted(config)}")
-    resolved = resolve_data_config(args=dict(config))
+    resolved = resolve(args=dict(config))
     size, mean, std = resolved["input_size"], resolved["mean"], resolved["std"]
     if len(size) != 3 or size[0] != 3 or not all(isinstance(v, int) and v > 0 for v in size):
         raise ValueError(f"{what}: data_config input_size must be (3, height, width), got {config['input_size']!r}")
@@ -249,12 +257,12 @@ def _checked_config(config, what) -> dict:
             "std": tuple(std), "crop_pct": float(resolved["crop_pct"]), "crop_mode": resolved["crop_mode"]}
 
 
-def _refuse(what, owner, why):
+def _refuse(what: str, owner: str, why: str) -> ValueError:
     return ValueError(f"{what}: {owner} {why}, which timm's eval transform (resize, center crop, normalise) "
                       f"cannot express; give the transform as Model(model, data_config={{...}})")
 
 
-def transforms_config(transform, what) -> dict:
+def transforms_config(transform: Any, what: str) -> DataConfig:
     """torchvision's ImageClassification transform (resize the shorter
     side to resize_size, center-crop crop_size, normalise) as a timm data
     config: timm resizes to floor(crop / crop_pct), so crop_pct =
@@ -273,7 +281,7 @@ def transforms_config(transform, what) -> dict:
                             "crop_mode": "center"}, what)
 
 
-def _dims(value) -> dict:
+def _dims(value: Any) -> dict[str, int]:
     """A transformers size (SizeDict, dict) as {key: int} of its set entries."""
     if value is None:
         return {}
@@ -283,7 +291,7 @@ def _dims(value) -> dict:
     return {k: getattr(value, k) for k in keys if getattr(value, k, None) is not None}
 
 
-def processor_config(processor, what) -> dict:
+def processor_config(processor: Any, what: str) -> DataConfig:
     """A transformers image processor's resize, crop, rescale and
     normalisation as a timm data config (the resizing itself is then
     timm's: PIL's, which a "fast" processor's tensor resizing approximates
@@ -291,7 +299,7 @@ def processor_config(processor, what) -> dict:
     name = type(processor).__name__
     owner = f"image processor {name}"
 
-    def get(key, default=None):
+    def get(key: str, default: Any = None) -> Any:
         return getattr(processor, key, default)
 
     if not get("do_resize", False):
@@ -305,10 +313,10 @@ def processor_config(processor, what) -> dict:
     resample = getattr(resample, "value", resample)
     interpolation = resample if isinstance(resample, str) else _RESAMPLE.get(int(resample))
     size, crop = _dims(get("size")), _dims(get("crop_size")) if get("do_center_crop") else {}
-    edge = size.get("shortest_edge")
+    edge = size.get("shortest_edge", 0)
     exact = (size["height"], size["width"]) if "height" in size and "width" in size else None
-    crop_side = crop.get("height") if crop.get("height") == crop.get("width") else None
-    if crop and crop_side is None:
+    crop_side = crop.get("height", 0) if crop.get("height") == crop.get("width") else 0
+    if crop and not crop_side:
         raise _refuse(what, owner, f"crops a non-square {crop}")
     if get("crop_pct") is not None and not name.startswith("ConvNext"):
         raise _refuse(what, owner, f"has crop_pct={get('crop_pct')} with rules of its own")
@@ -321,7 +329,7 @@ def processor_config(processor, what) -> dict:
         shape, pct, mode = (crop_side, crop_side), crop_side / edge, "center"
         if math.floor(crop_side / pct) != edge:
             raise _refuse(what, owner, f"resizes to {edge} and crops {crop_side}")
-    elif exact and (not crop or (crop_side, crop_side) == exact):
+    elif exact is not None and (not crop or (crop_side, crop_side) == exact):
         # Resized to exactly height x width: timm's "squash".
         shape, pct, mode = exact, 1.0, "squash"
     else:
@@ -336,7 +344,7 @@ def processor_config(processor, what) -> dict:
 
 # --- adapters ----------------------------------------------------------------
 
-def as_features(value, what) -> torch.Tensor:
+def as_features(value: object, what: str) -> torch.Tensor:
     """`value` as a B x D feature matrix: a 4-D B x C x H x W output is
     averaged over H and W; anything else but a 2-D tensor is refused."""
     if not isinstance(value, torch.Tensor):
@@ -356,26 +364,31 @@ class Adapter(torch.nn.Module):
     model runs once per batch. num_classes: the width of the logits (0:
     none to offer)."""
 
-    def __init__(self, num_classes=0):
+    def __init__(self, num_classes: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
 
-    def forward_head(self, trunk, pre_logits=False):
+    def forward_features(self, batch: torch.Tensor) -> Trunk:
+        raise NotImplementedError
+
+    def forward_head(self, trunk: Trunk, pre_logits: bool = False) -> torch.Tensor | None:
         features, logits = trunk
         return features if pre_logits else logits
 
-    def forward(self, batch):
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | None:
         return self.forward_head(self.forward_features(batch))
 
 
 class _Output(Adapter):
     """A module's own output as the features."""
 
-    def __init__(self, module):
+    inner: torch.nn.Module
+
+    def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.inner = module
 
-    def forward_features(self, batch):
+    def forward_features(self, batch: torch.Tensor) -> Trunk:
         return as_features(self.inner(batch), f"the output of {type(self.inner).__name__}"), None
 
 
@@ -387,16 +400,18 @@ class _Layer(Adapter):
     """A named layer's output as the features: the forward pass stops
     after that layer."""
 
-    def __init__(self, module, layer):
+    inner: torch.nn.Module
+
+    def __init__(self, module: torch.nn.Module, layer: str) -> None:
         super().__init__()
         self.inner, self.layer = module, layer
         module.get_submodule(layer).register_forward_hook(self._hook)
 
     @staticmethod
-    def _hook(module, args, output):
+    def _hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         raise _Stop(output)
 
-    def forward_features(self, batch):
+    def forward_features(self, batch: torch.Tensor) -> Trunk:
         try:
             self.inner(batch)
         except _Stop as stop:
@@ -409,16 +424,20 @@ class _Classifier(Adapter):
     input is the feature vector (the penultimate layer), its output the
     logits."""
 
-    def __init__(self, module, linear):
-        super().__init__(num_classes=module.get_submodule(linear).out_features)
-        self.inner, self.linear = module, linear
-        self._seen = None
-        module.get_submodule(linear).register_forward_hook(self._hook)
+    inner: torch.nn.Module
 
-    def _hook(self, module, args, output):
+    def __init__(self, module: torch.nn.Module, linear: str) -> None:
+        layer = module.get_submodule(linear)
+        assert isinstance(layer, torch.nn.Linear)
+        super().__init__(num_classes=layer.out_features)
+        self.inner, self.linear = module, linear
+        self._seen: tuple[Any, Any] | None = None
+        layer.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._seen = (args[0], output)
 
-    def forward_features(self, batch):
+    def forward_features(self, batch: torch.Tensor) -> Trunk:
         self._seen = None
         output = self.inner(batch)
         seen, self._seen = self._seen, None
@@ -435,11 +454,13 @@ class _Pooled(Adapter):
     not in the checkpoint (a classification checkpoint of a ViT, whose
     classifier reads that token)."""
 
-    def __init__(self, model, first_token=False):
+    inner: torch.nn.Module
+
+    def __init__(self, model: torch.nn.Module, first_token: bool = False) -> None:
         super().__init__()
         self.inner, self.first_token = model, first_token
 
-    def forward_features(self, batch):
+    def forward_features(self, batch: torch.Tensor) -> Trunk:
         out = self.inner(pixel_values=batch)
         pooled = None if self.first_token else getattr(out, "pooler_output", None)
         if pooled is None:
@@ -457,29 +478,30 @@ class _Function(Adapter):
     """A callable images -> features; `owner` (the module a bound method
     belongs to) is registered so that moving the adapter moves it."""
 
-    def __init__(self, function, owner=None):
+    def __init__(self, function: Callable[[torch.Tensor], Any], owner: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.function = function
         if owner is not None:
             self.inner = owner
 
-    def forward_features(self, batch):
+    def forward_features(self, batch: torch.Tensor) -> Trunk:
         name = getattr(self.function, "__qualname__", type(self.function).__name__)
         return as_features(self.function(batch), f"the output of {name}"), None
 
 
 # --- in-memory models --------------------------------------------------------
 
-def memory_config(model: Model, label) -> dict:
+def memory_config(model: Model, label: str) -> DataConfig:
     """The data config of an in-memory model, without running it."""
     what = f"model {label!r}"
     if model.data_config is not None:
         return data_config_of(model.data_config, what)
     owner = _owner(model.model)
     if owner is not None and _is_timm(owner):
-        import timm
+        import timm.data
 
-        return dict(timm.data.resolve_model_data_config(owner))
+        resolve: Any = timm.data.resolve_model_data_config  # type: ignore[attr-defined]  # exported, untyped
+        return dict(resolve(owner))
     if owner is not None and _is_transformers(owner):
         folder = Path(str(getattr(owner, "name_or_path", "") or ""))
         if folder.is_dir() and (folder / "preprocessor_config.json").is_file():
@@ -490,10 +512,10 @@ def memory_config(model: Model, label) -> dict:
                      f"give Model(model, data_config={{'input_size': (3, H, W), 'mean': ..., 'std': ...}})")
 
 
-def load_memory(model: Model, label) -> Adapter | torch.nn.Module:
+def load_memory(model: Model, label: str) -> torch.nn.Module:
     """A copy of an in-memory module (or the callable itself), in eval mode
     on the CPU, dressed as a timm model."""
-    function = model.model
+    function: Any = model.model
     owner = _owner(function)
     if owner is None:
         return _Function(function)
@@ -511,7 +533,7 @@ def load_memory(model: Model, label) -> Adapter | torch.nn.Module:
 
 # --- torchvision --------------------------------------------------------------
 
-def torchvision_parts(spec):
+def torchvision_parts(spec: Any) -> tuple[str, Any]:
     """(builder name, weights enum member or None) of a torchvision spec
     (name ``torchvision:NAME[.WEIGHTS]``); unknown names and weights raise
     a one-line ValueError listing close matches or the known ones."""
@@ -538,7 +560,7 @@ def torchvision_parts(spec):
     return builder, enum[weights]
 
 
-def torchvision_config(spec) -> dict:
+def torchvision_config(spec: Any) -> DataConfig:
     builder, weights = torchvision_parts(spec)
     if weights is None:
         raise ValueError(f"model {spec.label!r}: torchvision's {builder!r} has no weights enum to take its transform "
@@ -546,21 +568,22 @@ def torchvision_config(spec) -> dict:
     return transforms_config(weights.transforms(), f"model {spec.label!r}")
 
 
-def weights_name(weights) -> str:
+def weights_name(weights: Any) -> str:
     """The identity of a torchvision weights enum member: its enum, name and URL."""
     return f"torchvision:{type(weights).__name__}.{weights.name}:{weights.url}"
 
 
-def classifier_of(module, label, builder) -> str:
+def classifier_of(module: torch.nn.Module, label: str, builder: str) -> str:
     """The name of the module's last nn.Linear (its classifier)."""
-    linears = [name for name, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)]
+    linears: list[str] = [name for name, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)]
     if not linears:
         raise ValueError(f"model {label!r}: torchvision's {builder!r} has no nn.Linear classifier to take "
                          f"its penultimate features from; give Model(module, layer=NAME) instead")
     return linears[-1]
 
 
-def build_torchvision(spec, state=None, weights=None, seed=0):
+def build_torchvision(spec: Any, state: dict[str, torch.Tensor] | None = None, weights: Any = None,
+                      seed: int = 0) -> Adapter:
     """The builder's model in eval mode on the CPU, dressed as a timm model:
     with `weights` (an enum member: torchvision loads them, from torch's hub
     cache when it holds them), with `state` (a state dict, its classifier's
@@ -594,7 +617,7 @@ def build_torchvision(spec, state=None, weights=None, seed=0):
     return _Classifier(module.eval(), linear)
 
 
-def _load_strict(module, state, spec):
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], spec: Any) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -611,7 +634,7 @@ def _load_strict(module, state, spec):
 
 # --- Hugging Face transformers ------------------------------------------------
 
-def import_transformers(label):
+def import_transformers(label: str) -> Any:
     try:
         import transformers
     except ImportError as error:
@@ -620,7 +643,7 @@ def import_transformers(label):
     return transformers
 
 
-def hf_files(folder: Path, label) -> list[Path]:
+def hf_files(folder: Path, label: str) -> list[Path]:
     """The files of a transformers model folder that decide the model and
     its transform (HF_PATTERNS), sorted; a folder without config.json or
     weights raises a one-line error."""
@@ -639,7 +662,7 @@ def hf_files(folder: Path, label) -> list[Path]:
     return files
 
 
-def _processor(folder, label):
+def _processor(folder: Path, label: str) -> Any:
     transformers = import_transformers(label)
     try:
         return transformers.AutoImageProcessor.from_pretrained(str(folder))
@@ -649,11 +672,11 @@ def _processor(folder, label):
                          f"AutoImageProcessor: {type(error).__name__}: {first}") from None
 
 
-def hf_config(folder, label) -> dict:
+def hf_config(folder: Path, label: str) -> DataConfig:
     return processor_config(_processor(folder, label), f"model {label!r}")
 
 
-def load_hf(folder, label) -> _Pooled:
+def load_hf(folder: Path, label: str) -> Adapter:
     """AutoModel's backbone from `folder` in float32, eval mode, on the CPU,
     dressed as a timm model. Weights the checkpoint lacks are refused
     (AutoModel would initialise them at random), except a pooler's, whose
