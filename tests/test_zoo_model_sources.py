@@ -180,6 +180,23 @@ def test_torchvision_errors(zoo, tmp_path):
         run("torchvision:squeezenet1_0", zoo, tmp_path, pretrained=False)
 
 
+def test_torchvision_weights_not_to_be_had(zoo, tmp_path, monkeypatch):
+    """Weights neither in torch's hub cache nor downloadable: the model's
+    one-line error, with the ways out."""
+    import urllib.error
+
+    import torchvision.models._api
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(ExtractionError, match="could not get torchvision's weights torchvision:"
+                                              "MobileNet_V3_Small_Weights.IMAGENET1K_V1.*--no-pretrained") as error:
+        run("torchvision:mobilenet_v3_small", zoo, tmp_path)
+    assert "\n" not in str(error.value)
+
+
 # --- Hugging Face transformers ---------------------------------------------------
 
 def hf_twin(folder, files):
@@ -290,8 +307,8 @@ def test_in_memory_models(zoo, tmp_path):
     timm_model.load_state_dict(checkpoint.state_dict())
     timm_model.train()
     net = get_model("resnet18", num_classes=5)
-    out = run({"spec": f"test_resnet={zoo['timm']}", "timm": timm_model,
-               "out": Model(net, data_config=SMALL_CONFIG), "pool": Model(net, layer="avgpool", data_config=SMALL_CONFIG),
+    out = run({"spec": f"test_resnet={zoo['timm']}", "timm": timm_model, "out": Model(net, data_config=SMALL_CONFIG),
+               "pool": Model(net, layer="avgpool", data_config=SMALL_CONFIG),
                "fn": Model(lambda batch: batch.mean(dim=(2, 3)), data_config=SMALL_CONFIG, identity="mean")},
               zoo, tmp_path, predictions="exact")
     np.testing.assert_array_equal(out["timm"].features, out["spec"].features)
