@@ -33,6 +33,8 @@ from transformer_ranker.estimators.base import Estimator
 from .._validate import ArrayLike
 from ..ped import PEDResult, Reference, check_parameters, ped
 
+__all__ = ["PEDEstimator", "add_ped_estimators"]
+
 # The estimators TransformerRanker.run() takes by name, as its own table
 # (TransformerRanker.transferability_metrics) names them.
 ESTIMATORS = {"hscore": HScore, "logme": LogME, "knn": NearestNeighbors}

@@ -17,7 +17,12 @@ by about 1e-6).
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
 
 from .cache import Cache
 from .report import FILES, format_table
@@ -28,7 +33,8 @@ SCORERS = ("sfda", "logme", "nleep", "gbc")
 EXTRACTION_THREADS = 1
 
 
-def run_demo(out="ped_fast_demo", *, cache=None, device=None, backend="auto", progress=True, write=print) -> int:
+def run_demo(out: str | os.PathLike[str] = "ped_fast_demo", *, cache: Cache | str | os.PathLike[str] | None = None, device: str | torch.device | None = None,
+             backend: str = "auto", progress: bool = True, write: Callable[[str], object] = print) -> int:
     """Build (or reuse) the demo zoo, screen it into `out`, print the table
     and the verdict; 0 when every model was scored, else 1."""
     from .demo_zoo import DemoConfig, build_demo
@@ -55,12 +61,14 @@ def run_demo(out="ped_fast_demo", *, cache=None, device=None, backend="auto", pr
     return 1 if failed(results) else 0
 
 
-def verdict(results) -> list:
+def verdict(results: Mapping[str, Any]) -> list[str]:
     """One line per scorer: did PED rank the zoo better or worse than the
     plain scorer (weighted tau), and is that difference resolved (its
     paired bootstrap interval excludes 0); then the best ranking overall,
     and how many other rankings' intervals reach its weighted tau."""
-    lines, best, ranked = [], None, {}
+    lines: list[str] = []
+    best: tuple[str, float] | None = None
+    ranked: dict[str, Mapping[str, Any]] = {}
     for scorer, kinds in results.get("evaluation", {}).items():
         plain, moved = kinds["baseline"]["weighted_tau"], kinds["ped"]["weighted_tau"]
         name = display_name(scorer, "baseline")
@@ -85,7 +93,7 @@ def verdict(results) -> list:
     return lines
 
 
-def _resolution(kinds) -> str:
+def _resolution(kinds: Mapping[str, Any]) -> str:
     """PED against plain (the paired bootstrap of evaluation's
     "ped_vs_baseline"), in words; "" without a comparison."""
     versus = kinds.get("ped_vs_baseline") or {}
@@ -97,16 +105,16 @@ def _resolution(kinds) -> str:
             f"[{interval[0]:+.2f},{interval[1]:+.2f}])")
 
 
-def _interval(measures, name):
+def _interval(measures: Mapping[str, Any], name: str) -> Sequence[float]:
     """The bootstrap interval of one measure, or (-inf, -inf) without one."""
     interval = (measures.get("interval") or {}).get(name)
     return (-math.inf, -math.inf) if interval is None else interval
 
 
-def _level(measures):
+def _level(measures: Mapping[str, Any]) -> str:
     """The confidence of the measures' intervals, as "95%"."""
     return f"{measures['bootstrap']['confidence']:.0%}"
 
 
-def _finite(value):
+def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)

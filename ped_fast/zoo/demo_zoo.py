@@ -58,10 +58,13 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ._files import atomic_directory, remove_temporaries
@@ -92,9 +95,9 @@ class Checkpoint:
     architecture: str
     source: str
     epochs: int
-    model_args: tuple = ()
+    model_args: tuple[tuple[str, Any], ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.source not in SOURCE_TASKS:
             raise ValueError(f"checkpoint {self.label!r}: source must be one of {SOURCE_TASKS}, got {self.source!r}")
 
@@ -142,13 +145,13 @@ class DemoConfig:
     n_test: int = 497
     n_photo: int = 1000
     n_reference: int = 400
-    zoo: tuple = ZOO
+    zoo: tuple[Checkpoint, ...] = ZOO
     # Both recipes train small networks hard and fast: the zoo from scratch
     # (epochs come from each Checkpoint), and the fine-tuning for 72 steps,
     # where ImageNet-sized models would take Recipe()'s gentler defaults.
     source_recipe: Recipe = Recipe(lr=2e-3, head_lr_scale=1.0, batch_size=64)
     finetune_recipe: Recipe = Recipe(epochs=8, lr=1e-3, head_lr_scale=1.0, batch_size=32)
-    finetune_seeds: tuple = (0, 1, 2)
+    finetune_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
 
     def key(self) -> str:
@@ -168,14 +171,15 @@ class DemoZoo:
     target_train: Path
     target_test: Path
     reference: Path
-    specs: list
+    specs: list[str]
     ground_truth: Path | None
-    trained: list = field(default_factory=list)
-    finetuned: list = field(default_factory=list)
-    seconds: dict = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+    finetuned: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
-def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=True, workers=None) -> DemoZoo:
+def build_demo(cache_dir: str | os.PathLike[str], *, config: DemoConfig = DemoConfig(), ground_truth: bool = True, progress: bool = True,
+               workers: int | None = None) -> DemoZoo:
     """Write the demo's image folders and train its zoo under
     ``cache_dir/demo/<config key>/``, reusing whatever a previous run
     finished; with ground_truth=True also fine-tune every checkpoint on the
@@ -214,14 +218,14 @@ def build_demo(cache_dir, *, config=DemoConfig(), ground_truth=True, progress=Tr
             demo.trained, demo.finetuned, demo.seconds = done["trained"], done["finetuned"], done["seconds"]
         if ground_truth:
             demo.ground_truth = root / "ground_truth.json"
-            write_json(demo.ground_truth, {ck.label: [_finetuned(root, ck, seed, weights_identity(spec))["accuracy"]
+            write_json(demo.ground_truth, {ck.label: [_kept_accuracy(root, ck, seed, weights_identity(spec))
                                                       for seed in config.finetune_seeds]
                                            for spec, ck in zip(demo.specs, config.zoo)})
         return demo
 
 
 @contextlib.contextmanager
-def _one_build(cache, key, root, progress):
+def _one_build(cache: Cache, key: str, root: Path, progress: bool) -> Iterator[None]:
     """Hold the demo's lock (the cache's lock of entry ("demo", key)): one
     build of a configuration at a time, so that a second ``ped-fast demo``
     waits for the first and reuses its work instead of training the zoo
@@ -236,7 +240,7 @@ def _one_build(cache, key, root, progress):
         yield
 
 
-def _layout(root, config) -> DemoZoo:
+def _layout(root: Path, config: DemoConfig) -> DemoZoo:
     """Where everything of `config` lives under `root` (nothing done yet)."""
     return DemoZoo(root=root, target_train=root / "target-train", target_test=root / "target-test",
                    reference=root / "reference",
@@ -244,7 +248,7 @@ def _layout(root, config) -> DemoZoo:
                    ground_truth=None)
 
 
-def _complete(demo, config, *, ground_truth) -> bool:
+def _complete(demo: DemoZoo, config: DemoConfig, *, ground_truth: bool) -> bool:
     """Whether the image folders, every checkpoint and (with ground_truth)
     every fine-tuning run of the current weights exist."""
     folders = [demo.target_train, demo.target_test, demo.reference] + \
@@ -255,7 +259,7 @@ def _complete(demo, config, *, ground_truth) -> bool:
                                    for spec, ck in zip(demo.specs, config.zoo) for seed in config.finetune_seeds)
 
 
-def _finetuned(root, ck, seed, weights):
+def _finetuned(root: Path, ck: Checkpoint, seed: int, weights: str) -> dict[str, Any] | None:
     """The kept result of fine-tuning checkpoint `ck` with `seed`, or None
     when there is none or it was of other weights (a retrained
     checkpoint's result is stale)."""
@@ -264,7 +268,16 @@ def _finetuned(root, ck, seed, weights):
     return result if result is not None and result.get("weights") == weights else None
 
 
-def _run_pinned(root, config, *, ground_truth, progress, workers) -> dict:
+def _kept_accuracy(root: Path, ck: Checkpoint, seed: int, weights: str) -> float:
+    """The test accuracy of a fine-tuning run the build has made."""
+    result = _finetuned(root, ck, seed, weights)
+    if result is None:
+        raise RuntimeError(f"the demo build in {root} left no fine-tuning result for {ck.label} with seed {seed}")
+    return float(result["accuracy"])
+
+
+def _run_pinned(root: Path, config: DemoConfig, *, ground_truth: bool, progress: bool,
+                workers: int) -> dict[str, Any]:
     """_build(root, config, ...) in a new Python process started with
     PINNED_ENVIRONMENT; returns its {"trained", "finetuned", "seconds"}.
     Its progress and any error go to this process's stderr; an interrupt
@@ -282,10 +295,11 @@ def _run_pinned(root, config, *, ground_truth, progress, workers) -> dict:
         if status != 0 or not done.is_file():
             raise RuntimeError(f"building the demo zoo in {root} failed: its training process exited with status "
                                f"{status} (its error is printed above)")
-        return json.loads(done.read_text())
+        outcome: dict[str, Any] = json.loads(done.read_text())
+        return outcome
 
 
-def _pinned_main(job, done):
+def _pinned_main(job: str | os.PathLike[str], done: str | os.PathLike[str]) -> None:
     """The training process's entry point (see _run_pinned)."""
     root, config, ground_truth, progress, workers = pickle.loads(Path(job).read_bytes())
     _pin_kernels()
@@ -293,7 +307,7 @@ def _pinned_main(job, done):
     Path(done).write_text(json.dumps(built))
 
 
-def _pin_kernels():
+def _pin_kernels() -> None:
     """torch's settings of the training process, beside PINNED_ENVIRONMENT:
     one intra-op thread; no oneDNN (mkldnn) or NNPACK, which pick their
     convolution kernels and blockings by CPU (convolutions then run as
@@ -301,12 +315,13 @@ def _pin_kernels():
     so that an operation without a deterministic implementation fails
     instead of varying."""
     torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # stubs type the flag as its descriptor
     torch.backends.nnpack.set_flags(False)
     torch.use_deterministic_algorithms(True)
 
 
-def _build(root, config, *, ground_truth, progress, workers=1) -> dict:
+def _build(root: Path, config: DemoConfig, *, ground_truth: bool, progress: bool,
+           workers: int = 1) -> dict[str, Any]:
     """Make what is missing under `root` (data, checkpoints, fine-tuning
     runs) with the torch settings of the calling process (build_demo's:
     the pinned one), training and fine-tuning in up to `workers` processes
@@ -337,7 +352,7 @@ def _build(root, config, *, ground_truth, progress, workers=1) -> dict:
 
 
 @contextlib.contextmanager
-def _runner(workers):
+def _runner(workers: int) -> Iterator[Callable[..., None]]:
     """run(function, tasks, progress=, desc=): function(*task, progress=...)
     for every task, with a bar over the tasks. With 1 worker in this
     process (each task with its own bar too); else in `workers` new
@@ -350,23 +365,26 @@ def _runner(workers):
     from tqdm.auto import tqdm
 
     if workers <= 1:
-        def run(function, tasks, *, progress, desc):
+        def run(function: Callable[..., object], tasks: Sequence[tuple[Any, ...]], *, progress: bool,
+                desc: str) -> None:
             for task in tqdm(tasks, desc=desc, unit="run", disable=not progress):
                 function(*task, progress=progress)
 
         yield run
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_pin_kernels) as pool:
-        def run(function, tasks, *, progress, desc):
+        def pooled(function: Callable[..., object], tasks: Sequence[tuple[Any, ...]], *, progress: bool,
+                   desc: str) -> None:
             with tqdm(total=len(tasks), desc=desc, unit="run", disable=not progress) as bar:
                 for done in as_completed([pool.submit(function, *task, progress=False) for task in tasks]):
                     done.result()
                     bar.update()
 
-        yield run
+        yield pooled
 
 
-def _finetune_run(spec, ck, seed, weights, demo, config, *, progress):
+def _finetune_run(spec: str, ck: Checkpoint, seed: int, weights: str, demo: DemoZoo, config: DemoConfig, *,
+                  progress: bool) -> None:
     """Fine-tune one checkpoint with one seed, on the CPU, and keep the
     result in finetune/LABEL.seedS.json with the checkpoint's identity, so
     that a killed build resumes and a retrained checkpoint is fine-tuned
@@ -376,7 +394,7 @@ def _finetune_run(spec, ck, seed, weights, demo, config, *, progress):
     write_json(demo.root / "finetune" / f"{ck.label}.seed{seed}.json", {**result, "weights": weights})
 
 
-def _write_data(demo, config):
+def _write_data(demo: DemoZoo, config: DemoConfig) -> _Data | None:
     """Write the missing image folders; returns the generated data, or None
     when everything (folders and checkpoints) already exists."""
     folders = (demo.target_train, demo.target_test, demo.reference)
@@ -395,7 +413,7 @@ def _write_data(demo, config):
     return data
 
 
-def _write_pngs(folder: Path, images, subfolders):
+def _write_pngs(folder: Path, images: npt.NDArray[Any], subfolders: Sequence[str]) -> None:
     from PIL import Image
 
     for index, (image, sub) in enumerate(zip(images, subfolders)):
@@ -407,7 +425,7 @@ class _Data:
     """The demo's images as uint8 N x 32 x 32 x 3 arrays (what the PNGs
     hold), generated deterministically from the config's seed."""
 
-    def __init__(self, config):
+    def __init__(self, config: DemoConfig) -> None:
         from PIL import Image
         from sklearn.datasets import load_digits, load_sample_images
 
@@ -423,7 +441,7 @@ class _Data:
                                               for k, part in enumerate(parts))
         self.source_labels, self.train_labels, self.test_labels = (digits.target[part] for part in parts)
 
-    def photo_patches(self, n, seed):
+    def photo_patches(self, n: int, seed: int) -> npt.NDArray[Any]:
         """n random 32x32 patches of the sample photos."""
         rng = np.random.default_rng([seed, 1])
         out = np.empty((n, 32, 32, 3), dtype=np.uint8)
@@ -433,7 +451,7 @@ class _Data:
             out[i] = photo[y:y + 32, x:x + 32]
         return out
 
-    def _render(self, digits, seed):
+    def _render(self, digits: npt.NDArray[Any], seed: int) -> npt.NDArray[Any]:
         """8x8 intensities in [0, 1] -> uint8 32x32x3: each digit enlarged to
         GLYPH pixels (bilinear), drawn in white at a random place over a
         darkened photo patch. The clutter is what makes the task need
@@ -441,14 +459,14 @@ class _Data:
         rng = np.random.default_rng([seed, 2])
         glyphs = torch.nn.functional.interpolate(torch.as_tensor(digits, dtype=torch.float32)[:, None],
                                                  size=(GLYPH, GLYPH), mode="bilinear", align_corners=False)
-        glyphs = glyphs[:, 0].clamp(0, 1).numpy()
+        glyph_array = glyphs[:, 0].clamp(0, 1).numpy()
         alpha = np.zeros((len(digits), 32, 32, 1), dtype=np.float32)
-        for a, glyph, (y, x) in zip(alpha, glyphs, rng.integers(33 - GLYPH, size=(len(digits), 2))):
+        for a, glyph, (y, x) in zip(alpha, glyph_array, rng.integers(33 - GLYPH, size=(len(digits), 2))):
             a[y:y + GLYPH, x:x + GLYPH, 0] = glyph
         background = self.photo_patches(len(digits), seed).astype(np.float32) * BACKGROUND
         return np.round((1 - alpha) * background + alpha * 255).astype(np.uint8)
 
-    def source_task(self, source, seed):
+    def source_task(self, source: str, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any], int]:
         """(images uint8 N x 32 x 32 x 3, labels, number of classes) of a
         source task; rotation tasks draw one rotation per image."""
         if source == "digits0-4":
@@ -458,7 +476,7 @@ class _Data:
         turns = np.random.default_rng([seed, 3]).integers(4, size=len(images))
         return _rotate(images, turns), turns, 4
 
-    def reference(self):
+    def reference(self) -> tuple[npt.NDArray[Any], list[str]]:
         """(images, subfolder of each): source-pool digits drawn at new places
         over new backgrounds and rotated, and photo patches."""
         n_digits = self.config.n_reference // 2
@@ -470,11 +488,11 @@ class _Data:
         return np.concatenate([digits, photos]), ["digits"] * len(digits) + ["photos"] * len(photos)
 
 
-def _rotate(images, turns):
+def _rotate(images: npt.NDArray[Any], turns: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.stack([np.rot90(image, k=int(k)) for image, k in zip(images, turns)])
 
 
-def _tensors(images):
+def _tensors(images: npt.NDArray[Any]) -> torch.Tensor:
     """uint8 N x H x W x 3 -> float32 N x 3 x H x W normalised like
     PRETRAINED_CFG, i.e. what timm's eval transform makes of the PNGs."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
@@ -483,7 +501,7 @@ def _tensors(images):
     return (x - mean) / std
 
 
-def _train_checkpoint(ck, data, directory, config, *, progress):
+def _train_checkpoint(ck: Checkpoint, data: _Data, directory: Path, config: DemoConfig, *, progress: bool) -> None:
     import timm
 
     seed = config.seed ^ zlib.crc32(ck.label.encode())

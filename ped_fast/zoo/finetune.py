@@ -39,6 +39,8 @@ from .report import check_output_file
 from .images import ImageSet, image_set, load_rgb
 from .models import LoadedModel, load_model, parse_models, parse_spec, weights_identity
 
+__all__ = ["finetune_zoo", "finetune", "train", "accuracy", "Recipe", "FinetuneFailed"]
+
 # Bumped when the same inputs would give other numbers (the harness, the
 # splits' reading, the recipe's meaning): the cache's "finetune" entries of
 # older versions are then not reused.

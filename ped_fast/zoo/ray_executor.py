@@ -26,6 +26,8 @@ from .errors import is_transient
 if TYPE_CHECKING:
     from .screen import ModelTask
 
+__all__ = ["RayExecutor", "TaskFailed"]
+
 INSTALL = "pip install -e '.[ray]'"
 
 # A value shared by several tasks is put in the object store once when it
