@@ -37,7 +37,8 @@ from .zoo.report import ROWS_FIT, TABLE_WIDTH
 EXIT_FAILED_MODELS, EXIT_USAGE, EXIT_RUN, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 ERROR_LOG = "ped-fast-error.log"
 
-_MODEL_FLAGS = "comma-separated NAME, NAME=PATH or LABEL:NAME[=PATH], or a JSON file of them"
+_MODEL_FLAGS = ("comma-separated [LABEL:]NAME[=PATH] or [LABEL:]SOURCE:ID (hf-hub:, local-dir:, torchvision:, hf:), "
+                "or a JSON file of them")
 _SOURCES = ("an image folder (one subfolder per class), a CSV or JSON-lines manifest of path,label, or a Hugging "
             "Face dataset (a save_to_disk folder, parquet or arrow files)")
 
