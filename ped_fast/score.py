@@ -177,7 +177,7 @@ def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None
 
 
 def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options=None, backend="auto", reduce=None,
-              **ped_options) -> list:
+              return_baseline=True, **ped_options) -> list:
     """Several registered scorers on one model's features at every point of
     a grid of PED's hyper-parameters (the paper's sensitivity study):
     [(point, {name: PEDScore})], one pair per point in grid order, each
@@ -188,18 +188,27 @@ def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options
         parameters are ped()'s (time_step, nsigma, exit_ratio, max_steps,
         ...). parse_ped_grid reads the CLI's "nsigma=0.4,0.6;time_step=0.1".
     ped_options: the settings every point shares (a point overrides them).
+    return_baseline: False leaves the plain scores out (PEDScore.baseline
+        None, saturation for the PED score only), for a caller that has
+        them (the screen's cache).
     Other arguments as for ped_scores.
 
     What does not depend on the setting is computed once: reduce's
-    projection, the reference features' mean and std, each plain score and each scorer's shared work (SFDA's and
-    LogME's factorisations); per point only ped() runs and the moved
-    features are scored from the shared work."""
+    projection, the reference features' mean and std, each plain score and
+    each scorer's shared work (SFDA's residuals, within-class scatter, its
+    factorisation and the first fit in the class means' hull; LogME's
+    R^T R); per point ped() runs, the moved features' class statistics are
+    read once for all scorers, and each is scored from its shared work.
+    Points whose ped() moved nothing, or moved the classes by the same
+    shift as an earlier point, share that feature set's scores."""
     points = grid_points(grid)
     for point in points:
         _check_ped_options(dict(ped_options, **point))
         check_parameters(**{k: v for k, v in dict(ped_options, **point).items() if k != "inplace"})
     if ped_options.get("inplace", False) is not False or any("inplace" in point for point in points):
         raise ValueError("ped_sweep does not take inplace: every grid point moves the input features")
+    if not isinstance(return_baseline, bool):
+        raise TypeError(f"return_baseline must be True or False, got {return_baseline!r}")
     options, entries = _feature_scorers(scorers, scorer_options)
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, False)
@@ -211,24 +220,47 @@ def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options
         # M x D reference at every point. eps=0 leaves the std unclamped, so
         # that each point's ped() clamps it by its own eps, as it would.
         reference = _rescaling(reference, "reference", 0.0, x, backend, None, None, None)
-    prepared, baselines = {}, {}
-    for name, entry in entries.items():
-        if entry.shared is not None and (entry.shared.applies is None or entry.shared.applies(n, dim, True)):
-            prepared[name] = _Prepared(entry, features, labels, options[name], backend)
-            baselines[name] = prepared[name].baseline()
-        else:
-            baselines[name] = _call(entry, features, labels, options[name], backend)
+    prepared = {name: _Prepared(entry, features, labels, options[name], backend) for name, entry in entries.items()
+                if entry.shared is not None and (entry.shared.applies is None or entry.shared.applies(n, dim, True))}
+    # The scores of each distinct feature set, {name: score}: `unmoved`, the
+    # input's (the plain scores, and the PED scores of points at which ped()
+    # moved nothing); `moved_sets`, [(shift, scores)], one per distinct shift.
+    unmoved = {}
+    if return_baseline:
+        unmoved = {name: prepared[name].baseline() if name in prepared else
+                   _call(entry, features, labels, options[name], backend) for name, entry in entries.items()}
+    baselines = {name: unmoved.get(name) for name in entries}
+    moved_sets = []
     out = []
     for number, point in enumerate(points):
         result = ped(features, labels, reference=reference, backend=backend, **dict(ped_options, **point))
-        scores = {}
-        for name, entry in entries.items():
-            moved = prepared[name].moved(result, last=number == len(points) - 1) if name in prepared else \
-                _call(entry, result.features, labels, options[name], backend)
-            scores[name] = PEDScore(ped=moved, baseline=baselines[name], result=result,
-                                    saturation=_saturation(entry, baselines[name], moved, result, labels))
-        out.append((dict(point), scores))
+        shift = to_tensor(result.shift, "shift")[0]
+        if result.steps == 0:
+            known = unmoved
+        else:
+            known = next((scores for other, scores in moved_sets if torch.equal(other, shift)), None)
+        if not known:
+            known = _score_moved(entries, prepared, result, labels, options, backend,
+                                 last=number == len(points) - 1)
+            if result.steps == 0:
+                unmoved.update(known)
+            else:
+                moved_sets.append((shift, known))
+        out.append((dict(point), {
+            name: PEDScore(ped=known[name], baseline=baselines[name], result=result,
+                           saturation=_saturation(entry, baselines[name], known[name], result, labels))
+            for name, entry in entries.items()}))
     return out
+
+
+def _score_moved(entries, prepared, result, labels, options, backend, *, last):
+    """{name: score} of PED's moved features `result.features` for each
+    scorer: from its shared work (prepared) when it has one, the moved
+    features' class statistics read once for all of them."""
+    moved = to_tensor(result.features, "features")[0]
+    moments = [prepared[name].moved_moments(moved) for name in list(prepared)[:1]]
+    return {name: prepared[name].score_moved(moved, moments[0], last=last) if name in prepared else
+            _call(entry, result.features, labels, options[name], backend) for name, entry in entries.items()}
 
 
 def grid_points(grid) -> list:
@@ -375,7 +407,17 @@ class _Prepared:
         """The score of PED's moved features `result.features`; last: no
         other score follows, so the shared work may be spent on this one."""
         moved, _ = to_tensor(result.features, "features")
-        moved_moments = _shared_moments(self.prep, moved, self.moments.variances)
+        return self.score_moved(moved, self.moved_moments(moved), last=last)
+
+    def moved_moments(self, moved):
+        """_shared_moments of PED's moved features `moved` (a tensor): the
+        same for every scorer, whose preparations share the labels and
+        the input's class variances."""
+        return _shared_moments(self.prep, moved, self.moments.variances)
+
+    def score_moved(self, moved, moved_moments, *, last):
+        """The score of PED's moved features `moved`, whose moved_moments
+        are given (None: scored by the scorer itself)."""
         if moved_moments is None:
             # The caller's options unchanged: a registered scorer need not take dtype.
             return _call(self.entry, moved, self.labels, self.options, self.backend)

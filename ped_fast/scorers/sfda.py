@@ -20,6 +20,16 @@ Because PED moves whole classes, PED-moved features have the same residuals
 R, hence the same Sw, shrinkage and first-pass factorisation as the input:
 `SFDAResiduals` holds those, and ped_score() scores both from one of them
 (SHARED, the registry's shared work for "sfda").
+
+PED's forces point along differences of class means, so the moved means
+stay in the affine hull of the input's: mu' - center = A Q^T for an
+orthonormal D x C basis Q of the centred input means. When SFDAResiduals
+scores several feature sets (ped_sweep's grid) and C is well below D, the
+first fit's logits R B^-1 mu'^T are (R B^-1 Q) A^T: an N x C matrix formed
+once, then N C^2 per score instead of N D C, and B^-1 is no longer solved
+for mu'. The second (ConfMix) fit cannot be shared: it weighs each residual
+by its own-class probability q_i, which moves with the means, so its
+scatter sum_i q_i^2 r_i r_i^T is formed at every score (N D^2).
 """
 from __future__ import annotations
 
@@ -29,11 +39,17 @@ import torch
 
 from .. import reference
 from ._input import class_moments, prepare
-from ._linalg import SymmetricSolver, gram, matmul, symmetric_matvec
+from ._linalg import SymmetricSolver, gram, matmul, symmetric_matvec, thin_qr_basis
 from ._registry import SharedWork
 
 POWER_ITERATIONS = 3
 SHRINKAGE_FLOOR = 1e-10
+# How far (in units of the features' eps times the size of a class's rows)
+# a class mean may lie outside the input means' affine hull for the first
+# fit to use the hull's basis: rounding the moved features to their dtype
+# moves a class mean by about eps/2 of its rows' size, which the per-score
+# path carries too; a mean farther out was not moved by PED alone.
+HULL_TOLERANCE = 8.0
 # SFDA is a mean probability of the true class, at most 1. Within 1e-6 of 1
 # every sample's own class takes all but a millionth of its probability:
 # the features separate the samples perfectly (with D >= N any labelling
@@ -109,24 +125,45 @@ class SFDAResiduals:
         scatter = gram(residual, lower_only=True).div_(n)
         self.shrinkage = _shrinkage(scatter)
         self.solver = _shrunk_solver(scatter, self.shrinkage)
+        self.feature_eps = torch.finfo(x.dtype).eps
+        self.scored = 0
+        self.hull = None  # (Q, R B^-1 Q, Q^T B^-1 Q), from the second score on
+        self.scratch = None  # the second fit's N x D buffer, kept between scores
 
     def score(self, means, *, consume):
         """SFDA score of the features whose class means are `means` (C x D,
         float64) and whose residuals are self.residual. consume=True updates
         the residuals in place (the object is spent); otherwise the second
-        pass works on a copy."""
+        pass works in a buffer kept for the next score."""
         dtype = self.residual.dtype
         n, dim = self.residual.shape
         num_classes = means.shape[0]
         center = (self.counts.to(torch.float64).unsqueeze(1) * means).sum(0) / n
-        mu = (means - center).to(dtype)
+        centred = means - center
+        mu = centred.to(dtype)
 
+        if self.hull is None and not consume and self.scored and 2 * num_classes <= dim:
+            self.hull = self._hull_basis()
+        in_hull = None if self.hull is None else self._in_hull(means, centred)
         # "Soften": the published code exponentiates the probabilities again.
-        q = self._own_probability(self.residual, mu, self.solver, soften=True).unsqueeze(1)
+        if in_hull is None:
+            q = self._own_probability(self.residual, mu, self.solver, soften=True)
+        else:
+            basis, residual_basis, basis_inverse = self.hull
+            table = matmul(in_hull, matmul(basis_inverse, in_hull.T))
+            table += self.log_prior - 0.5 * table.diagonal()
+            q = self.own_class_probability(matmul(residual_basis, in_hull.T), table, self.index, soften=True)
+        q = q.unsqueeze(1)
+        self.scored += 1
         others = (mu.sum(0) - mu) / (num_classes - 1)
 
         # ConfMix: x'_i - o_c = q_i (r_i + mu_c - o_c); then centre per class.
-        mixed = self.residual if consume else torch.empty_like(self.residual)
+        if consume:
+            mixed, self.scratch = self.residual, None
+        else:
+            if self.scratch is None:
+                self.scratch = torch.empty_like(self.residual)
+            mixed = self.scratch
         self.launcher.integrate(self.residual, self.index, mu - others, mixed)
         mixed.mul_(q)
         _, offset, _ = self.launcher.class_stats(mixed, self.index, num_classes)
@@ -137,6 +174,29 @@ class SFDAResiduals:
         solver2 = _shrunk_solver(gram(mixed, lower_only=True).div_(n), self.shrinkage)
         own = self._own_probability(mixed, mu2, solver2, soften=False)
         return float(own.mean())
+
+    def _hull_basis(self):
+        """(Q, R B^-1 Q, Q^T B^-1 Q): Q (D x C, float64) an orthonormal
+        basis of the centred input means, which spans their affine hull;
+        the two products in the compute dtype."""
+        center = (self.counts.to(torch.float64).unsqueeze(1) * self.means).sum(0) / self.residual.shape[0]
+        basis = thin_qr_basis((self.means - center).T.contiguous())
+        inverse = self.solver.solve(basis.to(self.residual.dtype))  # D x C = B^-1 Q
+        return basis, matmul(self.residual, inverse), matmul(basis.T.to(inverse.dtype).contiguous(), inverse)
+
+    def _in_hull(self, means, centred):
+        """The coordinates A (C x C, compute dtype) of the centred class
+        means `centred` in the hull basis, or None when a class mean lies
+        outside the input means' affine hull by more than rounding the
+        features could put it there (HULL_TOLERANCE)."""
+        basis = self.hull[0]
+        coordinates = matmul(centred, basis)
+        outside = torch.linalg.vector_norm(centred - matmul(coordinates, basis.T.contiguous()), dim=1)
+        rows = (torch.linalg.vector_norm(means, dim=1) + torch.linalg.vector_norm(self.means, dim=1)
+                + self.variances.sum(1).sqrt())
+        if not bool((outside <= HULL_TOLERANCE * self.feature_eps * rows).all()):
+            return None
+        return coordinates.to(self.residual.dtype)
 
     def _own_probability(self, residual, mu, solver, *, soften):
         """The probability the shrinkage-LDA classifier with class means `mu`

@@ -147,7 +147,9 @@ def grid_scores(features, labels, scorers, points, *, reference, backend="auto",
     zoo's ranking)."""
     # A copy: the cache's features are read-only memory maps, which torch warns about.
     x, y, options = _ped_inputs(np.array(features), labels, reference, device)
-    sweep = ped_sweep(x, y, list(scorers), list(points), backend=backend, reduce=reduce, **options)
+    # Without the plain scores: the row has them (score_row, cached).
+    sweep = ped_sweep(x, y, list(scorers), list(points), backend=backend, reduce=reduce, return_baseline=False,
+                      **options)
     return [{name: float(score.ped) for name, score in scores.items()} for _, scores in sweep]
 
 
