@@ -196,3 +196,16 @@ def test_without_baselines(monkeypatch):
             assert scores[name].baseline is None and scores[name].ped == pytest.approx(expected[name].ped, rel=1e-12)
     with pytest.raises(TypeError, match="return_baseline must be True or False, got 'no'"):
         ped_sweep(x, y, "sfda", grid, reference=g, return_baseline="no")
+
+
+def test_float32_arithmetic():
+    """SFDA computed in float32 (scorer_options dtype): the hull's products
+    are float32 too; within float32's reach of ped_score's (1e-5 relative,
+    docs/spec.md §6.3's float32 bar; measured 1e-7)."""
+    x, y = make_classes(401, 40, 6, separation=0.4, seed=2, dtype=torch.float32)
+    g, _ = make_classes(100, 40, 3, seed=3, dtype=torch.float32)
+    options = {"dtype": torch.float32}
+    out = ped_sweep(x, y, "sfda", {"nsigma": [0.4, 0.8, 1.2]}, reference=g, scorer_options={"sfda": options})
+    for point, scores in out:
+        alone = ped_score(x, y, "sfda", reference=g, scorer_options=options, **point)
+        assert_close(scores["sfda"].ped, alone, 1e-5, f"at {point}")
