@@ -2,6 +2,8 @@
 config, logits from the same pass, workers and precision."""
 import dataclasses
 import importlib
+import os
+import re
 
 import numpy as np
 import pytest
@@ -294,3 +296,30 @@ def test_a_model_whose_config_moves_it_to_a_group_already_run_is_run(zoo, tmp_pa
     data = image_folder(zoo["data"])
     want = timm_features(load_model(spec).model, [data.file(i) for i in range(len(data))], SMALL_CONFIG)
     np.testing.assert_array_equal(got["b"].features, want)
+
+
+def _mapped_kb(path):
+    """(mappings of `path` in this process, their resident kB), from /proc/self/smaps."""
+    maps, resident, inside = 0, 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = line.rstrip().endswith(str(path))
+                maps += inside
+            elif inside and line.startswith("Rss:"):
+                resident += int(line.split()[1])
+    return maps, resident
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_results_hold_none_of_their_features_in_memory(zoo, tmp_path):
+    """The cache checks an entry's checksum by reading it through the map it
+    returns: a result keeping that map held each model's features resident
+    until the screen ended, so a 200-model screen's peak memory grew with
+    the zoo. Fresh and cached results map their features unread."""
+    for run in ("fresh", "cached"):
+        got = extract([zoo["a"], zoo["b"]], zoo["data"], cache=tmp_path, batch_size=4, progress=False)
+        for fs in got.values():
+            assert fs.cached == (run == "cached")
+            assert _mapped_kb(fs.features.filename) == (1, 0), run
+        del got

@@ -312,7 +312,8 @@ class FeaturesStage(Stage):
             predictions = cache.get("predictions", self.predictions_key(key))
             if predictions is None:
                 return None
-        return self.result(entry, label, cached=True, predictions=predictions)
+            predictions = _remapped(cache, predictions)
+        return self.result(_remapped(cache, entry), label, cached=True, predictions=predictions)
 
     def result(self, entry, label, *, cached, predictions=None):
         meta = entry.meta
@@ -328,6 +329,17 @@ class FeaturesStage(Stage):
 
     def sink(self, cache, key, loaded):
         return _FeatureSink(self, cache, key, loaded)
+
+
+def _remapped(cache, entry):
+    """`entry`, just read by cache.get() or put(), mapped afresh. get()
+    checks each array's CRC-32 by reading every page through the map it
+    returns, and a map keeps the pages it read resident, counted in this
+    process's memory, for as long as it lives: every model's features until
+    the screen ends (at 200 models in bench_zoo_scale.py, most of the peak
+    memory's growth over 50). The cache remembers what it has checked, so
+    this get() reads no page, and the checked map is dropped with `entry`."""
+    return cache.get(entry.kind, entry.key) or entry
 
 
 def data_config_key(spec, identity):
@@ -844,9 +856,10 @@ class _FeatureSink:
                                 for name, array in self.predictions.items()}
         predictions = None
         if self.predictions:
-            predictions = self.cache.put("predictions", self.stage.predictions_key(self.key),
-                                         {"form": self.stage.predictions, "num_sources": self.num_sources,
-                                          "model": meta["model"], "label": label}, self.predictions)
+            predictions = _remapped(self.cache, self.cache.put(
+                "predictions", self.stage.predictions_key(self.key),
+                {"form": self.stage.predictions, "num_sources": self.num_sources, "model": meta["model"],
+                 "label": label}, self.predictions))
             self.predictions = {}
         entry = self.cache.get("features", self.key)
         if entry is None:  # not only the predictions were missing
@@ -856,7 +869,7 @@ class _FeatureSink:
         else:
             self.abandon()
         self.arrays = {}
-        return self.stage.result(entry, label, cached=False, predictions=predictions)
+        return self.stage.result(_remapped(self.cache, entry), label, cached=False, predictions=predictions)
 
     def _compact(self, kind, name, array, keep):
         rows = np.flatnonzero(keep)
