@@ -13,13 +13,20 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .images import DATA_FILE_SUFFIXES, ImageSet, _warn_unlabelled, class_labels
 
+# How a set is loaded: ("disk", a save_to_disk folder), or ("parquet" | "arrow", its files). The dataset
+# objects themselves are Any: datasets has no annotations.
+_Load = tuple[str, str | tuple[str, ...]]
 
-def dataset_images(source, *, what="data", labelled=True, image_column=None, label_column=None) -> ImageSet:
+
+def dataset_images(source: str | os.PathLike[str], *, what: str = "data", labelled: bool = True,
+                   image_column: str | None = None, label_column: str | None = None) -> ImageSet:
     """The images of a Hugging Face dataset (see images.image_set). Rows
     whose label is missing (None, or -1 in a ClassLabel column) are left
     out with a warning; a row whose image is missing or cannot be decoded
@@ -29,6 +36,8 @@ def dataset_images(source, *, what="data", labelled=True, image_column=None, lab
     dataset = _open(load, shown)
     image_column = _column(dataset, image_column, "image", "Image", "image_column", shown)
     _check_image(dataset.features[image_column], image_column, shown)
+    labels: npt.NDArray[np.int64] | None
+    classes: tuple[str, ...]
     paths, labels, classes = tuple(f"row {row}" for row in range(len(dataset))), None, ()
     if labelled:
         label_column = _column(dataset, label_column, "label", "ClassLabel", "label_column", shown)
@@ -53,14 +62,14 @@ class _Rows:
     (memory-mapped arrow files, so reopening reads no images), and refuses
     it when its fingerprint is not the one listed."""
 
-    def __init__(self, load, column, fingerprint, shown, dataset=None):
+    def __init__(self, load: _Load, column: str, fingerprint: str, shown: str, dataset: Any = None) -> None:
         self.load, self.column, self.fingerprint, self.shown = load, column, fingerprint, shown
         self._rows = None if dataset is None else self._encoded(dataset)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__, _rows=None)
 
-    def __call__(self, path):
+    def __call__(self, path: str) -> str | IO[bytes]:
         if self._rows is None:
             dataset = _open(self.load, self.shown)
             if dataset._fingerprint != self.fingerprint:
@@ -74,10 +83,10 @@ class _Rows:
             raise ValueError(f"{path} has no image in column {self.column!r}")
         return io.BytesIO(value) if isinstance(value, bytes) else value
 
-    def _encoded(self, dataset):
+    def _encoded(self, dataset: Any) -> Any:
         """The image column alone, its Image feature not decoded by datasets
         (load_rgb decodes it, as it decodes files)."""
-        from datasets import Image
+        from datasets import Image  # type: ignore[import-untyped]  # mypy flags the first import only
 
         rows = dataset.select_columns([self.column])
         if isinstance(rows.features[self.column], Image):
@@ -85,7 +94,7 @@ class _Rows:
         return rows
 
 
-def _source(source, what) -> tuple:
+def _source(source: str | os.PathLike[str], what: str) -> _Load:
     """("disk", folder) for a save_to_disk folder, or ("parquet" | "arrow",
     files) for data files (a glob pattern matched here, sorted)."""
     text = os.fspath(source)
@@ -107,7 +116,7 @@ def _source(source, what) -> tuple:
     return suffixes.pop()[1:], tuple(files)
 
 
-def _open(load, what):
+def _open(load: _Load, what: str) -> Any:
     try:
         import datasets
     except ImportError:
@@ -121,17 +130,17 @@ def _open(load, what):
     return datasets.concatenate_datasets([datasets.Dataset.from_file(file) for file in where])
 
 
-def _files_of(load) -> list:
+def _files_of(load: _Load) -> list[str]:
     """The files whose size and modification time join the fingerprint:
     the dataset's own fingerprint does not follow a data file rewritten in
     place (an arrow file's is a hash of its path)."""
-    kind, where = load
-    if kind == "disk":
+    where = load[1]
+    if isinstance(where, str):  # ("disk", folder)
         return sorted(str(entry) for entry in Path(where).iterdir() if entry.is_file())
     return list(where)
 
 
-def _column(dataset, given, default, feature, role, shown) -> str:
+def _column(dataset: Any, given: str | None, default: str, feature: str, role: str, shown: str) -> str:
     """The column `given`, else the column named `default`, else the only
     column whose feature type is `feature`."""
     columns = dataset.column_names
@@ -141,7 +150,7 @@ def _column(dataset, given, default, feature, role, shown) -> str:
         return given
     if default in columns:
         return default
-    typed = [name for name in columns if type(dataset.features[name]).__name__ == feature]
+    typed: list[str] = [name for name in columns if type(dataset.features[name]).__name__ == feature]
     if len(typed) == 1:
         return typed[0]
     raise ValueError(f"{shown} has no column {default!r} and {'several' if typed else 'no'} {feature} "
@@ -149,7 +158,7 @@ def _column(dataset, given, default, feature, role, shown) -> str:
                      f"{', '.join(columns)}")
 
 
-def _check_image(feature, column, shown):
+def _check_image(feature: Any, column: str, shown: str) -> None:
     from datasets import Image, Value
 
     if not (isinstance(feature, Image) or isinstance(feature, Value) and feature.dtype in ("binary", "large_binary")):
@@ -157,7 +166,7 @@ def _check_image(feature, column, shown):
                          f"encoded image bytes")
 
 
-def _labels(dataset, column, shown) -> tuple:
+def _labels(dataset: Any, column: str, shown: str) -> tuple[tuple[str, ...], npt.NDArray[np.int64], tuple[str, ...]]:
     """(paths "row N" of the labelled rows, their class indices, the class
     names): a ClassLabel column's names (those that label a row, in the
     feature's order), else integers or strings as images.class_labels

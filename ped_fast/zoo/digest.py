@@ -11,22 +11,26 @@ same as before, so the entries keyed by its content are found again.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .cache import Cache, content_key
 
 _BLOCK = 1 << 20
 # Facts computed or read in this process: a zoo's checkpoints are looked up
 # for every cache key of every stage.
-_MEMO: dict = {}
+_MEMO: dict[tuple[Any, ...], Any] = {}
 
 
-def _version(path: Path) -> tuple:
+def _version(path: Path) -> tuple[str, int, int, int, int]:
     stat = path.stat()
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev
 
 
-def remembered(path, what: str, compute, cache: Cache | None = None):
+def remembered(path: str | os.PathLike[str], what: str, compute: Callable[[Path], Any],
+               cache: Cache | None = None) -> Any:
     """compute(path) (a JSON value), from this process's memo, else from
     `cache`'s remembered facts, else computed (and remembered in both,
     unless the file changed while it was read)."""
@@ -55,6 +59,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path, cache: Cache | None = None) -> str:
+def file_sha256(path: str | os.PathLike[str], cache: Cache | None = None) -> str:
     """The sha256 (hex) of the file's bytes, remembered (see remembered())."""
-    return remembered(path, "sha256", _sha256, cache)
+    sha256: str = remembered(path, "sha256", _sha256, cache)
+    return sha256

@@ -24,10 +24,16 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
@@ -51,23 +57,23 @@ class ImageSet:
     file-like object); it travels to decoding workers and Ray tasks, so it
     holds a description of its source, never the images."""
     root: str
-    paths: tuple
-    labels: np.ndarray | None
-    classes: tuple
+    paths: tuple[str, ...]
+    labels: npt.NDArray[np.int64] | None
+    classes: tuple[str, ...]
     fingerprint: str
-    opener: object = None
+    opener: Callable[[str], str | IO[bytes]] | None = None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def file(self, index):
+    def file(self, index: int) -> str | IO[bytes]:
         """What load_rgb decodes for image `index`: a file path, or a
         file-like object holding a dataset row's encoded image."""
         if self.opener is None:
             return os.path.join(self.root, self.paths[index])
         return self.opener(self.paths[index])
 
-    def subset(self, count, seed=0) -> "ImageSet":
+    def subset(self, count: int, seed: int = 0) -> ImageSet:
         """`count` of the images, drawn at random (seeded: the same for every
         model and every run), kept in their order; the whole set when it has
         no more than `count`."""
@@ -76,19 +82,19 @@ class ImageSet:
         chosen = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
         return self._take(chosen, f"subset:{count}:{seed}")
 
-    def shuffled(self, seed=0) -> "ImageSet":
+    def shuffled(self, seed: int = 0) -> ImageSet:
         """The images in a seeded random order (a pass that may stop early
         then sees a random sample of the set)."""
         return self._take(np.random.default_rng(seed).permutation(len(self)), f"shuffled:{seed}")
 
-    def _take(self, indices, how) -> "ImageSet":
+    def _take(self, indices: npt.NDArray[np.intp], how: str) -> ImageSet:
         labels = None if self.labels is None else self.labels[indices]
         fingerprint = hashlib.sha256(f"{self.fingerprint}\n{how}".encode()).hexdigest()[:32]
         return ImageSet(self.root, tuple(self.paths[i] for i in indices), labels, self.classes, fingerprint,
                         self.opener)
 
 
-def source_kind(source) -> str:
+def source_kind(source: str | os.PathLike[str] | ImageSet) -> str:
     """How `source` is read: "set" (already an ImageSet), "dataset" (a
     Hugging Face datasets folder written by save_to_disk, parquet or arrow
     files, or a glob pattern of them that is no existing path), "manifest"
@@ -108,7 +114,8 @@ def source_kind(source) -> str:
     return "folder"
 
 
-def image_set(source, *, what="data", labelled=True, image_column=None, label_column=None) -> ImageSet:
+def image_set(source: str | os.PathLike[str] | ImageSet, *, what: str = "data", labelled: bool = True,
+              image_column: str | None = None, label_column: str | None = None) -> ImageSet:
     """The images of `source`, whatever its kind (source_kind): an image
     folder (ImageFolder layout when `labelled`, else every image under it),
     a manifest, a Hugging Face dataset, or an ImageSet (returned as it is).
@@ -122,11 +129,11 @@ def image_set(source, *, what="data", labelled=True, image_column=None, label_co
         given = [name for name, value in (("image_column", image_column), ("label_column", label_column))
                  if value is not None]
         if given:
-            shown = source.root if kind == "set" else os.fspath(source)
+            shown = source.root if isinstance(source, ImageSet) else os.fspath(source)
             raise ValueError(f"{' and '.join(given)} {'name columns' if len(given) > 1 else 'names a column'} of a "
                              f"dataset or a manifest; {what} {shown!r} is "
                              f"{'an ImageSet' if kind == 'set' else 'an image folder'}")
-    if kind == "set":
+    if isinstance(source, ImageSet):
         if labelled and source.labels is None:
             raise ValueError(f"{what} must be a labelled image set, got the unlabelled set {source.root!r}")
         return source
@@ -140,7 +147,8 @@ def image_set(source, *, what="data", labelled=True, image_column=None, label_co
                           label_column=label_column)
 
 
-def manifest(file, *, what="data", labelled=True, image_column=None, label_column=None) -> ImageSet:
+def manifest(file: str | os.PathLike[str], *, what: str = "data", labelled: bool = True,
+             image_column: str | None = None, label_column: str | None = None) -> ImageSet:
     """The images a CSV (header line naming the columns) or JSON-lines (one
     object per line) manifest lists: image_column (default "path") holds
     each image's path, relative to the manifest's folder or absolute;
@@ -189,7 +197,7 @@ def manifest(file, *, what="data", labelled=True, image_column=None, label_colum
                     functools.partial(os.path.join, base))
 
 
-def class_labels(values, what) -> tuple:
+def class_labels(values: Sequence[object], what: str) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
     """(int64 class index of each value, class names): integer labels (ints,
     or strings that all read as integers) sorted by value, any other labels
     sorted as strings; every class has an image."""
@@ -207,7 +215,7 @@ def class_labels(values, what) -> tuple:
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _csv_rows(raw, path, what):
+def _csv_rows(raw: bytes, path: Path, what: str) -> tuple[list[tuple[int, dict[str | None, Any]]], list[str]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -220,8 +228,9 @@ def _csv_rows(raw, path, what):
     return [(reader.line_num, row) for row in reader if any(row.values())], columns
 
 
-def _json_rows(raw, path, what):
-    rows, columns = [], {}
+def _json_rows(raw: bytes, path: Path, what: str) -> tuple[list[tuple[int, dict[str | None, Any]]], list[str]]:
+    rows: list[tuple[int, dict[str | None, Any]]] = []
+    columns: dict[str, None] = {}
     for line, text in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), start=1):
         if not text.strip():
             continue
@@ -237,14 +246,14 @@ def _json_rows(raw, path, what):
     return rows, list(columns)
 
 
-def _warn_unlabelled(unlabelled, total, what, label_column):
+def _warn_unlabelled(unlabelled: list[str], total: int, what: str, label_column: str | None) -> None:
     if unlabelled:
         shown = ", ".join(unlabelled[:5])
         warnings.warn(f"{len(unlabelled)} of {total} rows of {what} have no label in column {label_column!r} and "
                       f"were left out: {shown}{', ...' if len(unlabelled) > 5 else ''}", RuntimeWarning, stacklevel=3)
 
 
-def image_folder(root, *, what="data") -> ImageSet:
+def image_folder(root: str | os.PathLike[str], *, what: str = "data") -> ImageSet:
     """The labelled images of an ImageFolder-layout folder. `what` names the
     folder in error messages."""
     root = _folder(root, what)
@@ -264,7 +273,7 @@ def image_folder(root, *, what="data") -> ImageSet:
                     _fingerprint(root, paths, "imagefolder"))
 
 
-def image_files(root, *, what="reference") -> ImageSet:
+def image_files(root: str | os.PathLike[str], *, what: str = "reference") -> ImageSet:
     """Every image under `root` (any layout; no labels)."""
     root = _folder(root, what)
     paths = _images_under(root, "")
@@ -273,16 +282,17 @@ def image_files(root, *, what="reference") -> ImageSet:
     return ImageSet(str(root), tuple(paths), None, (), _fingerprint(root, paths, "files"))
 
 
-def load_rgb(path):
+def load_rgb(path: str | os.PathLike[str] | IO[bytes]) -> PIL.Image.Image:
     """Decode one image (a file path, or a file-like object holding an
     encoded image) into an RGB PIL image (raises on failure)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    with Image.open(path) as image:  # the target is Any to mypy for Python 3.10 (Pillow types __enter__ with Self)
+        rgb: PIL.Image.Image = image.convert("RGB")
+    return rgb
 
 
-def _folder(root, what) -> Path:
+def _folder(root: str | os.PathLike[str], what: str) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist")
@@ -291,7 +301,7 @@ def _folder(root, what) -> Path:
     return path
 
 
-def _images_under(root: Path, sub: str) -> list:
+def _images_under(root: Path, sub: str) -> list[str]:
     """Sorted relative paths of the images under root/sub (recursive,
     following links, hidden files and folders skipped)."""
     found = []
@@ -304,7 +314,7 @@ def _images_under(root: Path, sub: str) -> list:
     return sorted(found)
 
 
-def _fingerprint(root: Path, paths, layout) -> str:
+def _fingerprint(root: Path, paths: Sequence[str], layout: str) -> str:
     digest = hashlib.sha256(layout.encode())
     for path in paths:
         stat = os.stat(root / path)

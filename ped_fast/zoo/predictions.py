@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..scorers.nce import LOG_OFFSET
@@ -45,11 +47,11 @@ _BLOCK_ELEMENTS = 1 << 20
 _EMPTY_CELL_ENTROPY = -LOG_OFFSET * math.log(LOG_OFFSET)
 
 
-def index_dtype(num_sources):
+def index_dtype(num_sources: int) -> type[np.uint16] | type[np.int32]:
     return np.uint16 if num_sources <= 1 << 16 else np.int32
 
 
-def kept_classes(num_sources) -> int:
+def kept_classes(num_sources: int) -> int:
     """k of the compact form: as many (probability, class) pairs as fit in
     COMPACT_BYTES with the remaining probability and the argmax (4 bytes
     each), or every class of a smaller head."""
@@ -57,7 +59,7 @@ def kept_classes(num_sources) -> int:
     return min(num_sources, (COMPACT_BYTES - 8) // per_class)
 
 
-def compact_rows(logits: torch.Tensor) -> dict:
+def compact_rows(logits: torch.Tensor) -> dict[str, npt.NDArray[Any]]:
     """The compact form of a B x K block of logits: {"top_p": B x k float32,
     "top_i": B x k class indices, "rest": B float32, "argmax": B int32}
     (numpy, on the CPU). Probabilities are a float64 softmax, as LEEP's."""
@@ -78,16 +80,16 @@ class Predictions:
     the cache or a --features folder)."""
     form: str
     num_sources: int
-    arrays: dict
+    arrays: dict[str, npt.NDArray[Any]]
 
     @property
     def rows(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
 
-    def serves(self, scorer) -> bool:
+    def serves(self, scorer: str) -> bool:
         return self.form == "exact" or scorer in COMPACT_SCORERS
 
-    def argmax(self) -> np.ndarray:
+    def argmax(self) -> npt.NDArray[np.int64]:
         """Each image's most probable source class (the first on ties)."""
         if self.form == "compact":
             return np.asarray(self.arrays["argmax"], dtype=np.int64)
@@ -96,14 +98,14 @@ class Predictions:
         return np.concatenate([np.asarray(logits[start:start + step]).argmax(axis=1)
                                for start in range(0, logits.shape[0], step)])
 
-    def leep(self, labels) -> float:
+    def leep(self, labels: npt.ArrayLike) -> float:
         """LEEP (ped_fast.scorers.leep's definition) in row blocks."""
         index, num_classes = _label_index(labels, self.rows, "leep")
         if self.form == "exact":
             return _leep_dense(self.arrays["logits"], index, num_classes)
         return _leep_compact(self.arrays, self.num_sources, index, num_classes)
 
-    def nce(self, labels) -> float:
+    def nce(self, labels: npt.ArrayLike) -> float:
         """NCE (ped_fast.scorers.nce's definition, its 1e-20 offset
         included) from each image's argmax, exact in both forms. Only the
         (target class, predicted class) pairs that occur are counted (at
@@ -113,11 +115,11 @@ class Predictions:
         return _nce(torch.as_tensor(self.argmax()), index, num_classes)
 
 
-def _block_rows(num_sources):
+def _block_rows(num_sources: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(num_sources, 1))
 
 
-def _label_index(labels, n, scorer):
+def _label_index(labels: npt.ArrayLike, n: int, scorer: str) -> tuple[torch.Tensor, int]:
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise ValueError(f"labels must be {n} class labels (one per prediction row), got shape {labels.shape}")
@@ -127,16 +129,17 @@ def _label_index(labels, n, scorer):
     return torch.as_tensor(index.reshape(-1), dtype=torch.int64), int(classes.size)
 
 
-def _float64(block) -> torch.Tensor:
+def _float64(block: npt.ArrayLike) -> torch.Tensor:
     """A float64 copy of rows read from a (possibly read-only, memory-mapped)
     array: the copy is the block's own, free to be changed in place."""
     return torch.from_numpy(np.array(block, dtype=np.float64))
 
 
-def _leep_dense(logits, index, num_classes):
+def _leep_dense(logits: npt.NDArray[Any], index: torch.Tensor, num_classes: int) -> float:
     """Two passes over the N x K logits: the joint p(y, z), then each
     sample's expected empirical prediction of its own label. Beside the
     C x K table, a block's probabilities and its rows of p(y | z)."""
+    n: int  # numpy types shape entries as Any
     n, sources = logits.shape
     step = _block_rows(sources)
     joint = torch.zeros(num_classes, sources, dtype=torch.float64)
@@ -155,7 +158,7 @@ def _leep_dense(logits, index, num_classes):
     return total / n
 
 
-def _conditional_(joint, n):
+def _conditional_(joint: torch.Tensor, n: int) -> torch.Tensor:
     """p(y | z), computed in place of the C x K sums of probabilities per
     target class (N p(y, z)), which it returns: one C x K table, never a
     second. A source class with zero probability contributes nothing
@@ -166,16 +169,18 @@ def _conditional_(joint, n):
     return joint.masked_fill_(~(marginal > 0), 0.0)
 
 
-def _leep_compact(arrays, num_sources, index, num_classes):
+def _leep_compact(arrays: dict[str, npt.NDArray[Any]], num_sources: int, index: torch.Tensor,
+                  num_classes: int) -> float:
     """LEEP from the k kept probabilities of each image, its remaining
     probability spread evenly over the K - k other classes (exactly LEEP
     when k = K)."""
     top_p, top_i, rest = arrays["top_p"], arrays["top_i"], arrays["rest"]
+    n: int  # numpy types shape entries as Any
     n, kept = top_p.shape
     others = num_sources - kept
     step = _block_rows(kept)
 
-    def block(start):
+    def block(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(labels, kept probabilities, their flat cells y K + z in the
         C x K table, the spread probability of each other class)."""
         rows = slice(start, start + step)
@@ -204,7 +209,7 @@ def _leep_compact(arrays, num_sources, index, num_classes):
     return total / n
 
 
-def _nce(source, index, num_classes):
+def _nce(source: torch.Tensor, index: torch.Tensor, num_classes: int) -> float:
     """-H(y | z) over the pairs (y, z) that occur; each predicted class's
     C - (its pairs) empty cells add the offset's entropy in closed form."""
     n = source.shape[0]
@@ -222,13 +227,13 @@ def _nce(source, index, num_classes):
     return -float((entropy * marginal).sum())
 
 
-def compact_bytes(num_sources) -> int:
+def compact_bytes(num_sources: int) -> int:
     """Bytes per image of the compact form."""
     kept = kept_classes(num_sources)
     return kept * (4 + np.dtype(index_dtype(num_sources)).itemsize) + 8
 
 
-def check_form(form) -> str:
+def check_form(form: str) -> str:
     if form not in FORMS:
         raise ValueError(f"predictions must be one of {', '.join(FORMS)}, got {form!r}")
     return form
