@@ -169,7 +169,7 @@ def score_predictions(predictions, labels, scorer, *, backend="auto", device="cp
     if scorer == "leep":
         value = predictions.leep(labels)
     elif scorer == "nce":
-        value = float(get("nce").function(predictions.argmax(), labels))
+        value = predictions.nce(labels)
     else:
         if not predictions.serves(scorer):
             raise ValueError(f"{scorer} reads the source model's full predictions, but only their compact form is "
