@@ -22,10 +22,13 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .. import __version__, _backends
@@ -37,17 +40,26 @@ from .cache import Cache, content_key
 from .device import device_name
 from .digest import file_sha256
 from .errors import checking_inputs, describe, is_transient
-from .extract import FeaturesStage, Settings, check_models, remembered_config, run_stages
+from .extract import FeaturesStage, Outcome, Settings, Stage, check_models, remembered_config, run_stages
 from .images import ImageSet, image_set
 from .predictions import COMPACT_SCORERS, Predictions, check_form
-from .refstats import ReferenceStage, ReferenceStats, check_budget, load_stats_file, stats_of
-from .report import (check_ground_truth, check_output_folder, evaluation, grid_evaluation, json_safe,
+from .models import ModelSpec
+from .refstats import Budget, ReferenceStage, ReferenceStats, check_budget, load_stats_file, stats_of
+from .report import (TruthTable, check_ground_truth, check_output_folder, evaluation, grid_evaluation, json_safe,
                      load_ground_truth, recorded_ground_truth, write_report)
 from .scoring import (cached_row, check_combine, check_scorers, combine_scores, empty_row, grid_scores, score_key,
                       score_row, zoo_warnings)
 
 # The row's "seconds" entry of each extraction stage.
 _TIMINGS = {"features": "extract", "reference": "reference"}
+# A unit's scoring inputs (_score): features, labels, predictions or None,
+# the reference (statistics, features, or "self"), the cache keys of the
+# stages (_stage_keys) and the skipped images of each set.
+_Keys = tuple[str, str, "str | None"]
+_Inputs = tuple[npt.NDArray[Any], npt.NDArray[Any], "Predictions | None", "ReferenceStats | npt.NDArray[Any] | str",
+                _Keys, dict[str, list[str]]]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -70,20 +82,20 @@ class ModelTask:
     reference file). prior_seconds: time already spent on this model by the
     shared extraction phase; prior_error: how that phase failed for it."""
     name: str
-    scorers: tuple
+    scorers: tuple[str, ...]
     backend: str
     settings: Settings
     cache_root: str
-    spec: object = None
+    spec: ModelSpec | None = None
     data: ImageSet | None = None
-    reference: object = None
+    reference: ImageSet | str | None = None
     files: FeatureFiles | None = None
-    prior_seconds: dict = field(default_factory=dict)
+    prior_seconds: dict[str, float] = field(default_factory=dict)
     prior_error: str | None = None
     reduce: str | None = None
     predictions: str | None = None
-    reference_budget: tuple = (None, 0.01)
-    ped_grid: tuple = ()
+    reference_budget: tuple[Budget, float] = (None, 0.01)
+    ped_grid: tuple[dict[str, float], ...] = ()
 
 
 class LocalExecutor:
@@ -91,17 +103,24 @@ class LocalExecutor:
 
     extracts_per_unit = False
 
-    def map(self, function, tasks):
+    def map(self, function: Callable[[_T], _R], tasks: Iterable[_T]) -> Iterator[_R]:
         for task in tasks:
             yield function(task)
 
 
-def screen(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
-           features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
-           workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None,
-           combine=None, use_ema=True, predictions="compact", reference_images=None,
-           reference_tolerance=0.01, threads=None, bootstrap=BOOTSTRAP, confidence=CONFIDENCE,
-           bootstrap_seed=0, ped_grid=None) -> dict:
+def screen(models: Any = None, data: str | os.PathLike[str] | ImageSet | None = None,
+           reference: str | os.PathLike[str] | ImageSet | None = None, scorers: str | Sequence[str] = ("sfda",),
+           ground_truth: str | os.PathLike[str] | TruthTable | None = None, out: str | os.PathLike[str] | None = None,
+           cache: Cache | str | os.PathLike[str] | None = None, features: str | os.PathLike[str] | None = None,
+           pretrained: bool = True, seed: int = 0, batch_size: int = 64, device: str | torch.device | None = None,
+           precision: str = "fp32", backend: str = "auto", workers: int | None = None,
+           models_per_pass: int | None = None, progress: bool = True, executor: Any = None,
+           log: Callable[[str], object] | None = None, reduce: str | None = None,
+           combine: str | Sequence[str] | None = None, use_ema: bool = True, predictions: str = "compact",
+           reference_images: Budget = None, reference_tolerance: float = 0.01, threads: int | None = None,
+           bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE, bootstrap_seed: int = 0,
+           ped_grid: str | Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]] | None = None
+           ) -> dict[str, Any]:
     """Rank a model zoo: the content of results.json (also written to `out`
     with results.csv and ranking.png when `out` is given).
 
@@ -176,34 +195,42 @@ class _Plan:
     or "self") and their extraction `stages`; --features screens their
     `file_tasks`."""
     started: float
-    scorers: tuple
+    scorers: tuple[str, ...]
     settings: Settings
     cache: Cache
-    executor: object
+    executor: Any
     here: bool
     backend: str
     reduce: str | None
     predictions: str
-    budget: tuple
-    combine: tuple
-    points: tuple
-    intervals: dict
-    truth: object
-    header: dict
-    out: object
-    log: object
-    specs: list | None = None
+    budget: tuple[Budget, float]
+    combine: tuple[str, ...]
+    points: tuple[dict[str, float], ...]
+    intervals: dict[str, Any]
+    truth: TruthTable | None
+    header: dict[str, Any]
+    out: str | os.PathLike[str] | None
+    log: Callable[[str], object]
+    specs: list[ModelSpec] | None = None
     images: ImageSet | None = None
-    reference: object = None
-    stages: list = field(default_factory=list)
-    file_tasks: list | None = None
+    reference: ImageSet | str | None = None
+    stages: list[Stage] = field(default_factory=list)
+    file_tasks: list[ModelTask] | None = None
 
 
-def _plan(models=None, data=None, reference=None, scorers=("sfda",), ground_truth=None, out=None, cache=None,
-          features=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", backend="auto",
-          workers=None, models_per_pass=None, progress=True, executor=None, log=None, reduce=None, combine=None,
-          use_ema=True, predictions="compact", reference_images=None, reference_tolerance=0.01, threads=None,
-          bootstrap=BOOTSTRAP, confidence=CONFIDENCE, bootstrap_seed=0, ped_grid=None, task=None) -> _Plan:
+def _plan(models: Any = None, data: str | os.PathLike[str] | ImageSet | None = None,
+          reference: str | os.PathLike[str] | ImageSet | None = None, scorers: str | Sequence[str] = ("sfda",),
+          ground_truth: str | os.PathLike[str] | TruthTable | None = None, out: str | os.PathLike[str] | None = None,
+          cache: Cache | str | os.PathLike[str] | None = None, features: str | os.PathLike[str] | None = None,
+          pretrained: bool = True, seed: int = 0, batch_size: int = 64, device: str | torch.device | None = None,
+          precision: str = "fp32", backend: str = "auto", workers: int | None = None,
+          models_per_pass: int | None = None, progress: bool = True, executor: Any = None,
+          log: Callable[[str], object] | None = None, reduce: str | None = None,
+          combine: str | Sequence[str] | None = None, use_ema: bool = True, predictions: str = "compact",
+          reference_images: Budget = None, reference_tolerance: float = 0.01, threads: int | None = None,
+          bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE, bootstrap_seed: int = 0,
+          ped_grid: str | Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]] | None = None,
+          task: str | None = None) -> _Plan:
     """screen()'s arguments checked (every mistake is found here, before
     any work). task: the name of screen_tasks' target set, which the
     errors about its own data, features and ground truth then name."""
@@ -229,6 +256,8 @@ def _plan(models=None, data=None, reference=None, scorers=("sfda",), ground_trut
         cache = Cache.of(cache)
         if out is not None:
             check_output_folder(out)
+        if log is None:
+            log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
         plan = _Plan(started=started, scorers=scorers, settings=settings, cache=cache, executor=executor, here=here,
                      backend=backend, reduce=reduce, predictions=predictions, budget=budget, combine=combine,
                      points=points, truth=None, header={}, out=out, log=log,
@@ -253,6 +282,7 @@ def _plan(models=None, data=None, reference=None, scorers=("sfda",), ground_trut
                 plan.header = {"data": {"features": str(features)},
                                "reference": _describe_reference(reference, files=True)}
             else:
+                assert data is not None and plan.specs is not None  # checked above, for a screen without features
                 images = plan.images = image_set(data, what="data")
                 if len(images.classes) < 2:
                     raise ValueError(f"data {images.root!r} has {len(images.classes)} class; scoring "
@@ -264,12 +294,10 @@ def _plan(models=None, data=None, reference=None, scorers=("sfda",), ground_trut
             if truth is not None:
                 check_ground_truth(truth, names, _truth_source(ground_truth))
             plan.truth = truth
-    if log is None:
-        plan.log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     return plan
 
 
-def _run(plan: _Plan, extracted=None) -> dict:
+def _run(plan: _Plan, extracted: Mapping[str, Outcome] | None = None) -> dict[str, Any]:
     """Run a planned screen: its results. extracted: {label: Outcome} of a
     shared extraction phase already run for this screen (screen_tasks');
     None runs this screen's own."""
@@ -284,7 +312,7 @@ def _run(plan: _Plan, extracted=None) -> dict:
     # elsewhere that reports fewer cache hits recomputed what its machine
     # could not see.
     expected = [cached_stages(task) for task in tasks] if not plan.here else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     # strict: an executor must yield one item per task (and zip then runs
     # its generator to the end, where it finishes its summary).
     for index, (task, outcome) in enumerate(zip(tasks, plan.executor.map(screen_model, tasks), strict=True)):
@@ -295,8 +323,8 @@ def _run(plan: _Plan, extracted=None) -> dict:
                                                             if row["cached"] else ""))
         log(f"[{index + 1}/{len(tasks)}] {row['name']}: {status}")
 
-    results = _assemble(rows, plan.scorers, plan.header, plan.settings, plan.truth, plan.combine, plan.intervals,
-                        plan.points)
+    results: dict[str, Any] = _assemble(rows, plan.scorers, plan.header, plan.settings, plan.truth, plan.combine,
+                                        plan.intervals, plan.points)
     summary = plan.executor.summary() if callable(getattr(plan.executor, "summary", None)) else None
     if expected is not None:
         summary = dict(summary or {}, **_cache_misses(tasks, rows, expected))
@@ -310,7 +338,7 @@ def _run(plan: _Plan, extracted=None) -> dict:
 
 
 @contextlib.contextmanager
-def _naming_task(task):
+def _naming_task(task: str | None) -> Iterator[None]:
     """Put `task` (a target set of screen_tasks) at the front of the
     message of every input error raised in the block; nothing without one."""
     try:
@@ -321,7 +349,7 @@ def _naming_task(task):
         raise _prefixed(error, f"task {task!r}: ") from None
 
 
-def _prefixed(error, prefix):
+def _prefixed(error: Exception, prefix: str) -> Exception:
     """`error` again, of its type (and errno: a refused folder stays a
     failure of the machine), with `prefix` before its message."""
     try:
@@ -334,7 +362,7 @@ def _prefixed(error, prefix):
         return error
 
 
-def _failed_unit(task, error) -> dict:
+def _failed_unit(task: ModelTask, error: BaseException) -> dict[str, Any]:
     """The error row of a unit the executor could not run (what it yields
     in place of a row)."""
     row = empty_row(task.name)
@@ -342,10 +370,11 @@ def _failed_unit(task, error) -> dict:
     return row
 
 
-def _cache_misses(tasks, rows, expected) -> dict:
+def _cache_misses(tasks: Sequence[ModelTask], rows: Sequence[Mapping[str, Any]],
+                  expected: Sequence[list[str]]) -> dict[str, Any]:
     """{"cache_misses": count, "cache_misses_by_model": {model: [stage]}}:
     the stages the driver's cache held that a unit recomputed."""
-    misses = {}
+    misses: dict[str, list[str]] = {}
     for task, row, had in zip(tasks, rows, expected):
         missed = [stage for stage in had if stage not in row["cached"]] if not row["error"] else []
         if missed:
@@ -353,12 +382,12 @@ def _cache_misses(tasks, rows, expected) -> dict:
     return {"cache_misses": sum(len(stages) for stages in misses.values()), "cache_misses_by_model": misses}
 
 
-def failed(results) -> list:
+def failed(results: Mapping[str, Any]) -> list[str]:
     """Names of the models whose row has an error."""
     return [row["name"] for row in results["models"] if row["error"]]
 
 
-def _check_reduce(reduce, reference, features):
+def _check_reduce(reduce: str | None, reference: object, features: object) -> None:
     """reduce: None or "pca:K" (checked before any work, not per model),
     and it needs reference features (or "self"): ped_score cannot project
     (mean, std) statistics on principal axes."""
@@ -374,7 +403,8 @@ def _check_reduce(reduce, reference, features):
                          f"projected on principal axes")
 
 
-def _check_grid(ped_grid, scorers) -> tuple:
+def _check_grid(ped_grid: str | Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]] | None,
+                scorers: Sequence[str]) -> tuple[dict[str, float], ...]:
     """The points of --ped-grid (() without one), checked before any work:
     it needs a scorer that PED applies to."""
     if ped_grid is None:
@@ -388,7 +418,7 @@ def _check_grid(ped_grid, scorers) -> tuple:
     return tuple(points)
 
 
-def _executor(executor):
+def _executor(executor: Any) -> Any:
     if executor is None or (isinstance(executor, str) and executor == "local"):
         return LocalExecutor()
     if isinstance(executor, str) and executor == "ray":
@@ -400,19 +430,19 @@ def _executor(executor):
     return executor
 
 
-def _truth_source(ground_truth):
+def _truth_source(ground_truth: object) -> str:
     return f"ground-truth file {str(ground_truth)!r}" if isinstance(ground_truth, (str, os.PathLike)) else \
         "the ground truth"
 
 
-def _check_backend(backend, device):
+def _check_backend(backend: str, device: str | torch.device) -> None:
     try:
         _backends.resolve(backend, torch.device(device))
     except (ValueError, RuntimeError) as error:
         raise ValueError(f"backend {backend!r}: {error}") from None
 
 
-def _describe_reference(reference, files=False):
+def _describe_reference(reference: object, files: bool = False) -> dict[str, Any] | str | None:
     if isinstance(reference, ImageSet):
         return {"path": reference.root, "images": len(reference)}
     if reference == "self":
@@ -420,7 +450,8 @@ def _describe_reference(reference, files=False):
     return "per-model files" if files else None
 
 
-def stages_of(images, reference, predictions=None, budget=(None, 0.01)) -> list:
+def stages_of(images: ImageSet, reference: ImageSet | str | None, predictions: str | None = None,
+              budget: tuple[Budget, float] = (None, 0.01)) -> list[Stage]:
     """The extraction stages of a screen: the features of `images` (with
     the source model's predictions in form `predictions`, when a scorer
     reads them), then the reference statistics when `reference` is an image
@@ -429,7 +460,7 @@ def stages_of(images, reference, predictions=None, budget=(None, 0.01)) -> list:
                                                    if isinstance(reference, ImageSet) else [])
 
 
-def predictions_form(scorers, predictions) -> str | None:
+def predictions_form(scorers: Sequence[str], predictions: str) -> str | None:
     """The form of predictions a screen keeps: None when no scorer reads
     them; `predictions` ("compact" by default) when every such scorer is
     one the compact form serves, else "exact"."""
@@ -439,7 +470,7 @@ def predictions_form(scorers, predictions) -> str | None:
     return predictions if all(scorer in COMPACT_SCORERS for scorer in readers) else "exact"
 
 
-def extract_shared(plans) -> list:
+def extract_shared(plans: Sequence[_Plan]) -> list[dict[str, Outcome]]:
     """The shared extraction phase of one or more planned model screens of
     the same models: [{label: Outcome}] per plan, for its models whose
     scores are not all cached. The models any plan needs are pushed
@@ -449,8 +480,11 @@ def extract_shared(plans) -> list:
     the first and read from the cache for the others (run_stages looks
     again before it computes). Nothing for a plan whose executor extracts
     in its units."""
-    needed, stages, todo = [], [], {}
+    needed: list[set[str]] = []
+    stages: list[Stage] = []
+    todo: dict[str, ModelSpec] = {}
     for plan in plans:
+        assert plan.specs is not None  # a model screen's plan (not --features)
         specs = [spec for spec in plan.specs if not _scores_cached(spec, plan.stages, plan.scorers, plan.settings,
                                                                    plan.cache, plan.reduce)] if plan.here else []
         needed.append({spec.label for spec in specs})
@@ -467,11 +501,12 @@ def extract_shared(plans) -> list:
     return [{label: outcomes[label] for label in labels} for labels in needed]
 
 
-def _model_tasks(plan, extracted):
+def _model_tasks(plan: _Plan, extracted: Mapping[str, Outcome]) -> list[ModelTask]:
     """One task per model of `plan`, after the shared extraction phase
     (`extracted`: {label: Outcome} of the models it ran for), whose times
     and errors the units take over."""
-    prior, errors = {}, {}
+    prior: dict[str, dict[str, float]] = {}
+    errors: dict[str, str] = {}
     for label, outcome in extracted.items():
         prior[label] = dict(outcome.seconds)
         for stage in plan.stages:
@@ -481,6 +516,7 @@ def _model_tasks(plan, extracted):
             elif result is not None and not result.cached:
                 prior[label][_TIMINGS[stage.name]] = result.seconds
     form = predictions_form(plan.scorers, plan.predictions)
+    assert plan.specs is not None  # a model screen's plan (not --features)
     return [ModelTask(name=spec.label, scorers=plan.scorers, backend=plan.backend, settings=plan.settings,
                       cache_root=str(plan.cache.root), spec=spec, data=plan.images, reference=plan.reference,
                       prior_seconds=prior.get(spec.label, {}), prior_error=errors.get(spec.label), reduce=plan.reduce,
@@ -488,13 +524,15 @@ def _model_tasks(plan, extracted):
             for spec in plan.specs]
 
 
-def _scores_cached(spec, stages, scorers, settings, cache, reduce):
+def _scores_cached(spec: ModelSpec, stages: Sequence[Stage], scorers: Sequence[str], settings: Settings, cache: Cache,
+                   reduce: str | None) -> bool:
     identity = settings.identity(spec, cache)  # checked by check_models
     keys = _stage_keys(spec, identity, stages, settings, cache)
     return keys is not None and all(cache.has("score", score_key(*keys, s, reduce)) for s in scorers)
 
 
-def _stage_keys(spec, identity, stages, settings, cache):
+def _stage_keys(spec: ModelSpec, identity: str, stages: Sequence[Stage], settings: Settings,
+                cache: Cache) -> _Keys | None:
     """(features key, reference key or "self", predictions form), or None
     while the model's data config is unknown (never built with this
     cache)."""
@@ -502,19 +540,24 @@ def _stage_keys(spec, identity, stages, settings, cache):
     if config is None:
         return None
     keys = [stage.key(spec, identity, config, settings.precision) for stage in stages]
-    return keys[0], keys[1] if len(keys) > 1 else "self", stages[0].predictions
+    features = stages[0]
+    assert isinstance(features, FeaturesStage)  # stages_of's first stage
+    return keys[0], keys[1] if len(keys) > 1 else "self", features.predictions
 
 
-def cached_stages(task: ModelTask) -> list:
+def cached_stages(task: ModelTask) -> list[str]:
     """What this process's view of the cache holds for `task`, in the terms
     of its row's "cached" list: with every score cached, each stage and
     "scores" (the unit reads nothing else); otherwise the stages whose
     entries exist. A unit that ran elsewhere and reports fewer recomputed
     what its machine could not see."""
     cache = Cache(task.cache_root)
+    stages: list[Stage]
+    keys: _Keys | None
     if task.files is not None:
         stages, keys = [], _files_keys(task.files, cache)
     else:
+        assert task.spec is not None and task.data is not None  # a model's task (not --features)
         stages = stages_of(task.data, task.reference, task.predictions, task.reference_budget)
         identity = task.settings.identity(task.spec, cache)
         keys = _stage_keys(task.spec, identity, stages, task.settings, cache)
@@ -522,10 +565,10 @@ def cached_stages(task: ModelTask) -> list:
             return []
     if all(cache.has("score", score_key(*keys, scorer, task.reduce)) for scorer in task.scorers):
         return [stage.name for stage in stages] + ["scores"]
-    return [stage.name for stage, key in zip(stages, keys) if cache.has(stage.name, key)]
+    return [stage.name for stage, key in zip(stages, keys[:2]) if cache.has(stage.name, key)]  # keys[2]: a form
 
 
-def screen_model(task: ModelTask, *, raise_transient=False) -> dict:
+def screen_model(task: ModelTask, *, raise_transient: bool = False) -> dict[str, Any]:
     """The work unit: one model's result row (its error in the row when it
     fails). raise_transient: raise the failures a retry may cure
     (errors.is_transient: an I/O hiccup, memory taken by another process)
@@ -551,7 +594,7 @@ def screen_model(task: ModelTask, *, raise_transient=False) -> dict:
     return row
 
 
-def _score_model(task, row):
+def _score_model(task: ModelTask, row: dict[str, Any]) -> None:
     cache = Cache(task.cache_root)
     settings = task.settings
     row["identity"] = settings.identity(task.spec, cache)
@@ -560,6 +603,7 @@ def _score_model(task, row):
         # (the shared one, or the unit itself) met the error.
         row["error"] = task.prior_error
         return
+    assert task.spec is not None and task.data is not None  # a model's task (not --features)
     stages = stages_of(task.data, task.reference, task.predictions, task.reference_budget)
     keys = _stage_keys(task.spec, row["identity"], stages, settings, cache)
     # The grid's scores are not cached: with a grid the unit reads the features.
@@ -567,7 +611,7 @@ def _score_model(task, row):
                                                              [s.name for s in stages], task.reduce):
         return
 
-    def inputs():
+    def inputs() -> _Inputs:
         outcome = run_stages([task.spec], stages, settings, cache)[task.name]
         # A failed stage skips the ones after it: its exception is the row's.
         for stage in stages:
@@ -587,14 +631,14 @@ def _score_model(task, row):
         if isinstance(reference, ReferenceStats):
             reference.check_dim(features.dim, task.name)
             row["reference_images"] = reference.count
-        skipped = {"data": features.skipped, "reference": reference.skipped if reference != "self" else []}
+        skipped = {"data": features.skipped, "reference": [] if isinstance(reference, str) else reference.skipped}
         return features.features, features.labels, features.predictions, reference, \
             (features.key, getattr(reference, "key", "self"), task.predictions), skipped
 
     _score(task, row, cache, inputs)
 
 
-def _score(task, row, cache, inputs):
+def _score(task: ModelTask, row: dict[str, Any], cache: Cache, inputs: Callable[[], _Inputs]) -> None:
     """Score every scorer whose score is not cached; `inputs()` gives
     (features, labels, predictions or None, reference stats, reference
     features or "self", keys, skipped images)."""
@@ -608,7 +652,9 @@ def _score(task, row, cache, inputs):
                                       backend=task.backend, device=task.settings.torch_device(), reduce=task.reduce)
 
 
-def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=None, ped_grid=()):
+def _file_tasks(folder: str | os.PathLike[str], reference: object, scorers: tuple[str, ...], backend: str,
+                settings: Settings, cache: Cache, reduce: str | None = None,
+                ped_grid: tuple[dict[str, float], ...] = ()) -> list[ModelTask]:
     """One task per NAME.npy of a --features folder, every file checked
     (shapes only: headers are read, not data) before any scoring."""
     folder = Path(folder)
@@ -627,7 +673,7 @@ def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=Non
     if reference not in (None, "self"):
         raise ValueError(f"with features, reference must be 'self' or None (each model's NAME.reference.npy or "
                          f"NAME.reference_stats.npz), got {reference!r}")
-    tasks = []
+    tasks: list[ModelTask] = []
     for name in names:
         path = folder / f"{name}.npy"
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -636,7 +682,7 @@ def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=Non
         if matrix.shape[0] != labels.shape[0]:
             raise ValueError(f"{str(path)!r} has {matrix.shape[0]} rows but {str(labels_path)!r} has "
                              f"{labels.shape[0]} labels")
-        reference_file = None
+        reference_file: Path | None = None
         if reference is None:
             reference_file = _reference_file(folder, name, matrix.shape[1])
             if reduce is not None and reference_file.suffix == ".npz":
@@ -657,7 +703,7 @@ def _file_tasks(folder, reference, scorers, backend, settings, cache, reduce=Non
     return tasks
 
 
-def _reference_file(folder, name, dim):
+def _reference_file(folder: Path, name: str, dim: int) -> Path:
     matrix_path, stats_path = folder / f"{name}.reference.npy", folder / f"{name}.reference_stats.npz"
     if matrix_path.is_file():
         matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
@@ -672,13 +718,13 @@ def _reference_file(folder, name, dim):
                             f"{str(stats_path)!r}, or use reference 'self'")
 
 
-def _file_key(path, cache):
+def _file_key(path: str, cache: Cache) -> str:
     """A --features file by its content (a moved or copied folder finds its
     entries again); the digest is remembered, so a re-run reads no bytes."""
     return content_key("file", file_sha256(path, cache))
 
 
-def _files_keys(files, cache):
+def _files_keys(files: FeatureFiles, cache: Cache) -> _Keys:
     """(features key, reference key or "self") of a --features model; the
     features key covers the logits file when there is one."""
     features_key = content_key("features-file", _file_key(files.features, cache), _file_key(files.labels, cache),
@@ -686,17 +732,19 @@ def _files_keys(files, cache):
     return features_key, _file_key(files.reference, cache) if files.reference else "self", "exact"
 
 
-def _score_files(task, row):
+def _score_files(task: ModelTask, row: dict[str, Any]) -> None:
     cache = Cache(task.cache_root)
     files = task.files
+    assert files is not None  # screen_model calls this for a --features task
     keys = _files_keys(files, cache)
     if not task.ped_grid and cached_row(row, cache, keys, task.scorers, [], task.reduce):
         return
 
-    def inputs():
+    def inputs() -> _Inputs:
         features = np.load(files.features, mmap_mode="r", allow_pickle=False)
         labels = np.load(files.labels, allow_pickle=False)
-        predictions = None
+        predictions: Predictions | None = None
+        reference: ReferenceStats | npt.NDArray[Any] | str
         if files.logits:
             logits = np.load(files.logits, mmap_mode="r", allow_pickle=False)
             predictions = Predictions(form="exact", num_sources=int(logits.shape[1]), arrays={"logits": logits})
@@ -718,8 +766,10 @@ def _score_files(task, row):
     _score(task, row, cache, inputs)
 
 
-def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None, ped_grid=()):
-    skipped = {"data": [], "reference": []}
+def _assemble(rows: list[dict[str, Any]], scorers: Sequence[str], header: Mapping[str, Any], settings: Settings,
+              truth: TruthTable | None, combine: Sequence[str] = (), intervals: Mapping[str, Any] | None = None,
+              ped_grid: Sequence[Mapping[str, float]] = ()) -> dict[str, Any]:
+    skipped: dict[str, list[str]] = {"data": [], "reference": []}
     for row in rows:
         for which, paths in (row.pop("_skipped", None) or {}).items():
             if paths and not skipped[which]:
@@ -734,10 +784,10 @@ def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None
             shown = ", ".join(skipped[which][:5]) + (", ..." if len(skipped[which]) > 5 else "")
             warnings.append({"models": [], "message": f"{len(skipped[which])} image(s) of the {which} folder could "
                                                       f"not be decoded and were skipped: {shown}"})
-    results = {"ped_fast_version": __version__, "device": _driver_device(settings), "scorers": list(scorers),
-               **header, "models": rows, "warnings": warnings,
-               "skipped_images": {which: len(paths) for which, paths in skipped.items()},
-               "skipped_files": skipped}
+    results: dict[str, Any] = {"ped_fast_version": __version__, "device": _driver_device(settings),
+                               "scorers": list(scorers), **header, "models": rows, "warnings": warnings,
+                               "skipped_images": {which: len(paths) for which, paths in skipped.items()},
+                               "skipped_files": skipped}
     if combine:
         results["combined"] = {spec: combine_scores(rows, spec) for spec in combine}
     if ped_grid:
@@ -756,7 +806,7 @@ def _assemble(rows, scorers, header, settings, truth, combine=(), intervals=None
     return results
 
 
-def _driver_device(settings):
+def _driver_device(settings: Settings) -> str:
     """The device this process screens on; with an executor that resolves
     it in each unit, what was asked for. Each row says what computed its
     features ("device", "math")."""

@@ -20,8 +20,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +31,10 @@ from .. import __version__
 from ..evaluate import BOOTSTRAP, CONFIDENCE, MIN_MODELS, check_bootstrap, weighted_tau
 from ._files import atomic_write_text
 from .errors import checking_inputs
-from .report import (_combined_terms, _judged, _saturated, as_ground_truth, check_ground_truth, check_output_folder,
-                     json_safe, kinds)
+from .cache import Cache
+from .images import ImageSet
+from .report import (TruthTable, _combined_terms, _judged, _saturated, as_ground_truth, check_ground_truth,
+                     check_output_folder, json_safe, kinds)
 from .scoring import display_name
 from .screen import _executor, _plan, _run, extract_shared, failed
 
@@ -54,16 +58,17 @@ class Task:
     name: str
     data: str | None = None
     features: str | None = None
-    ground_truth: object = None
+    ground_truth: str | TruthTable | None = None
 
 
-def load_tasks(tasks) -> list:
+def load_tasks(tasks: str | os.PathLike[str] | Sequence[Task | Mapping[str, Any]]) -> list[Task]:
     """The tasks of a TASKS.json file (a JSON list of {"name", "data" or
     "features", "ground_truth"?}; relative paths are relative to the
     file's folder), or of a list of such dicts or Tasks (relative paths
     relative to the working folder). Every mistake is a one-line error
     naming the task and its field."""
-    folder, source = None, "tasks"
+    folder: Path | None = None
+    source = "tasks"
     if isinstance(tasks, (str, os.PathLike)):
         path = Path(tasks)
         source = f"tasks file {str(path)!r}"
@@ -77,7 +82,8 @@ def load_tasks(tasks) -> list:
     if not isinstance(tasks, (list, tuple)) or not tasks:
         raise ValueError(f"{source} must be a non-empty list of tasks ({{\"name\": ..., \"data\" or \"features\": "
                          f"FOLDER, \"ground_truth\": FILE}}), got {_kind(tasks)}")
-    out, seen = [], {}
+    out: list[Task] = []
+    seen: dict[str, int] = {}
     for index, entry in enumerate(tasks):
         task = _task(entry, index, source, folder)
         if task.name in seen:
@@ -88,7 +94,7 @@ def load_tasks(tasks) -> list:
     return out
 
 
-def _task(entry, index, source, folder) -> Task:
+def _task(entry: object, index: int, source: str, folder: Path | None) -> Task:
     where = f"{source}: task {index + 1}"
     if isinstance(entry, Task):
         entry = {name: getattr(entry, name) for name in _FIELDS if getattr(entry, name) is not None}
@@ -107,7 +113,7 @@ def _task(entry, index, source, folder) -> Task:
     if len(given) != 1:
         raise ValueError(f"{where}: give exactly one of \"data\" (a labelled image folder) and \"features\" (a "
                          f"--features folder), got {' and '.join(given) if given else 'neither'}")
-    paths = {}
+    paths: dict[str, Any] = {}
     for key in (*given, "ground_truth"):
         value = entry.get(key)
         if value is None or (key == "ground_truth" and isinstance(value, dict)):
@@ -121,12 +127,16 @@ def _task(entry, index, source, folder) -> Task:
     return Task(name=name, **paths)
 
 
-def _kind(value):
+def _kind(value: object) -> str:
     return "an empty list" if value == [] else type(value).__name__
 
 
-def screen_tasks(models, tasks, reference=None, *, scorers=("sfda",), out=None, cache=None, executor=None,
-                 bootstrap=BOOTSTRAP, confidence=CONFIDENCE, bootstrap_seed=0, **options) -> dict:
+def screen_tasks(models: Any, tasks: str | os.PathLike[str] | Sequence[Task | Mapping[str, Any]],
+                 reference: str | os.PathLike[str] | ImageSet | None = None, *,
+                 scorers: str | Sequence[str] = ("sfda",),
+                 out: str | os.PathLike[str] | None = None, cache: Cache | str | os.PathLike[str] | None = None,
+                 executor: Any = None, bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE,
+                 bootstrap_seed: int = 0, **options: Any) -> dict[str, Any]:
     """Screen one zoo against every task: {"tasks": {name: results (what
     screen() returns)}, "summary": summarize()'s}. With `out`, each task's
     report goes to OUT/NAME/ and the summary to OUT/ (summary.json,
@@ -171,13 +181,13 @@ def screen_tasks(models, tasks, reference=None, *, scorers=("sfda",), out=None, 
     return {"tasks": results, "summary": summary}
 
 
-def failed_tasks(screened) -> dict:
+def failed_tasks(screened: Mapping[str, Any]) -> dict[str, list[str]]:
     """{task: [failed model]} of screen_tasks()'s result, for the tasks
     with failures."""
     return {name: bad for name, results in screened["tasks"].items() if (bad := failed(results))}
 
 
-def read_results(path):
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A screen's results.json: the file, or the --out folder holding it."""
     file = Path(path)
     if file.is_dir():
@@ -196,7 +206,7 @@ def read_results(path):
     return results
 
 
-def task_name(path) -> str:
+def task_name(path: str | os.PathLike[str]) -> str:
     """The task a results path stands for: the folder holding results.json
     (OUT/NAME/results.json, or OUT/NAME), else the file's stem."""
     path = Path(path)
@@ -205,7 +215,10 @@ def task_name(path) -> str:
     return path.resolve().parent.name if path.name == "results.json" else path.stem
 
 
-def summarize(results, out=None, *, bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0) -> dict:
+def summarize(results: Mapping[str, Mapping[str, Any] | str | os.PathLike[str]]
+              | Sequence[str | os.PathLike[str] | tuple[str, str | os.PathLike[str]]],
+              out: str | os.PathLike[str] | None = None, *, bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE,
+              seed: int = 0) -> dict[str, Any]:
     """The summary of screens of one zoo on several tasks, written to `out`
     (SUMMARY_FILES: summary.json, summary.csv and the Markdown table) when
     given.
@@ -232,12 +245,13 @@ def summarize(results, out=None, *, bootstrap=BOOTSTRAP, confidence=CONFIDENCE, 
     return _summary(named, paths, out, dict(bootstrap=bootstrap, confidence=confidence, seed=seed))
 
 
-def _summary(named, paths, out, options) -> dict:
+def _summary(named: Mapping[str, Mapping[str, Any]], paths: Mapping[str, str], out: Path | None,
+             options: Mapping[str, Any]) -> dict[str, Any]:
     """summarize() of checked screens ({task: results}, {task: path})."""
     tasks = [dict(_judge_task(name, screened, options), results=paths.get(name)) for name, screened in named.items()]
     rankings = list(dict.fromkeys(label for task in tasks for label in task["rankings"]))
     judged = [task for task in tasks if task["best"]]
-    summary = {"ped_fast_version": __version__, "rankings": rankings, "tasks": tasks,
+    summary: dict[str, Any] = {"ped_fast_version": __version__, "rankings": rankings, "tasks": tasks,
                "mean": _means(rankings, judged, **options),
                "win_rate": {label: _share(judged, lambda task: task["best"].count(label) / len(task["best"]))
                             for label in rankings},
@@ -252,7 +266,7 @@ def _summary(named, paths, out, options) -> dict:
     return summary
 
 
-def _named(results):
+def _named(results: object) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """({task: results dict}, {task: path}) of summarize()'s argument."""
     if isinstance(results, dict) and "models" in results and "scorers" in results:
         raise TypeError("summarize takes several screens: {task name: results} or a list of results.json paths, "
@@ -274,7 +288,7 @@ def _named(results):
                          f"{_kind(results)}")
     if not pairs:
         raise ValueError("summarize needs at least one screen, got none")
-    sources = {}
+    sources: dict[str, object] = {}
     for name, item in pairs:
         if name in sources:
             raise ValueError(f"two screens are named {name!r} ({sources[name]} and {item}): name them, "
@@ -298,7 +312,7 @@ def _named(results):
     return named, paths
 
 
-def _judge_task(name, results, options) -> dict:
+def _judge_task(name: str, results: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
     """One task's line of the summary: each ranking's weighted tau with its
     interval, the best ranking(s), and each other ranking's paired
     difference from the best."""
@@ -314,7 +328,7 @@ def _judge_task(name, results, options) -> dict:
         rankings[spec] = {row["name"]: values.get(row["name"]) for row in rows}
         saturated[spec] = sorted(row["name"] for row in rows if values.get(row["name"]) is not None
                                  and any(_saturated(row["scores"][s], k) for s, k in _combined_terms(spec)))
-    task = {"name": name, "models": len(rows), "note": None, "best": [],
+    task: dict[str, Any] = {"name": name, "models": len(rows), "note": None, "best": [],
             "rankings": {label: {"weighted_tau": None, "interval": None, "saturated": saturated[label],
                                  "versus_best": None} for label in rankings}}
     truth = results.get("ground_truth")
@@ -326,12 +340,13 @@ def _judge_task(name, results, options) -> dict:
         return task
     truth = as_ground_truth(truth)
     points = {label: _point_tau(values, truth) for label, values in rankings.items()}
-    valid = [label for label, tau in points.items() if tau is not None and not saturated[label]]
-    top = max((points[label] for label in valid), default=None)
-    task["best"] = [label for label in valid if abs(points[label] - top) <= _TIE]
+    valid = {label: tau for label, tau in points.items() if tau is not None and not saturated[label]}
+    top = max(valid.values(), default=math.nan)  # the default is never compared: no valid label
+    task["best"] = [label for label, tau in valid.items() if abs(tau - top) <= _TIE]
     pairs = [(best, other) for best in task["best"] for other in valid if other not in task["best"]] \
         if options["bootstrap"] else []
-    measures, comparisons = _judged(rankings, truth, pairs, options)
+    # report.Key names a report's (scorer, kind) keys; _judged takes any hashable key, here the ranking labels.
+    measures, comparisons = _judged(rankings, truth, pairs, options)  # type: ignore[arg-type]
     for label, entry in task["rankings"].items():
         entry["weighted_tau"] = measures[label]["weighted_tau"]
         entry["interval"] = (measures[label].get("interval") or {}).get("weighted_tau")
@@ -342,29 +357,31 @@ def _judge_task(name, results, options) -> dict:
     return task
 
 
-def _point_tau(values, truth):
+def _point_tau(values: Mapping[str, float | None], truth: Mapping[str, float]) -> float | None:
     """The weighted tau of the models that have a score (as _judged takes
     them); None where undefined."""
-    models = [model for model in truth if values.get(model) is not None]  # in the accuracies' order, as _judged
-    if len(models) < 2:
+    # In the accuracies' order, as _judged.
+    scored = {model: value for model in truth if (value := values.get(model)) is not None}
+    if len(scored) < 2:
         return None
-    tau = weighted_tau([values[m] for m in models], [truth[m] for m in models])
+    tau = weighted_tau(list(scored.values()), [truth[m] for m in scored])
     return tau if math.isfinite(tau) else None
 
 
-def _versus_best(comparisons):
+def _versus_best(comparisons: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     """The paired difference best - this ranking (against the first best;
     "resolved" only when its lead over this one is resolved against every
     best, i.e. each interval lies above 0); None without intervals or when
     the two rank different models (a scorer without some model's score)."""
-    if not comparisons or any(c is None or c.get("delta_weighted_tau") is None for c in comparisons):
+    known = [c for c in comparisons if c is not None and c.get("delta_weighted_tau") is not None]
+    if not known or len(known) < len(comparisons):
         return None
-    first = comparisons[0]
+    first = known[0]
     return {"delta": first["delta"], "delta_weighted_tau": first["delta_weighted_tau"],
-            "p_better": first["p_better"], "resolved": all(c["delta_weighted_tau"][0] > 0 for c in comparisons)}
+            "p_better": first["p_better"], "resolved": all(c["delta_weighted_tau"][0] > 0 for c in known)}
 
 
-def _resolved(task) -> bool:
+def _resolved(task: Mapping[str, Any]) -> bool:
     """Whether the task's single best ranking leads every other ranking
     judged there by a resolved difference."""
     others = [entry for label, entry in task["rankings"].items() if label not in task["best"]
@@ -372,11 +389,12 @@ def _resolved(task) -> bool:
     return all(entry["versus_best"] is not None and entry["versus_best"]["resolved"] for entry in others)
 
 
-def _share(tasks, value):
+def _share(tasks: Sequence[Mapping[str, Any]], value: Callable[[Mapping[str, Any]], float]) -> float | None:
     return sum(float(value(task)) for task in tasks) / len(tasks) if tasks else None
 
 
-def _means(rankings, judged, *, bootstrap, confidence, seed) -> dict:
+def _means(rankings: Sequence[str], judged: Sequence[Mapping[str, Any]], *, bootstrap: int, confidence: float,
+           seed: int) -> dict[str, dict[str, Any]]:
     """{ranking: {"weighted_tau": the mean over the judged tasks where it is
     defined and unsaturated, "interval": percentile bootstrap over the
     tasks (the same draws of tasks for every ranking), "tasks": how many
@@ -391,8 +409,8 @@ def _means(rankings, judged, *, bootstrap, confidence, seed) -> dict:
         draws = taus[rng.integers(0, len(judged), size=(bootstrap, len(judged)))]  # B x T x R
     out = {}
     for column, label in enumerate(rankings):
-        entry = {"weighted_tau": float(np.nanmean(taus[:, column])) if counts[column] else None, "interval": None,
-                 "tasks": int(counts[column])}
+        entry: dict[str, Any] = {"weighted_tau": float(np.nanmean(taus[:, column])) if counts[column] else None,
+                                 "interval": None, "tasks": int(counts[column])}
         if draws is not None and counts[column] >= MIN_MODELS:
             values = draws[:, :, column]
             defined = ~np.isnan(values)
@@ -405,15 +423,16 @@ def _means(rankings, judged, *, bootstrap, confidence, seed) -> dict:
     return out
 
 
-def _usable(entry):
+def _usable(entry: Mapping[str, Any] | None) -> float:
     """A task's weighted tau of a ranking as the mean takes it: NaN when
     undefined, saturated or missing."""
     if entry is None or entry["weighted_tau"] is None or entry["saturated"]:
         return math.nan
-    return entry["weighted_tau"]
+    tau: float = entry["weighted_tau"]
+    return tau
 
 
-def write_summary(summary, out) -> list:
+def write_summary(summary: Mapping[str, Any], out: str | os.PathLike[str]) -> list[Path]:
     """SUMMARY_FILES (summary.json, summary.csv, the Markdown table) in
     `out`, each written atomically; returns their paths."""
     out = Path(out)
@@ -425,7 +444,7 @@ def write_summary(summary, out) -> list:
     return paths
 
 
-def summary_csv(summary) -> str:
+def summary_csv(summary: Mapping[str, Any]) -> str:
     """The summary table as CSV: one line per task (its models, its best
     ranking(s), then per ranking its weighted tau and interval, the rankings
     resolved below the best and the saturated ones), then the mean line
@@ -447,7 +466,7 @@ def summary_csv(summary) -> str:
                  " | ".join(label for label, entry in task["rankings"].items() if entry["saturated"]),
                  task["note"] or ""]
         writer.writerow(line)
-    mean = ["mean", "", ""]
+    mean: list[float | str] = ["mean", "", ""]
     for label in rankings:
         mean += [_cell(summary["mean"][label]["weighted_tau"]), *_bounds(summary["mean"][label]["interval"])]
     writer.writerow(mean + ["", "", f"over {summary['judged_tasks']} judged task(s)"])
@@ -457,15 +476,15 @@ def summary_csv(summary) -> str:
     return buffer.getvalue()
 
 
-def _cell(value):
+def _cell(value: float | None) -> float | str:
     return "" if value is None else value
 
 
-def _bounds(interval):
+def _bounds(interval: Sequence[float] | None) -> tuple[float | str, ...]:
     return ("", "") if interval is None else tuple(interval)
 
 
-def format_summary(summary) -> str:
+def format_summary(summary: Mapping[str, Any]) -> str:
     """The summary as Markdown (its .md file, and what `screen --tasks` and
     `summarize` print): a tasks x rankings table of weighted tau with
     intervals, the mean row, the win rates, and what the marks mean."""
@@ -501,7 +520,7 @@ def format_summary(summary) -> str:
     return "\n".join(lines)
 
 
-def _task_cell(task, label):
+def _task_cell(task: Mapping[str, Any], label: str) -> str:
     entry = task["rankings"].get(label)
     if entry is None or entry["weighted_tau"] is None:
         return "-" if entry is None or task["note"] else "n/a"
@@ -516,7 +535,7 @@ def _task_cell(task, label):
     return text + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
-def _mean_cell(entry, judged):
+def _mean_cell(entry: Mapping[str, Any], judged: int) -> str:
     if entry["weighted_tau"] is None:
         return "-"
     text = f"{entry['weighted_tau']:.3f}"
