@@ -29,14 +29,16 @@ import inspect
 import itertools
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal, Union, overload
 
 import torch
 
-from .ped import PEDResult, _rescaling, check_parameters, ped
-from ._validate import all_finite, check_inplace, features_tensor, raise_non_finite, to_tensor
+from .ped import PEDResult, Reference, _rescaling, check_parameters, ped
+from ._validate import ArrayLike, all_finite, check_inplace, features_tensor, raise_non_finite, to_tensor
 from .scorers import _registry
-from .scorers._input import ClassMoments, class_moments, prepare
+from .scorers._input import ClassMoments, Prepared, class_moments, prepare
 from .scorers._linalg import matmul, principal_axes
 from .scorers.sfda import PROJECTION_REMEDY
 
@@ -58,6 +60,10 @@ _OWN_KEYWORDS = ("scorer", "reference", "return_baseline", "scorer_options", "ba
 # them (a score, or its error).
 _SPREAD_TOLERANCE = {dtype: math.sqrt(torch.finfo(dtype).eps) for dtype in (torch.float32, torch.float64)}
 _REDUCE = re.compile(r"^pca:([0-9]+)$")
+# A scorer for ped_score: a registered name, or f(features, labels, **options) -> a number.
+ScorerLike = Union[str, Callable[..., Any]]
+# A grid for ped_sweep: {parameter: [values]} or a sequence of {parameter: value} points.
+Grid = Union[Mapping[str, Sequence[Any]], Sequence[Mapping[str, Any]]]
 
 
 @dataclass
@@ -74,11 +80,11 @@ class PEDScore:
     """
 
     ped: float
-    baseline: float
+    baseline: float | None
     result: PEDResult
-    saturation: dict = field(default_factory=dict)
+    saturation: dict[str, str] = field(default_factory=dict)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         # The dataclass repr would print the moved N x D features in full.
         saturated = f", saturation={self.saturation!r}" if self.saturation else ""
         return (f"PEDScore(ped={self.ped!r}, baseline={self.baseline!r}, steps={self.result.steps}, "
@@ -90,15 +96,34 @@ class PEDScore:
         return bool(self.saturation)
 
     @property
-    def reason(self):
+    def reason(self) -> str | None:
         """Why (one line per saturated score), or None."""
         if not self.saturation:
             return None
         return "\n".join(f"{kind}: {why}" for kind, why in self.saturation.items())
 
 
-def ped_score(features, labels, scorer="sfda", *, reference=None, return_baseline=False, scorer_options=None,
-              backend="auto", reduce=None, **ped_options):
+@overload
+def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = ..., *, reference: Reference | None = ...,
+              return_baseline: Literal[False] = ..., scorer_options: Mapping[str, Any] | None = ...,
+              backend: str = ..., reduce: str | None = ..., **ped_options: Any) -> float: ...
+
+
+@overload
+def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = ..., *, reference: Reference | None = ...,
+              return_baseline: Literal[True], scorer_options: Mapping[str, Any] | None = ...,
+              backend: str = ..., reduce: str | None = ..., **ped_options: Any) -> PEDScore: ...
+
+
+@overload
+def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = ..., *, reference: Reference | None = ...,
+              return_baseline: bool, scorer_options: Mapping[str, Any] | None = ...,
+              backend: str = ..., reduce: str | None = ..., **ped_options: Any) -> float | PEDScore: ...
+
+
+def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = "sfda", *, reference: Reference | None = None,
+              return_baseline: bool = False, scorer_options: Mapping[str, Any] | None = None, backend: str = "auto",
+              reduce: str | None = None, **ped_options: Any) -> float | PEDScore:
     """Score the PED-moved `features` (N x D) for `labels` (N).
 
     scorer: the name of a registered scorer that reads features ("sfda",
@@ -137,17 +162,19 @@ def ped_score(features, labels, scorer="sfda", *, reference=None, return_baselin
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, ped_options.get("inplace", False))
     if entry is None:
+        assert callable(scorer)  # entry is None for a callable scorer only
         return _callable_score(scorer, features, labels, reference, return_baseline, options, backend, ped_options)
 
-    def run_ped():
+    def run_ped() -> PEDResult:
         return ped(features, labels, reference=reference, backend=backend, **ped_options)
 
     score = _score_entry(entry, features, labels, run_ped, return_baseline, options, backend)
     return score if return_baseline else score.ped
 
 
-def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None, backend="auto", reduce=None,
-               **ped_options) -> dict:
+def ped_scores(features: ArrayLike, labels: ArrayLike, scorers: str | Iterable[str], *,
+               reference: Reference | None = None, scorer_options: Mapping[str, Mapping[str, Any]] | None = None,
+               backend: str = "auto", reduce: str | None = None, **ped_options: Any) -> dict[str, PEDScore]:
     """Several registered scorers on one model's features, each plain and
     with PED: {name: PEDScore}, as ped_score(..., return_baseline=True)
     gives for each, but with PED (and reduce's projection) computed once
@@ -165,9 +192,9 @@ def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None
     options, entries = _feature_scorers(scorers, scorer_options)
     if reduce is not None:
         features, reference = _reduce(features, reference, reduce, False)
-    computed = []
+    computed: list[PEDResult] = []
 
-    def run_ped():
+    def run_ped() -> PEDResult:
         if not computed:
             computed.append(ped(features, labels, reference=reference, backend=backend, **ped_options))
         return computed[0]
@@ -176,8 +203,10 @@ def ped_scores(features, labels, scorers, *, reference=None, scorer_options=None
             for name, entry in entries.items()}
 
 
-def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options=None, backend="auto", reduce=None,
-              return_baseline=True, **ped_options) -> list:
+def ped_sweep(features: ArrayLike, labels: ArrayLike, scorers: str | Iterable[str], grid: Grid, *,
+              reference: Reference | None = None, scorer_options: Mapping[str, Mapping[str, Any]] | None = None,
+              backend: str = "auto", reduce: str | None = None, return_baseline: bool = True,
+              **ped_options: Any) -> list[tuple[dict[str, Any], dict[str, PEDScore]]]:
     """Several registered scorers on one model's features at every point of
     a grid of PED's hyper-parameters (the paper's sensitivity study):
     [(point, {name: PEDScore})], one pair per point in grid order, each
@@ -219,22 +248,25 @@ def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options
         # The reference features' mean and std, once: ped() would read the
         # M x D reference at every point. eps=0 leaves the std unclamped, so
         # that each point's ped() clamps it by its own eps, as it would.
-        reference = _rescaling(reference, "reference", 0.0, x, backend, None, None, None)
+        # rescale="reference" reads no class statistics (counts, mean, var).
+        reference = _rescaling(reference, "reference", 0.0, x, backend,
+                               None, None, None)  # type: ignore[arg-type]
     prepared = {name: _Prepared(entry, features, labels, options[name], backend) for name, entry in entries.items()
                 if entry.shared is not None and (entry.shared.applies is None or entry.shared.applies(n, dim, True))}
     # The scores of each distinct feature set, {name: score}: `unmoved`, the
     # input's (the plain scores, and the PED scores of points at which ped()
     # moved nothing); `moved_sets`, [(shift, scores)], one per distinct shift.
-    unmoved = {}
+    unmoved: dict[str, float] = {}
     if return_baseline:
         unmoved = {name: prepared[name].baseline() if name in prepared else
                    _call(entry, features, labels, options[name], backend) for name, entry in entries.items()}
     baselines = {name: unmoved.get(name) for name in entries}
-    moved_sets = []
-    out = []
+    moved_sets: list[tuple[torch.Tensor, dict[str, float]]] = []
+    out: list[tuple[dict[str, Any], dict[str, PEDScore]]] = []
     for number, point in enumerate(points):
         result = ped(features, labels, reference=reference, backend=backend, **dict(ped_options, **point))
         shift = to_tensor(result.shift, "shift")[0]
+        known: dict[str, float] | None
         if result.steps == 0:
             known = unmoved
         else:
@@ -253,7 +285,9 @@ def ped_sweep(features, labels, scorers, grid, *, reference=None, scorer_options
     return out
 
 
-def _score_moved(entries, prepared, result, labels, options, backend, *, last):
+def _score_moved(entries: Mapping[str, _registry.Scorer], prepared: Mapping[str, _Prepared], result: PEDResult,
+                 labels: ArrayLike, options: Mapping[str, Mapping[str, Any]], backend: str, *,
+                 last: bool) -> dict[str, float]:
     """{name: score} of PED's moved features `result.features` for each
     scorer: from its shared work (prepared) when it has one, the moved
     features' class statistics read once for all of them."""
@@ -263,7 +297,7 @@ def _score_moved(entries, prepared, result, labels, options, backend, *, last):
             _call(entry, result.features, labels, options[name], backend) for name, entry in entries.items()}
 
 
-def grid_points(grid) -> list:
+def grid_points(grid: Grid) -> list[dict[str, Any]]:
     """The points ({parameter: value}) of a grid given as {parameter:
     [values]} (every combination, the last parameter fastest) or as a
     sequence of points; ValueError naming what came when it is neither, is
@@ -286,14 +320,14 @@ def grid_points(grid) -> list:
     return points
 
 
-def parse_ped_grid(spec) -> dict:
+def parse_ped_grid(spec: str) -> dict[str, list[float]]:
     """{parameter: [values]} of a grid spec "nsigma=0.4,0.6,0.8;time_step=0.05,0.1"
     (values are numbers; max_steps' are integers); ValueError naming what
     came when it is not of that form."""
     form = "'NAME=V,V,...;NAME=V,...' with NAME one of ped()'s parameters and each V a number"
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"ped_grid must be {form}, got {spec!r}")
-    grid = {}
+    grid: dict[str, list[float]] = {}
     for part in spec.split(";"):
         name, sep, values = part.partition("=")
         name = name.strip()
@@ -307,22 +341,23 @@ def parse_ped_grid(spec) -> dict:
     return grid
 
 
-def _feature_scorers(scorers, scorer_options):
+def _feature_scorers(scorers: str | Iterable[str], scorer_options: Mapping[str, Mapping[str, Any]] | None,
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, _registry.Scorer]]:
     """({name: options}, {name: registry entry}) of the named feature
     scorers, each named once, their options checked (ped_scores, ped_sweep)."""
     names = [scorers] if isinstance(scorers, str) else list(scorers)
     if not names or len(set(names)) != len(names):
         raise ValueError(f"scorers must name each scorer once, at least one, got {names!r}")
-    options = dict(scorer_options or {})
-    unknown = sorted(set(options) - set(names))
+    given = dict(scorer_options or {})
+    unknown = sorted(set(given) - set(names))
     if unknown:
         raise ValueError(f"scorer_options names scorers that are not scored: {unknown} (scorers: {names})")
-    options = {name: dict(options.get(name) or {}) for name in names}
+    options = {name: dict(given.get(name) or {}) for name in names}
     entries = {name: _feature_scorer(name, options[name]) for name in names}
     return options, entries
 
 
-def _feature_scorer(name, options):
+def _feature_scorer(name: str, options: Mapping[str, Any]) -> _registry.Scorer:
     """The registry entry of a scorer that reads features, its options checked."""
     entry = _registry.get(name)
     if not entry.ped_applies:
@@ -332,7 +367,8 @@ def _feature_scorer(name, options):
     return entry
 
 
-def _score_entry(entry, features, labels, run_ped, return_baseline, options, backend) -> PEDScore:
+def _score_entry(entry: _registry.Scorer, features: ArrayLike, labels: ArrayLike, run_ped: Callable[[], PEDResult],
+                 return_baseline: bool, options: Mapping[str, Any], backend: str) -> PEDScore:
     """One registered scorer, on the input (when return_baseline) and on
     PED's moved features from run_ped(), sharing what it can."""
     shared = entry.shared
@@ -348,7 +384,7 @@ def _score_entry(entry, features, labels, run_ped, return_baseline, options, bac
     return PEDScore(ped=moved, baseline=baseline, result=result, saturation=saturation)
 
 
-def _check_ped_options(ped_options):
+def _check_ped_options(ped_options: Mapping[str, Any]) -> None:
     unknown = sorted(set(ped_options) - set(_PED_OPTIONS))
     if not unknown:
         return
@@ -362,14 +398,17 @@ def _check_ped_options(ped_options):
     )
 
 
-def _call(entry, features, labels, options, backend):
+def _call(entry: _registry.Scorer, features: ArrayLike, labels: ArrayLike, options: Mapping[str, Any],
+          backend: str) -> float:
     """The registered scorer's value on `features` (backend= passed when the
     function takes it)."""
     kwargs = dict(options, backend=backend) if entry.takes_backend else options
     return _as_float(entry.function(features, labels, **kwargs), entry.name)
 
 
-def _separate(entry, features, labels, run_ped, return_baseline, options, backend):
+def _separate(entry: _registry.Scorer, features: ArrayLike, labels: ArrayLike, run_ped: Callable[[], PEDResult],
+              return_baseline: bool, options: Mapping[str, Any],
+              backend: str) -> tuple[float | None, float, PEDResult]:
     """Nothing shared: the scorer on the input (read before ped(), which may
     overwrite it in place), then on the moved features."""
     baseline = _call(entry, features, labels, options, backend) if return_baseline else None
@@ -377,7 +416,9 @@ def _separate(entry, features, labels, run_ped, return_baseline, options, backen
     return baseline, _call(entry, result.features, labels, options, backend), result
 
 
-def _shared(entry, features, labels, run_ped, return_baseline, options, backend):
+def _shared(entry: _registry.Scorer, features: ArrayLike, labels: ArrayLike, run_ped: Callable[[], PEDResult],
+            return_baseline: bool, options: Mapping[str, Any],
+            backend: str) -> tuple[float | None, float, PEDResult]:
     """The scorer's shared work (ped_fast.scorers.SharedWork) prepared from
     the input, then each score from it."""
     # The input is read (and validated) before ped(), which may overwrite it
@@ -393,38 +434,41 @@ class _Prepared:
     input's score and the score of any PED-moved features of them (one
     ped() result or many, as a sweep gives) come from it."""
 
-    def __init__(self, entry, features, labels, options, backend):
+    def __init__(self, entry: _registry.Scorer, features: ArrayLike, labels: ArrayLike, options: Mapping[str, Any],
+                 backend: str) -> None:
         self.entry, self.labels, self.options, self.backend = entry, labels, options, backend
+        assert entry.shared is not None  # made for a scorer with shared work only
+        self.shared = entry.shared
         dtype = options.get("dtype", torch.float64)
         self.prep = prepare(features, labels, dtype, backend, entry.name)
         self.moments = class_moments(self.prep)
-        self.state = entry.shared.prepare(self.prep, self.moments, {k: v for k, v in options.items() if k != "dtype"})
+        self.state = self.shared.prepare(self.prep, self.moments, {k: v for k, v in options.items() if k != "dtype"})
 
-    def baseline(self):
-        return float(self.entry.shared.score(self.state, self.prep.x, self.moments, False))
+    def baseline(self) -> float:
+        return float(self.shared.score(self.state, self.prep.x, self.moments, False))
 
-    def moved(self, result, *, last):
+    def moved(self, result: PEDResult, *, last: bool) -> float:
         """The score of PED's moved features `result.features`; last: no
         other score follows, so the shared work may be spent on this one."""
         moved, _ = to_tensor(result.features, "features")
         return self.score_moved(moved, self.moved_moments(moved), last=last)
 
-    def moved_moments(self, moved):
+    def moved_moments(self, moved: torch.Tensor) -> ClassMoments | None:
         """_shared_moments of PED's moved features `moved` (a tensor): the
         same for every scorer, whose preparations share the labels and
         the input's class variances."""
         return _shared_moments(self.prep, moved, self.moments.variances)
 
-    def score_moved(self, moved, moved_moments, *, last):
+    def score_moved(self, moved: torch.Tensor, moved_moments: ClassMoments | None, *, last: bool) -> float:
         """The score of PED's moved features `moved`, whose moved_moments
         are given (None: scored by the scorer itself)."""
         if moved_moments is None:
             # The caller's options unchanged: a registered scorer need not take dtype.
             return _call(self.entry, moved, self.labels, self.options, self.backend)
-        return float(self.entry.shared.score(self.state, moved, moved_moments, last))
+        return float(self.shared.score(self.state, moved, moved_moments, last))
 
 
-def _shared_moments(prep, moved, variances):
+def _shared_moments(prep: Prepared, moved: torch.Tensor, variances: torch.Tensor) -> ClassMoments | None:
     """The ClassMoments of PED's moved features `moved`, when their
     within-class spread is the input's (`variances`, C x D) up to rounding,
     so that scoring them from the input's residuals is scoring them; None
@@ -445,7 +489,8 @@ def _shared_moments(prep, moved, variances):
 _PYTHON_REMEDY = "ped_score(..., reduce='pca:K')"
 
 
-def _saturation(entry, baseline, moved, result, labels):
+def _saturation(entry: _registry.Scorer, baseline: float | None, moved: float | None, result: PEDResult,
+                labels: ArrayLike) -> dict[str, str]:
     """{kind: reason} for the scores that saturated (docs/spec.md §3), a
     recommended projection spelled as ped_score's argument; kinds whose
     score is None (not computed) are left out."""
@@ -454,7 +499,7 @@ def _saturation(entry, baseline, moved, result, labels):
     x, _ = to_tensor(result.features, "features")
     classes = len(torch.unique(to_tensor(labels, "labels")[0]))
     shape = dict(samples=x.shape[0], dimensions=x.shape[1], classes=classes)
-    out = {}
+    out: dict[str, str] = {}
     for kind, value in (("baseline", baseline), ("ped", moved)):
         reason = None if value is None else entry.saturation(value, **shape)
         if reason is not None:
@@ -462,7 +507,7 @@ def _saturation(entry, baseline, moved, result, labels):
     return out
 
 
-def parse_reduce(spec):
+def parse_reduce(spec: str) -> int:
     """K of a reduce spec "pca:K"; ValueError naming what came when it is
     not of that form. Whether K fits the features (1 <= K <= min(N - 1, D))
     is checked where they are known. Public so that callers (the zoo) can
@@ -473,7 +518,8 @@ def parse_reduce(spec):
     return int(match.group(1))
 
 
-def _reduce(features, reference, spec, inplace):
+def _reduce(features: ArrayLike, reference: Reference | None, spec: str,
+            inplace: bool) -> tuple[ArrayLike, Reference | None]:
     """(features, reference) projected on the K principal axes of the
     centred features, in float64 (docs/spec.md §3): the axes are the
     eigenvectors of the features' scatter with the K largest eigenvalues,
@@ -514,14 +560,16 @@ def _reduce(features, reference, spec, inplace):
     return (projected.cpu().numpy() if as_numpy else projected), reference
 
 
-def _callable_score(scorer, features, labels, reference, return_baseline, options, backend, ped_options):
+def _callable_score(scorer: Callable[..., Any], features: ArrayLike, labels: ArrayLike, reference: Reference | None,
+                    return_baseline: bool, options: Mapping[str, Any], backend: str,
+                    ped_options: Mapping[str, Any]) -> float | PEDScore:
     baseline = _as_float(scorer(features, labels, **options), "the scorer") if return_baseline else None
     result = ped(features, labels, reference=reference, backend=backend, **ped_options)
     moved = _as_float(scorer(result.features, labels, **options), "the scorer")
     return PEDScore(ped=moved, baseline=baseline, result=result) if return_baseline else moved
 
 
-def _as_float(value, name):
+def _as_float(value: Any, name: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -23,9 +23,13 @@ singular covariance and invert it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-from ._input import ScatterState, class_moments, global_mean, prepare
+from .._validate import ArrayLike
+from ._input import ClassMoments, DtypeLike, Prepared, ScatterState, class_moments, global_mean, prepare
 from ._linalg import symmetric_eigh
 from ._registry import SharedWork
 from .sfda import PROJECTION_REMEDY
@@ -37,7 +41,7 @@ SATURATION_GAP = 1e-6
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def hscore(features, labels, *, dtype=torch.float64, backend="auto"):
+def hscore(features: ArrayLike, labels: ArrayLike, *, dtype: DtypeLike = torch.float64, backend: str = "auto") -> float:
     """H-score of `features` (N x D) for `labels` (N):
     trace(pinv(cov(X)) cov(E[X | y])), a float in [0, C - 1]; higher is
     better. It reaches C - 1 when D >= N - 1 (see saturation). dtype:
@@ -52,7 +56,8 @@ def hscore(features, labels, *, dtype=torch.float64, backend="auto"):
     return _hscore_score(ScatterState(prep, moments), prep.x, moments, True)
 
 
-def reg_hscore(features, labels, *, dtype=torch.float64, backend="auto"):
+def reg_hscore(features: ArrayLike, labels: ArrayLike, *, dtype: DtypeLike = torch.float64,
+               backend: str = "auto") -> float:
     """Regularized H-score of `features` (N x D) for `labels` (N):
     trace(pinv(cov_a) (1 - a) cov(E[X | y])) with cov_a the Ledoit-Wolf
     shrunk covariance and a its shrinkage, a float >= 0; higher is better.
@@ -69,7 +74,7 @@ def reg_hscore(features, labels, *, dtype=torch.float64, backend="auto"):
     return _reg_hscore_score(ScatterState(prep, moments), prep.x, moments, True)
 
 
-def saturation(value, *, samples, dimensions, classes):
+def saturation(value: float, *, samples: int, dimensions: int, classes: int) -> str | None:
     """The reason an H-score carries no ranking information (within
     SATURATION_GAP of its maximum C - 1), or None."""
     top = classes - 1
@@ -80,7 +85,8 @@ def saturation(value, *, samples, dimensions, classes):
             f"so models that do cannot be ranked; {PROJECTION_REMEDY}, or score more samples")
 
 
-def _projected_mass(values, vectors, centred, counts, dim_n):
+def _projected_mass(values: torch.Tensor, vectors: torch.Tensor, centred: torch.Tensor, counts: torch.Tensor,
+                    dim_n: int) -> float:
     """sum_c n_c mu_c^T pinv(A) mu_c for A = V diag(values) V^T: the
     eigenvalues at or below values.max() * max(N, D) * eps count as zero.
     centred: C x D centred class means; dim_n: max(N, D)."""
@@ -93,7 +99,7 @@ def _projected_mass(values, vectors, centred, counts, dim_n):
     return float(((projections * projections).sum(1) / values[keep]).sum())
 
 
-def _hscore_score(state, x, moments, last):
+def _hscore_score(state: ScatterState, x: torch.Tensor, moments: ClassMoments, last: bool) -> float:
     n, dim = x.shape
     scatter, centred = state.total(moments, last)
     # cov(X) = S / (N - 1) and cov(E[X|y]) = sum_c n_c mu_c mu_c^T / (N - 1):
@@ -102,7 +108,7 @@ def _hscore_score(state, x, moments, last):
     return _projected_mass(values, vectors, centred, state.counts, max(n, dim))
 
 
-def _reg_hscore_score(state, x, moments, last):
+def _reg_hscore_score(state: ScatterState, x: torch.Tensor, moments: ClassMoments, last: bool) -> float:
     n, dim = x.shape
     scatter, centred = state.total(moments, last)
     cov = scatter.div_(n)
@@ -121,7 +127,7 @@ def _reg_hscore_score(state, x, moments, last):
     return (1.0 - shrinkage) / (n - 1) * _projected_mass(shrunk, vectors, centred, state.counts, max(n, dim))
 
 
-def _sum_fourth_powers(x, center):
+def _sum_fourth_powers(x: torch.Tensor, center: torch.Tensor) -> float:
     """sum_i ||x_i - center||^4 over the rows of x, in row chunks of ~4M
     elements in center's dtype."""
     total = 0.0
@@ -132,12 +138,12 @@ def _sum_fourth_powers(x, center):
     return total
 
 
-def _applies(n, dim, baseline):
+def _applies(n: int, dim: int, baseline: bool) -> bool:
     # Without a baseline there is one feature set to score: nothing to share.
     return baseline
 
 
-def _prepare(prep, moments, options):
+def _prepare(prep: Prepared, moments: ClassMoments, options: Mapping[str, Any]) -> ScatterState:
     return ScatterState(prep, moments)
 
 

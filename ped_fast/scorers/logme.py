@@ -12,12 +12,14 @@ stopping at its own iteration exactly as the published per-class loop does.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import torch
 
 from .. import _backends
-from .._validate import all_finite, features_tensor, raise_non_finite, to_tensor
-from ._input import class_moments, compute_dtype, prepare, residual_gram
+from .._validate import ArrayLike, all_finite, features_tensor, raise_non_finite, to_tensor
+from ._input import ClassMoments, DtypeLike, Prepared, class_moments, compute_dtype, prepare, residual_gram
 from ._linalg import gram, symmetric_eigh
 from ._registry import SharedWork
 
@@ -27,7 +29,8 @@ EPSILON = 1e-5
 SINGULAR_FLOOR = 1e-10
 
 
-def logme(features, labels, *, regression=False, dtype=torch.float64, backend="auto"):
+def logme(features: ArrayLike, labels: ArrayLike, *, regression: bool = False, dtype: DtypeLike = torch.float64,
+          backend: str = "auto") -> float:
     """LogME evidence of `features` (N x D) for `labels`.
 
     Classification (default): labels are N integers (any values; classes are
@@ -62,7 +65,7 @@ def logme(features, labels, *, regression=False, dtype=torch.float64, backend="a
     return _evidence_from_svd(_as(x, prep.dtype), onehot)
 
 
-def evidence_from_gram(gram_matrix, xt_targets, target_sq, n):
+def evidence_from_gram(gram_matrix: torch.Tensor, xt_targets: torch.Tensor, target_sq: torch.Tensor, n: int) -> float:
     """Mean LogME evidence for N > D from X^T X (D x D, lower triangle
     read), X^T T (D x K) and the squared norms of the K targets (K).
 
@@ -97,7 +100,7 @@ def evidence_from_gram(gram_matrix, xt_targets, target_sq, n):
     return _fixed_point(s * s, z, target_sq, n, dim)
 
 
-def _evidence_from_svd(x, targets):
+def _evidence_from_svd(x: torch.Tensor, targets: torch.Tensor) -> float:
     """N <= D: the thin SVD of X itself, keeping all min(N, D) values, as
     published. No count depends on rounding here: every term of the fixed
     point is continuous in sigma = s^2 at 0, so a zero singular value that
@@ -113,14 +116,14 @@ def _evidence_from_svd(x, targets):
     return _fixed_point(s * s, z, (targets * targets).sum(0), n, dim)
 
 
-def _raise_no_singular_value():
+def _raise_no_singular_value() -> NoReturn:
     raise ValueError(
         f"logme: every singular value of features is at most {SINGULAR_FLOOR:g} (the features are zero or nearly "
         f"so), so there is no evidence to maximise"
     )
 
 
-def _fixed_point(sigma, z, target_sq, n, dim):
+def _fixed_point(sigma: torch.Tensor, z: torch.Tensor, target_sq: torch.Tensor, n: int, dim: int) -> float:
     """sigma: k squared singular values; z: k x K projections of the K
     targets; target_sq: ||t||^2 per target. Returns the mean evidence / N."""
     sigma = sigma.unsqueeze(1)
@@ -158,7 +161,7 @@ def _fixed_point(sigma, z, target_sq, n, dim):
     return float(evidence.mean())
 
 
-def _regression(features, targets, dtype, backend):
+def _regression(features: ArrayLike, targets: ArrayLike, dtype: torch.dtype, backend: str) -> float:
     x, _ = features_tensor(features)
     _backends.resolve(backend, x.device)
     t, _ = to_tensor(targets, "labels")
@@ -184,22 +187,24 @@ def _regression(features, targets, dtype, backend):
     return _evidence_from_svd(xc, t)
 
 
-def _as(x, dtype):
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x in `dtype` with contiguous rows (a copy only when needed)."""
     return x.to(dtype).contiguous()
 
 
-def _shared_applies(n, dim, baseline):
+def _shared_applies(n: int, dim: int, baseline: bool) -> bool:
     # One feature set to score, or N <= D (an SVD of X itself): nothing to
     # share.
     return baseline and n > dim
 
 
-def _shared_prepare(prep, moments, options):
+def _shared_prepare(prep: Prepared, moments: ClassMoments,
+                    options: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     return residual_gram(prep, moments.means), prep.counts.to(prep.dtype), prep.dtype
 
 
-def _shared_score(state, x, moments, last):
+def _shared_score(state: tuple[torch.Tensor, torch.Tensor, torch.dtype], x: torch.Tensor, moments: ClassMoments,
+                  last: bool) -> float:
     residual, counts, dtype = state
     means = moments.means.to(dtype)
     sums = means.T * counts  # X^T T, D x C

@@ -34,11 +34,15 @@ scatter sum_i q_i^2 r_i r_i^T is formed at every score (N D^2).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
 
 import torch
 
 from .. import reference
-from ._input import class_moments, prepare
+from .._validate import ArrayLike
+from ._input import ClassMoments, DtypeLike, Prepared, class_moments, prepare
 from ._linalg import SymmetricSolver, gram, matmul, symmetric_matvec, thin_qr_basis
 from ._registry import SharedWork
 
@@ -61,7 +65,7 @@ SATURATION_GAP = 1e-6
 PROJECTION_REMEDY = "project the features on K principal axes with K well below N"
 
 
-def sfda(features, labels, *, dtype=torch.float64, backend="auto"):
+def sfda(features: ArrayLike, labels: ArrayLike, *, dtype: DtypeLike = torch.float64, backend: str = "auto") -> float:
     """SFDA transferability score of `features` (N x D) for `labels` (N).
 
     Returns a float in (0, 1): the mean probability the second (ConfMix)
@@ -78,7 +82,7 @@ def sfda(features, labels, *, dtype=torch.float64, backend="auto"):
     return state.score(state.means, consume=True)
 
 
-def saturation(value, *, samples, dimensions, classes):
+def saturation(value: float, *, samples: int, dimensions: int, classes: int) -> str | None:
     """The reason an SFDA score carries no ranking information (within
     SATURATION_GAP of its maximum 1), or None."""
     if value < 1.0 - SATURATION_GAP:
@@ -96,7 +100,8 @@ class SFDAResiduals:
     integrate and (where it has one) the fused own_class_probability;
     `moments` the ClassMoments of x."""
 
-    def __init__(self, x, index, counts, dtype, launcher, moments):
+    def __init__(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype,
+                 launcher: ModuleType, moments: ClassMoments) -> None:
         n, dim = x.shape
         mean, var = moments.means, moments.variances
         if float(var.sum()) == 0.0:
@@ -115,7 +120,8 @@ class SFDAResiduals:
         self.launcher = launcher
         # Backends without a fused posterior tail (triton, cuda) use the
         # reference twin's PyTorch ops.
-        self.own_class_probability = getattr(launcher, "own_class_probability", reference.own_class_probability)
+        self.own_class_probability: Callable[..., torch.Tensor] = getattr(
+            launcher, "own_class_probability", reference.own_class_probability)
         self.residual = residual
         self.index = index
         self.counts = counts
@@ -127,10 +133,11 @@ class SFDAResiduals:
         self.solver = _shrunk_solver(scatter, self.shrinkage)
         self.feature_eps = torch.finfo(x.dtype).eps
         self.scored = 0
-        self.hull = None  # (Q, R B^-1 Q, Q^T B^-1 Q), from the second score on
-        self.scratch = None  # the second fit's N x D buffer, kept between scores
+        # (Q, R B^-1 Q, Q^T B^-1 Q), from the second score on
+        self.hull: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.scratch: torch.Tensor | None = None  # the second fit's N x D buffer, kept between scores
 
-    def score(self, means, *, consume):
+    def score(self, means: torch.Tensor, *, consume: bool) -> float:
         """SFDA score of the features whose class means are `means` (C x D,
         float64) and whose residuals are self.residual. consume=True updates
         the residuals in place (the object is spent); otherwise the second
@@ -149,6 +156,7 @@ class SFDAResiduals:
         if in_hull is None:
             q = self._own_probability(self.residual, mu, self.solver, soften=True)
         else:
+            assert self.hull is not None  # in_hull is only computed with the hull basis
             basis, residual_basis, basis_inverse = self.hull
             table = matmul(in_hull, matmul(basis_inverse, in_hull.T))
             table += self.log_prior - 0.5 * table.diagonal()
@@ -175,7 +183,7 @@ class SFDAResiduals:
         own = self._own_probability(mixed, mu2, solver2, soften=False)
         return float(own.mean())
 
-    def _hull_basis(self):
+    def _hull_basis(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Q, R B^-1 Q, Q^T B^-1 Q): Q (D x C, float64) an orthonormal
         basis of the centred input means, which spans their affine hull;
         the two products in the compute dtype."""
@@ -184,11 +192,12 @@ class SFDAResiduals:
         inverse = self.solver.solve(basis.to(self.residual.dtype))  # D x C = B^-1 Q
         return basis, matmul(self.residual, inverse), matmul(basis.T.to(inverse.dtype).contiguous(), inverse)
 
-    def _in_hull(self, means, centred):
+    def _in_hull(self, means: torch.Tensor, centred: torch.Tensor) -> torch.Tensor | None:
         """The coordinates A (C x C, compute dtype) of the centred class
         means `centred` in the hull basis, or None when a class mean lies
         outside the input means' affine hull by more than rounding the
         features could put it there (HULL_TOLERANCE)."""
+        assert self.hull is not None  # called once the hull basis is built
         basis = self.hull[0]
         coordinates = matmul(centred, basis)
         outside = torch.linalg.vector_norm(centred - matmul(coordinates, basis.T.contiguous()), dim=1)
@@ -198,7 +207,8 @@ class SFDAResiduals:
             return None
         return coordinates.to(self.residual.dtype)
 
-    def _own_probability(self, residual, mu, solver, *, soften):
+    def _own_probability(self, residual: torch.Tensor, mu: torch.Tensor, solver: SymmetricSolver, *,
+                         soften: bool) -> torch.Tensor:
         """The probability the shrinkage-LDA classifier with class means `mu`
         (C x D, relative to any common origin) gives each sample r_i +
         mu_{y_i} of its own class (N); `solver` applies B^-1. soften: see
@@ -210,7 +220,7 @@ class SFDAResiduals:
         return self.own_class_probability(matmul(residual, coef_t), table, self.index, soften=soften)
 
 
-def _shrinkage(scatter):
+def _shrinkage(scatter: torch.Tensor) -> float:
     """lambda = max(exp(-5 lambda_max(Sw)), 1e-10), lambda_max by the
     published three rounds of power iteration from Sw 1. Reads the lower
     triangle of Sw only."""
@@ -224,7 +234,7 @@ def _shrinkage(scatter):
     return max(math.exp(-5.0 * largest), SHRINKAGE_FLOOR)
 
 
-def _shrunk_solver(scatter, shrinkage):
+def _shrunk_solver(scatter: torch.Tensor, shrinkage: float) -> SymmetricSolver:
     """A solver for B = (1 - lambda) Sw + lambda tr(Sw)/D I (overwrites
     `scatter`). Sw is positive semi-definite, so B's eigenvalues are at least
     lambda tr(Sw)/D: the floor of the solver's fallback."""
@@ -235,11 +245,11 @@ def _shrunk_solver(scatter, shrinkage):
     return SymmetricSolver(b, target)
 
 
-def _shared_prepare(prep, moments, options):
+def _shared_prepare(prep: Prepared, moments: ClassMoments, options: Mapping[str, Any]) -> SFDAResiduals:
     return SFDAResiduals(prep.x, prep.index, prep.counts, prep.dtype, prep.launcher, moments)
 
 
-def _shared_score(state, x, moments, last):
+def _shared_score(state: SFDAResiduals, x: torch.Tensor, moments: ClassMoments, last: bool) -> float:
     return state.score(moments.means, consume=last)
 
 

@@ -15,15 +15,19 @@ import functools
 import hashlib
 import math
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..score import ped_scores, ped_sweep
 from ..scorers import available, get, saturation
 from ..scorers.sfda import PROJECTION_REMEDY
-from .cache import content_key
+from .cache import Cache, CacheEntry, content_key
+from .predictions import Predictions
 from .refstats import ReferenceStats
 
 # Part of every score's cache key: bump it when a change here would change a
@@ -35,9 +39,16 @@ SCORE_VERSION = 4
 # scores of different models agree this closely only when the models cannot
 # be told apart by the scorer.
 _TIE = 1e-9
+# A result row (docs/screening.md §5), as empty_row starts it.
+Row = dict[str, Any]
+# A score's cache key parts before the scorer: (features key, reference key
+# or "self", predictions form or None).
+ScoreKeys = tuple[str, str, Union[str, None]]
+# What score_features rescales by: "self", (mean, std), or reference features (M x D).
+FeaturesReference = Union[str, tuple[npt.ArrayLike, npt.ArrayLike], npt.ArrayLike]
 
 
-def check_scorers(scorers) -> tuple:
+def check_scorers(scorers: str | Iterable[str]) -> tuple[str, ...]:
     """Validated scorer names, from a comma-separated string or a sequence;
     "all" is every registered scorer (ped_fast.scorers.available()). Names
     are case-insensitive ("SFDA", as the tables print it, is sfda)."""
@@ -58,7 +69,8 @@ def check_scorers(scorers) -> tuple:
     return scorers
 
 
-def score_key(features_key, reference_key, predictions, scorer, reduce=None) -> str:
+def score_key(features_key: str, reference_key: str, predictions: str | None, scorer: str,
+              reduce: str | None = None) -> str:
     """Cache key of one score: the features' and the reference's keys
     (reference_key "self" for rescale='self'), the form of the predictions
     (zoo.predictions.FORMS, or None when no scorer reads them), the scorer
@@ -89,7 +101,9 @@ def scoring_code() -> str:
     import importlib.util
 
     package = Path(__file__).resolve().parent.parent
-    kernels = importlib.util.find_spec("ped_fast.kernels").submodule_search_locations[0]
+    spec = importlib.util.find_spec("ped_fast.kernels")
+    assert spec is not None and spec.submodule_search_locations is not None  # a package the wheel ships
+    kernels = spec.submodule_search_locations[0]
     files = sorted([*(package / name for name in _SCORING_MODULES), *(package / "scorers").glob("*.py"),
                     *Path(kernels).glob("*.py"), Path(__file__).resolve()])
     digest = hashlib.sha256()
@@ -98,7 +112,9 @@ def scoring_code() -> str:
     return digest.hexdigest()[:16]
 
 
-def score_features(features, labels, scorers, *, reference, backend="auto", device="cpu", reduce=None) -> dict:
+def score_features(features: npt.ArrayLike, labels: npt.ArrayLike, scorers: str | Iterable[str], *,
+                   reference: FeaturesReference, backend: str = "auto", device: str | torch.device = "cpu",
+                   reduce: str | None = None) -> dict[str, dict[str, Any]]:
     """Scorers that read features, each plain and with PED, on one model's
     features, with PED (and reduce's projection) computed once for all of
     them (ped_fast.ped_scores).
@@ -121,14 +137,15 @@ def score_features(features, labels, scorers, *, reference, backend="auto", devi
     # screen's warnings spell it for their reader, zoo_warnings), for the
     # features scored: reduce's K columns when it projected them.
     shape = dict(samples=int(x.shape[0]), classes=int(torch.unique(y).numel()))
-    return {name: {"baseline": float(result.baseline), "ped": float(result.ped), "steps": int(result.result.steps),
+    return {name: {"baseline": result.baseline, "ped": float(result.ped), "steps": int(result.result.steps),
                    "seconds": seconds,
                    "saturated": {kind: saturation(name, getattr(result, kind), dimensions=int(
                        result.result.features.shape[1]), **shape) for kind in ("baseline", "ped")}}
             for name, result in results.items()}
 
 
-def _ped_inputs(features, labels, reference, device):
+def _ped_inputs(features: npt.ArrayLike, labels: npt.ArrayLike, reference: FeaturesReference,
+                device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(features, labels, ped()'s reference options) on `device`."""
     x = torch.as_tensor(np.asarray(features)).to(device)
     y = torch.as_tensor(np.asarray(labels)).to(device)
@@ -139,7 +156,9 @@ def _ped_inputs(features, labels, reference, device):
     return x, y, {"reference": torch.as_tensor(np.asarray(reference)).to(device)}
 
 
-def grid_scores(features, labels, scorers, points, *, reference, backend="auto", device="cpu", reduce=None) -> list:
+def grid_scores(features: npt.ArrayLike, labels: npt.ArrayLike, scorers: Iterable[str],
+                points: Iterable[Mapping[str, Any]], *, reference: FeaturesReference, backend: str = "auto",
+                device: str | torch.device = "cpu", reduce: str | None = None) -> list[dict[str, float]]:
     """PED's score of each scorer that reads features at each of `points`
     (ped()'s settings, {parameter: value}), from ped_fast.score.ped_sweep:
     [{scorer: value}], one per point. Arguments as for score_features; the
@@ -153,7 +172,8 @@ def grid_scores(features, labels, scorers, points, *, reference, backend="auto",
     return [{name: float(score.ped) for name, score in scores.items()} for _, scores in sweep]
 
 
-def score_predictions(predictions, labels, scorer, *, backend="auto", device="cpu") -> dict:
+def score_predictions(predictions: Predictions | None, labels: npt.NDArray[Any], scorer: str, *, backend: str = "auto",
+                      device: str | torch.device = "cpu") -> dict[str, Any]:
     """A scorer that reads the source model's predictions (leep, nce, or a
     registered one), from `predictions` (zoo.predictions.Predictions); PED
     does not apply ("ped" is None). LEEP and NCE are computed in row blocks
@@ -181,12 +201,13 @@ def score_predictions(predictions, labels, scorer, *, backend="auto", device="cp
                 saturated={"baseline": reason, "ped": None})
 
 
-def _dense_predictions_score(logits, labels, scorer, backend, device):
+def _dense_predictions_score(logits: npt.NDArray[Any], labels: npt.ArrayLike, scorer: str, backend: str,
+                             device: str | torch.device) -> float:
     y = torch.as_tensor(np.asarray(labels)).to(device)
     record = get(scorer)
     # A copy: the cache's logits are read-only memory maps, which torch warns about.
     inputs = torch.as_tensor(np.array(logits)).to(device)
-    options = {"backend": backend} if record.takes_backend else {}
+    options: dict[str, object] = {"backend": backend} if record.takes_backend else {}
     if record.options is None or "logits" in record.options:
         options["logits"] = True
     else:  # a registered scorer that reads probabilities only
@@ -194,18 +215,20 @@ def _dense_predictions_score(logits, labels, scorer, backend, device):
     return float(record.function(inputs, y, **options))
 
 
-def empty_row(name) -> dict:
+def empty_row(name: str) -> Row:
     """A result row before anything is known (see docs/screening.md §5)."""
     return {"name": name, "dim": None, "n": None, "steps": None, "scores": {}, "seconds": {}, "warnings": [],
             "error": None, "identity": None, "cached": [], "device": None, "math": None, "reference_images": None}
 
 
-def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
+def cached_row(row: Row, cache: Cache, keys: ScoreKeys, scorers: Sequence[str], stages: Sequence[str],
+               reduce: str | None = None) -> bool:
     """Fill `row` from the cache when every scorer's score is there (then
     the `stages` before scoring were skipped too); keys: (features key,
     reference key or "self", predictions form)."""
-    entries = [cache.get("score", score_key(*keys, scorer, reduce)) for scorer in scorers]
-    if any(entry is None for entry in entries):
+    found = [cache.get("score", score_key(*keys, scorer, reduce)) for scorer in scorers]
+    entries = [entry for entry in found if entry is not None]
+    if len(entries) != len(found):
         return False
     for scorer, entry in zip(scorers, entries):
         _take_score(row, scorer, entry.meta)
@@ -214,8 +237,10 @@ def cached_row(row, cache, keys, scorers, stages, reduce=None) -> bool:
     return True
 
 
-def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *, predictions=None,
-              backend="auto", device="cpu", reduce=None):
+def score_row(row: Row, cache: Cache, keys: ScoreKeys, features: npt.ArrayLike, labels: npt.NDArray[Any],
+              reference: ReferenceStats | str | npt.ArrayLike, scorers: Sequence[str], skipped: Mapping[str, Any], *,
+              predictions: Predictions | None = None, backend: str = "auto", device: str | torch.device = "cpu",
+              reduce: str | None = None) -> None:
     """Fill `row` with one model's scores, plain and with PED, computing
     (and caching) those not in the cache. features: N x D (read into memory
     here: one model's at a time); reference: ReferenceStats, M x D
@@ -226,6 +251,7 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
     classes = int(np.unique(labels).size)
     row["_skipped"] = skipped
     features = np.array(features)
+    reference_arg: FeaturesReference
     if isinstance(reference, str):
         reference_arg = reference
     elif isinstance(reference, ReferenceStats):
@@ -237,11 +263,12 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
                                                            classes=classes, skipped=skipped, model=row["name"],
                                                            features_device=row["device"], features_math=row["math"],
                                                            reference_images=row["reference_images"]))
-    keys = {scorer: score_key(*keys, scorer, reduce) for scorer in scorers}
-    entries, waiting = {}, []
+    scorer_keys = {scorer: score_key(*keys, scorer, reduce) for scorer in scorers}
+    entries: dict[str, CacheEntry] = {}
+    waiting: list[str] = []
     with contextlib.ExitStack() as held:
-        mine = []
-        for scorer, key in keys.items():
+        mine: list[str] = []
+        for scorer, key in scorer_keys.items():
             # Two screens of one model score it once: the scores this process
             # can lock it computes together (one PED run); the others it
             # waits for below, holding no lock.
@@ -251,14 +278,14 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
                 entries[scorer] = entry
             else:
                 mine.append(scorer)
-        computed = _compute_scores(cache, keys, mine, context)
+        computed = _compute_scores(cache, scorer_keys, mine, context)
     for scorer in waiting:
-        with cache.lock("score", keys[scorer]):
-            entry = cache.get("score", keys[scorer])
+        with cache.lock("score", scorer_keys[scorer]):
+            entry = cache.get("score", scorer_keys[scorer])
             if entry is not None:
                 entries[scorer] = entry
             else:
-                computed.update(_compute_scores(cache, keys, [scorer], context))
+                computed.update(_compute_scores(cache, scorer_keys, [scorer], context))
     for scorer in scorers:
         if scorer in computed:
             entry = computed[scorer]
@@ -270,7 +297,8 @@ def score_row(row, cache, keys, features, labels, reference, scorers, skipped, *
         _take_score(row, scorer, entry.meta)
 
 
-def _compute_scores(cache, keys, scorers, context) -> dict:
+def _compute_scores(cache: Cache, keys: Mapping[str, str], scorers: Sequence[str],
+                    context: Mapping[str, Any]) -> dict[str, CacheEntry]:
     """Compute and cache `scorers` ({scorer: entry}): the features scorers
     together (one PED), the logits scorers one by one."""
     features = [s for s in scorers if get(s).ped_applies]
@@ -285,7 +313,7 @@ def _compute_scores(cache, keys, scorers, context) -> dict:
             for scorer in scorers}
 
 
-def _take_score(row, scorer, meta):
+def _take_score(row: Row, scorer: str, meta: Mapping[str, Any]) -> None:
     row["scores"][scorer] = {"baseline": meta["baseline"], "ped": meta["ped"], "saturated": meta["saturated"]}
     row["dim"], row["n"] = meta["dim"], meta["n"]
     # What computed the features scored: a cached row keeps its original's.
@@ -303,7 +331,7 @@ def _take_score(row, scorer, meta):
 SCREEN_REMEDY = "ped-fast screen --reduce pca:K --reference self; in Python, screen(..., reduce='pca:K', reference='self')"
 
 
-def zoo_warnings(rows, scorers) -> list:
+def zoo_warnings(rows: Iterable[Row], scorers: Iterable[str]) -> list[dict[str, Any]]:
     """Warnings about the screen's finished rows: scores that carry no
     ranking information (each row's scores[S]["saturated"], from the
     scorer's saturation check, e.g. SFDA at 1.0) and ties among the top
@@ -313,7 +341,7 @@ def zoo_warnings(rows, scorers) -> list:
     shape (D differs between models), and a recommended projection is
     spelled as the screen's options (SCREEN_REMEDY)."""
     rows = [row for row in rows if not row.get("error")]
-    out = []
+    out: list[dict[str, Any]] = []
     for scorer in scorers:
         for kind in ("baseline", "ped"):
             title = display_name(scorer, kind)
@@ -321,7 +349,7 @@ def zoo_warnings(rows, scorers) -> list:
                       if row["scores"][scorer][kind] is not None}
             reasons = {row["name"]: row["scores"][scorer]["saturated"][kind] for row in rows}
             saturated = [name for name in values if reasons[name]]
-            groups: dict = {}
+            groups: dict[str, list[str]] = {}
             for name in saturated:
                 groups.setdefault(reasons[name], []).append(name)
             for reason, names in groups.items():
@@ -329,7 +357,7 @@ def zoo_warnings(rows, scorers) -> list:
                 out.append({"models": names,
                             "message": f"{title}: {reason} ({len(names)} model(s): {', '.join(names)})"})
             best = max((v for name, v in values.items() if name not in saturated), default=None)
-            tied = [name for name, value in values.items() if name not in saturated and _close(value, best)]
+            tied = [name for name, value in values.items() if name not in saturated and best is not None and _close(value, best)]
             if len(tied) > 1:
                 out.append({"models": tied,
                             "message": f"{title}: {len(tied)} models tie for the top score {best:.6g} "
@@ -337,7 +365,7 @@ def zoo_warnings(rows, scorers) -> list:
     return out
 
 
-def check_combine(combine, scorers) -> tuple:
+def check_combine(combine: str | Iterable[str] | None, scorers: Sequence[str]) -> tuple[str, ...]:
     """Validated --combine specs: None, one SPEC string or a sequence of
     them. SPEC is "minmax:TERM+TERM[+...]", TERM a screened scorer's name
     (its plain score) or "ped_" + the name (its PED score); see
@@ -363,7 +391,7 @@ def check_combine(combine, scorers) -> tuple:
     return specs
 
 
-def combine_scores(rows, spec) -> dict:
+def combine_scores(rows: Iterable[Row], spec: str) -> dict[str, float | None]:
     """{model: combined value} of one checked SPEC over the finished rows:
     each named score min-max normalised across the models that have every
     named score ((v - min) / (max - min); 0 for all when the score is the
@@ -382,16 +410,16 @@ def combine_scores(rows, spec) -> dict:
     return {row["name"]: total[row["name"]] / len(terms) if row["name"] in total else None for row in rows}
 
 
-def _term(term):
+def _term(term: str) -> tuple[str, str]:
     """(scorer, "baseline" or "ped") of one --combine TERM."""
     return (term[4:], "ped") if term.startswith("ped_") else (term, "baseline")
 
 
-def display_name(scorer, kind) -> str:
+def display_name(scorer: str, kind: str) -> str:
     """"SFDA" for the plain scores, "PED+SFDA" for the PED ones."""
     name = scorer.upper()
     return name if kind == "baseline" else f"PED+{name}"
 
 
-def _close(a, b):
+def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=_TIE, abs_tol=_TIE)
