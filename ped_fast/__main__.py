@@ -18,12 +18,16 @@ exit status:
   130  interrupted (Ctrl-C): finished work is in the cache; run the same
        command again to resume
 """
+from __future__ import annotations
+
 import argparse
 import errno
 import json
 import sys
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import torch
 
@@ -34,6 +38,10 @@ from .zoo.errors import checking_inputs, is_input_error
 from .zoo.finetune import Recipe
 from .zoo.report import ROWS_FIT, TABLE_WIDTH
 
+if TYPE_CHECKING:
+    from .zoo.images import ImageSet
+    from .zoo.ray_executor import RayExecutor
+
 EXIT_FAILED_MODELS, EXIT_USAGE, EXIT_RUN, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 ERROR_LOG = "ped-fast-error.log"
 
@@ -43,7 +51,8 @@ _SOURCES = ("an image folder (one subfolder per class), a CSV or JSON-lines mani
             "Face dataset (a save_to_disk folder, parquet or arrow files)")
 
 
-def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
+def _common(parser: argparse.ArgumentParser, *, cache: bool = True, extraction: bool = True, backend: bool = False,
+            models: bool = True) -> None:
     """The options shared by the verbs (each verb takes those it uses)."""
     group = parser.add_argument_group("common options")
     if cache:
@@ -74,7 +83,7 @@ def _common(parser, *, cache=True, extraction=True, backend=False, models=True):
     _output_options(group)
 
 
-def _reference_budget(parser):
+def _reference_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-images", metavar="N|auto",
                         help="reference images per model: every one (default, the paper's setting), a seeded random "
                              "subset of N (the same for every model), or auto: stop once each dimension's mean and "
@@ -83,7 +92,7 @@ def _reference_budget(parser):
                         help="auto's relative standard error (default: %(default)s)")
 
 
-def _column_options(parser, labels=True):
+def _column_options(parser: argparse.ArgumentParser, labels: bool = True) -> None:
     """The columns of a --data, --reference or --test that is a dataset or
     a manifest (docs/screening.md §1.1)."""
     parser.add_argument("--image-column", metavar="NAME",
@@ -95,7 +104,7 @@ def _column_options(parser, labels=True):
                                  "or a manifest (default: label)")
 
 
-def _bootstrap_options(group, seed_flags):
+def _bootstrap_options(group: argparse._ActionsContainer, seed_flags: Sequence[str]) -> None:
     """The bootstrap intervals of the ranking measures (docs/screening.md §5)."""
     group.add_argument("--bootstrap", type=int, default=BOOTSTRAP, metavar="B",
                        help="resamples of the models (and of their fine-tuning seeds) for the intervals; 0: none "
@@ -106,7 +115,7 @@ def _bootstrap_options(group, seed_flags):
                        help="the resampling's seed: the same seed gives the same intervals (default: %(default)s)")
 
 
-def _output_options(group):
+def _output_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     group.add_argument("--verbose", action="store_true", help="print the traceback of an unexpected error")
 
@@ -116,11 +125,11 @@ class _Parser(argparse.ArgumentParser):
     (argparse prints the whole usage block first, burying the line that
     matters)."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"usage: {self.prog} [options] (see {self.prog} --help)\n{self.prog}: error: {message}\n")
 
 
-def _parser(prog):
+def _parser(prog: str) -> tuple[_Parser, dict[str, _Parser]]:
     parser = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="command", required=True, metavar="VERB", parser_class=_Parser)
@@ -287,7 +296,7 @@ def _parser(prog):
     return parser, verbs.choices
 
 
-def main(argv=None, prog="ped-fast"):
+def main(argv: Sequence[str] | None = None, prog: str = "ped-fast") -> int:
     """Run one verb; returns its exit status (see the module docstring),
     raising SystemExit for a bad argument (2) as argparse does."""
     parser, verbs = _parser(prog)
@@ -327,17 +336,17 @@ def main(argv=None, prog="ped-fast"):
 _MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
-def _of_the_machine(error):
+def _of_the_machine(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _MACHINE_ERRNOS
 
 
-def _cache_folder(args):
+def _cache_folder(args: argparse.Namespace) -> Path:
     from .zoo.cache import default_root
 
     return Path(args.cache).expanduser().absolute() if getattr(args, "cache", None) else default_root()
 
 
-def _write_error_log(args, error):
+def _write_error_log(args: argparse.Namespace, error: BaseException) -> Path | None:
     """The traceback in OUT/ped-fast-error.log (the verb's report folder, or
     the cache folder); None when neither can be written."""
     out = getattr(args, "out", None)
@@ -353,7 +362,7 @@ def _write_error_log(args, error):
     return path
 
 
-def _device(args):
+def _device(args: argparse.Namespace) -> torch.device:
     from .zoo.device import resolve_device
 
     if getattr(args, "device", None) is None:
@@ -365,13 +374,13 @@ def _device(args):
         return torch.device("cpu")  # reported by the verb itself, naming --device
 
 
-def _settings(args):
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(pretrained=not args.no_pretrained, seed=args.seed, batch_size=args.batch_size, device=args.device,
                 precision=args.precision, workers=args.workers, models_per_pass=args.models_per_pass,
                 threads=args.threads, use_ema=not args.no_ema, progress=not args.quiet)
 
 
-def _seeds(text):
+def _seeds(text: str | None) -> tuple[int, ...] | None:
     """--seeds "0,1,2": the fine-tuning seeds, or None (the one --seed)."""
     if text is None:
         return None
@@ -381,10 +390,10 @@ def _seeds(text):
         raise ValueError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
-def _budget(value):
+def _budget(value: str | None) -> int | Literal["auto"] | None:
     """--reference-images: None (every image), "auto", or a count."""
     if value is None or value == "auto":
-        return value
+        return None if value is None else "auto"  # the literal, as screen's signature takes it
     try:
         return int(value)
     except ValueError:
@@ -392,7 +401,7 @@ def _budget(value):
             raise ValueError(f"--reference-images must be a number of images or 'auto', got {value!r}") from None
 
 
-def _sources(args, *sources):
+def _sources(args: argparse.Namespace, *sources: tuple[str, str, str | None, bool]) -> list[str | ImageSet | None]:
     """The verb's images (each (option, what, source, labelled)) as the API
     takes them: with --image-column or --label-column, the datasets and
     manifests among them read with those columns (images.image_set), the
@@ -411,11 +420,14 @@ def _sources(args, *sources):
             folders = ", ".join(f"{option} {source!r}" for option, _, source, _ in sources if source is not None)
             raise ValueError(f"{given} {'name columns' if len(columns) > 1 else 'names a column'} of a dataset or "
                              f"a manifest; {folders or 'no source'} {'is an image folder' if folders else 'was given'}")
-        return [image_set(source, what=what, labelled=labelled, **columns) if reading else source
-                for (_, what, source, labelled), reading in zip(sources, read)]
+        # `reading` implies a source (see `read`); the test says so to the type checker.
+        return [image_set(source, what=what, labelled=labelled, **columns) if reading and source is not None
+                else source for (_, what, source, labelled), reading in zip(sources, read)]
 
 
-def _run_stage(args, run, folder, describe, export, written, **options):
+def _run_stage(args: argparse.Namespace, run: Callable[..., Mapping[str, Any]], folder: str | ImageSet | None,
+               describe: Callable[[Any], str], export: Callable[[Any, str], object], written: Callable[[int], str],
+               **options: Any) -> int:
     """extract and reference-stats: run the stage, one line per model, and
     export what finished to --out."""
     from .zoo.extract import ExtractionError
@@ -439,7 +451,7 @@ def _run_stage(args, run, folder, describe, export, written, **options):
     return status
 
 
-def _run_extract(args):
+def _run_extract(args: argparse.Namespace) -> int:
     from .zoo.extract import export_features, extract
 
     data, = _sources(args, ("--data", "data", args.data, True))
@@ -448,7 +460,7 @@ def _run_extract(args):
                       predictions=args.predictions)
 
 
-def _run_reference_stats(args):
+def _run_reference_stats(args: argparse.Namespace) -> int:
     from .zoo.refstats import export_stats, reference_stats
 
     reference, = _sources(args, ("--reference", "reference", args.reference, False))
@@ -458,7 +470,7 @@ def _run_reference_stats(args):
                       reference_images=_budget(args.reference_images), reference_tolerance=args.reference_tolerance)
 
 
-def _run_screen(args):
+def _run_screen(args: argparse.Namespace) -> int:
     from .zoo.report import FILES, format_grid, format_table
     from .zoo.screen import failed, screen
 
@@ -483,7 +495,7 @@ def _run_screen(args):
     return EXIT_FAILED_MODELS if bad else 0
 
 
-def _run_screen_tasks(args):
+def _run_screen_tasks(args: argparse.Namespace) -> int:
     """screen --tasks: every task's screen, then the summary across them."""
     from .zoo.tasks import SUMMARY_FILES, failed_tasks, format_summary, screen_tasks
 
@@ -509,7 +521,7 @@ def _run_screen_tasks(args):
     return EXIT_FAILED_MODELS if bad else 0
 
 
-def _run_summarize(args):
+def _run_summarize(args: argparse.Namespace) -> int:
     """summarize: the summary across tasks of finished screens."""
     from .zoo.tasks import SUMMARY_FILES, format_summary, summarize
 
@@ -527,7 +539,7 @@ _RAY_OPTIONS = {"ray_address": "address", "ray_gpus_per_task": "gpus_per_task", 
                 "ray_retries": "max_retries"}
 
 
-def _executor(args):
+def _executor(args: argparse.Namespace) -> str | RayExecutor:
     given = {option: getattr(args, option) for option in _RAY_OPTIONS if getattr(args, option) is not None}
     with checking_inputs():
         if args.executor == "local":
@@ -542,7 +554,7 @@ def _executor(args):
             raise ValueError(f"--executor ray: {error}") from None
 
 
-def _read_results(path):
+def _read_results(path: str) -> dict[str, Any]:
     """A screen's results.json: the file, or the --out folder holding it."""
     file = Path(path)
     if file.is_dir():
@@ -553,7 +565,7 @@ def _read_results(path):
     elif not file.is_file():
         raise FileNotFoundError(f"--results {str(path)!r} does not exist")
     try:
-        results = json.loads(file.read_text())
+        results: object = json.loads(file.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"--results {str(file)!r} is not valid JSON: {error}") from None
     if not isinstance(results, dict) or "models" not in results or "scorers" not in results:
@@ -561,7 +573,7 @@ def _read_results(path):
     return results
 
 
-def _run_evaluate(args):
+def _run_evaluate(args: argparse.Namespace) -> int:
     from .zoo.report import (check_output_folder, evaluation, format_evaluation, json_safe, load_ground_truth,
                              recorded_ground_truth, write_report)
 
@@ -582,7 +594,7 @@ def _run_evaluate(args):
     return 0
 
 
-def _run_finetune(args):
+def _run_finetune(args: argparse.Namespace) -> int:
     from .zoo.finetune import FinetuneFailed, Recipe, finetune_zoo
 
     with checking_inputs():
@@ -590,6 +602,7 @@ def _run_finetune(args):
                         augmentation=args.augmentation)
         seeds = _seeds(args.seeds)
     train, test = _sources(args, ("--data", "train_dir", args.data, True), ("--test", "test_dir", args.test, True))
+    accuracies: Mapping[str, float]
     try:
         accuracies = finetune_zoo(args.models, train, test, out=args.out, recipe=recipe, seed=args.seed,
                                   seeds=seeds, pretrained=not args.no_pretrained, device=args.device,
@@ -605,7 +618,7 @@ def _run_finetune(args):
     return status
 
 
-def _run_cache(args):
+def _run_cache(args: argparse.Namespace) -> int:
     from .zoo import cache as cache_module
 
     cache = cache_module.Cache(args.cache)
@@ -630,15 +643,15 @@ def _run_cache(args):
     return 0
 
 
-def _run_demo(args):
+def _run_demo(args: argparse.Namespace) -> int:
     from .zoo.demo import run_demo
 
     return run_demo(args.out, cache=args.cache, device="cpu", backend=args.backend, progress=not args.quiet)
 
 
-_RUN = {"extract": _run_extract, "reference-stats": _run_reference_stats, "screen": _run_screen,
-        "evaluate": _run_evaluate, "summarize": _run_summarize, "finetune": _run_finetune, "cache": _run_cache,
-        "demo": _run_demo}
+_RUN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "extract": _run_extract, "reference-stats": _run_reference_stats, "screen": _run_screen, "evaluate": _run_evaluate,
+    "summarize": _run_summarize, "finetune": _run_finetune, "cache": _run_cache, "demo": _run_demo}
 
 
 if __name__ == "__main__":

@@ -20,10 +20,27 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from importlib import resources
+from typing import Any, TypeVar, Union
 
 import numpy as np
+import numpy.typing as npt
+
+__all__ = ["evaluate", "compare", "judge", "weighted_tau", "kendall_tau", "pearson", "rel_at_k",
+           "ssl_resnet50_accuracies"]
+
+# A ranking's scores: {model: score}, or a sequence aligned with the
+# accuracies. Accuracies: {model: accuracy} or a sequence, an accuracy
+# being a number or a list of them, one per fine-tuning seed.
+Scores = Union[Mapping[Any, float], npt.ArrayLike]
+Accuracies = Union[Mapping[Any, Union[float, Sequence[float]]], Sequence[Union[float, Sequence[float]]],
+                   npt.NDArray[Any]]
+# A ranking's name in judge() (a scorer's, or any key the caller keeps).
+Name = TypeVar("Name", bound=Hashable)
+# evaluate()'s result: measures (floats), "interval" and "bootstrap" (dicts).
+Result = dict[str, Any]
+_Floats = npt.NDArray[np.floating[Any]]
 
 MEASURES = ("weighted_tau", "kendall_tau", "pearson")
 BOOTSTRAP, CONFIDENCE = 1000, 0.95
@@ -31,7 +48,8 @@ BOOTSTRAP, CONFIDENCE = 1000, 0.95
 MIN_MODELS = 3
 
 
-def weighted_tau(scores, accuracies, *, rank=True, weigher=None, additive=True):
+def weighted_tau(scores: npt.ArrayLike, accuracies: npt.ArrayLike, *, rank: bool | npt.ArrayLike | None = True,
+                 weigher: Callable[[int], float] | None = None, additive: bool = True) -> float:
     """Weighted Kendall's tau with scipy.stats.weightedtau's semantics.
 
     rank: True (default) averages the values obtained with the elements
@@ -54,13 +72,13 @@ def weighted_tau(scores, accuracies, *, rank=True, weigher=None, additive=True):
     return _weighted_tau(x, y, rank, weigher, additive)
 
 
-def kendall_tau(scores, accuracies):
+def kendall_tau(scores: npt.ArrayLike, accuracies: npt.ArrayLike) -> float:
     """Kendall's tau-b (scipy.stats.kendalltau's default variant)."""
     x, y = _pair(scores, accuracies)
     return _tau(x, y, np.ones((x.size, x.size)))
 
 
-def pearson(scores, accuracies):
+def pearson(scores: npt.ArrayLike, accuracies: npt.ArrayLike) -> float:
     """Pearson's correlation coefficient; NaN when either input is constant."""
     x, y = _pair(scores, accuracies)
     xc, yc = x - x.mean(), y - y.mean()
@@ -70,7 +88,7 @@ def pearson(scores, accuracies):
     return max(-1.0, min(1.0, float(xc @ yc) / denominator))
 
 
-def rel_at_k(scores, accuracies, k):
+def rel_at_k(scores: npt.ArrayLike, accuracies: npt.ArrayLike, k: int) -> float:
     """rel@k: the best accuracy among the k best-scored models divided by the
     best accuracy overall (1.0 when the top-k holds the best model).
 
@@ -87,7 +105,8 @@ def rel_at_k(scores, accuracies, k):
     return float(y[order[:k]].max() / best)
 
 
-def evaluate(scores, accuracies, *, ks=(1, 3), bootstrap=BOOTSTRAP, confidence=CONFIDENCE, seed=0):
+def evaluate(scores: Scores | Mapping[Any, Scores], accuracies: Accuracies, *, ks: Iterable[int] = (1, 3),
+             bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE, seed: int = 0) -> Result:
     """Every ranking measure of `scores` against ground-truth `accuracies`,
     with bootstrap confidence intervals.
 
@@ -108,14 +127,14 @@ def evaluate(scores, accuracies, *, ks=(1, 3), bootstrap=BOOTSTRAP, confidence=C
     resamples where it was undefined, left out of its interval}}; or
     {scorer name: that dict} for a table.
     """
-    options = dict(ks=ks, bootstrap=bootstrap, confidence=confidence, seed=seed)
+    options: dict[str, Any] = dict(ks=ks, bootstrap=bootstrap, confidence=confidence, seed=seed)
     if isinstance(scores, Mapping) and scores and all(isinstance(v, Mapping) for v in scores.values()):
         return judge(scores, accuracies, **options)[0]
     return _judge({"scores": scores}, accuracies, **options, minimum=0, label=str)[0]["scores"]
 
 
-def compare(scores_a, scores_b, accuracies, *, measure="weighted_tau", bootstrap=BOOTSTRAP, confidence=CONFIDENCE,
-            seed=0):
+def compare(scores_a: Scores, scores_b: Scores, accuracies: Accuracies, *, measure: str = "weighted_tau",
+            bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
     """Is ranking a better than ranking b? A paired bootstrap: both are
     judged on the same resamples of the models (and seeds), so what the
     two share (an easy or a hard draw of models) cancels out.
@@ -132,7 +151,7 @@ def compare(scores_a, scores_b, accuracies, *, measure="weighted_tau", bootstrap
     """
     if isinstance(scores_a, Mapping) != isinstance(scores_b, Mapping):
         raise TypeError("scores_a and scores_b must both be {model: score} mappings or both be sequences")
-    if isinstance(scores_a, Mapping) and set(scores_a) != set(scores_b):
+    if isinstance(scores_a, Mapping) and isinstance(scores_b, Mapping) and set(scores_a) != set(scores_b):
         raise ValueError(f"scores_a and scores_b must score the same models; only one of them scores "
                          f"{sorted(set(scores_a) ^ set(scores_b), key=str)}")
     _, comparisons = _judge({"scores_a": scores_a, "scores_b": scores_b}, accuracies, pairs=[("scores_a", "scores_b")],
@@ -141,8 +160,10 @@ def compare(scores_a, scores_b, accuracies, *, measure="weighted_tau", bootstrap
     return comparisons["scores_a", "scores_b"]
 
 
-def judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks=(1, 3), bootstrap=BOOTSTRAP,
-          confidence=CONFIDENCE, seed=0):
+def judge(rankings: Mapping[Name, Scores], accuracies: Accuracies, *, pairs: Iterable[tuple[Name, Name]] = (),
+          measure: str = "weighted_tau", ks: Iterable[int] = (1, 3), bootstrap: int = BOOTSTRAP,
+          confidence: float = CONFIDENCE,
+          seed: int = 0) -> tuple[dict[Name, Result], dict[tuple[Name, Name], dict[str, Any]]]:
     """evaluate() of several rankings and compare() of pairs of them at
     once: rankings of the same models share their resamples, and what the
     resamples cost for the ground truth alone is done once for all.
@@ -157,13 +178,17 @@ def judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks=(1, 3), 
                   label=lambda name: f"the scores of {name!r}")
 
 
-def _judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks, bootstrap, confidence, seed, minimum,
-           label):
+def _judge(rankings: Mapping[Name, object], accuracies: object, *, pairs: Iterable[tuple[Name, Name]] = (),
+           measure: str = "weighted_tau", ks: Iterable[int], bootstrap: int, confidence: float, seed: int,
+           minimum: int, label: Callable[[Name], str]) -> tuple[dict[Name, Result],
+                                                                dict[tuple[Name, Name], dict[str, Any]]]:
     """judge(); label(name) names a ranking in errors."""
     check_bootstrap(bootstrap, confidence, seed, minimum=minimum)
     ks = tuple(ks)
     computed = tuple(dict.fromkeys(ks + _measure_ks(measure)))
-    groups, group_of = {}, {}  # the rankings of each set of models (each in the accuracies' order)
+    # The rankings of each set of models (each in the accuracies' order).
+    groups: dict[frozenset[Any] | None, dict[str, Any]] = {}
+    group_of: dict[Name, dict[str, Any]] = {}
     for name, scores in rankings.items():
         x, truth = _aligned(scores, accuracies)
         group = groups.setdefault(frozenset(scores) if isinstance(scores, Mapping) else None,
@@ -183,7 +208,8 @@ def _judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks, bootst
             _check_sizes(x, group["truth"].mean)
             for k in computed:
                 _check_k(k, x.size)
-    out, resampled = {}, {}
+    out: dict[Name, Result] = {}
+    resampled: dict[Name, tuple[dict[str, float], dict[str, _Floats]]] = {}
     for group in groups.values():
         truth = group["truth"]
         values = _bootstrap_values(group["x"], truth, computed, bootstrap, seed) if bootstrap else None
@@ -194,7 +220,7 @@ def _judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks, bootst
                 resampled[name] = (point, values[index])
                 shown = {measure_name: values[index][measure_name] for measure_name in out[name]}
                 out[name].update(_summary(out[name], shown, bootstrap, confidence, seed, truth))
-    comparisons = {}
+    comparisons: dict[tuple[Name, Name], dict[str, Any]] = {}
     for a, b in pairs:
         delta = resampled[a][1][measure] - resampled[b][1][measure]
         interval, _ = _interval(delta, bootstrap, confidence, group_of[a]["truth"].mean.size)
@@ -207,23 +233,24 @@ def _judge(rankings, accuracies, *, pairs=(), measure="weighted_tau", ks, bootst
     return out, comparisons
 
 
-def _names(ks):
+def _names(ks: Iterable[int]) -> tuple[str, ...]:
     return MEASURES + tuple(f"rel@{k}" for k in ks)
 
 
-def _point(x, y, ks):
+def _point(x: _Floats, y: _Floats, ks: Iterable[int]) -> dict[str, float]:
     out = {"weighted_tau": weighted_tau(x, y), "kendall_tau": kendall_tau(x, y), "pearson": pearson(x, y)}
     for k in ks:
         out[f"rel@{k}"] = rel_at_k(x, y, k)
     return out
 
 
-def ssl_resnet50_accuracies():
+def ssl_resnet50_accuracies() -> dict[str, dict[str, float]]:
     """The published fine-tuning accuracies (%) of 12 self-supervised
     ResNet-50 models on 11 datasets (Ericsson et al.), the ground truth that
     SFDA and PED rank against: {dataset: {model: accuracy}}."""
     text = resources.files("ped_fast").joinpath("data/ssl_resnet50_finetune_accuracy.json").read_text()
-    return json.loads(text)
+    accuracies: dict[str, dict[str, float]] = json.loads(text)
+    return accuracies
 
 
 class _Truth:
@@ -231,11 +258,11 @@ class _Truth:
     accuracy, and for the bootstrap `seeds` (M x S, each model's per-seed
     accuracies, NaN-padded) with `counts` (M,)."""
 
-    def __init__(self, mean, seeds, counts):
+    def __init__(self, mean: _Floats, seeds: _Floats, counts: npt.NDArray[np.intp]) -> None:
         self.mean, self.seeds, self.counts = mean, seeds, counts
 
     @classmethod
-    def of(cls, accuracies):
+    def of(cls, accuracies: object) -> _Truth:
         if isinstance(accuracies, (str, bytes)) or not isinstance(accuracies, (Sequence, np.ndarray)):
             raise TypeError(f"accuracies must be numbers (or per-seed lists of numbers), got "
                             f"{type(accuracies).__name__}")
@@ -264,11 +291,12 @@ class _Samples:
     accuracy, which then holds in every resample) and `degenerate` (B,):
     resamples that drew a single model, which rank nothing."""
 
-    def __init__(self, models, counts, accuracies, degenerate):
+    def __init__(self, models: npt.NDArray[np.int64], counts: _Floats, accuracies: _Floats | None,
+                 degenerate: npt.NDArray[np.bool_]) -> None:
         self.models, self.counts, self.accuracies, self.degenerate = models, counts, accuracies, degenerate
 
 
-def _resample(truth, resamples, seed):
+def _resample(truth: _Truth, resamples: int, seed: int) -> _Samples:
     """Models drawn with replacement; for a model with S > 1 seeds, its
     accuracy in a resample is the mean of S seeds drawn with replacement
     from its own (the bootstrap of that mean), the same for every copy of
@@ -276,7 +304,8 @@ def _resample(truth, resamples, seed):
     rng = np.random.default_rng(seed)
     m = truth.mean.size
     models = rng.integers(0, m, size=(resamples, m))
-    counts = np.bincount((models + m * np.arange(resamples)[:, None]).ravel(), minlength=resamples * m)
+    counts: npt.NDArray[Any] = np.bincount((models + m * np.arange(resamples)[:, None]).ravel(),
+                                           minlength=resamples * m)
     counts = counts.reshape(resamples, m).astype(np.float64)
     accuracies = None
     if truth.counts.max() > 1:
@@ -287,7 +316,8 @@ def _resample(truth, resamples, seed):
     return _Samples(models, counts, accuracies, counts.max(axis=1) == m)
 
 
-def _bootstrap_values(xs, truth, ks, resamples, seed):
+def _bootstrap_values(xs: list[_Floats], truth: _Truth, ks: Iterable[int], resamples: int,
+                      seed: int) -> list[dict[str, _Floats]]:
     """[{measure: (B,) values}] of each ranking of `xs` (scores of the same
     M models) on B = `resamples` resamples drawn with `seed`; NaN where
     undefined: a tau or r of constant scores or accuracies, rel@k with a
@@ -307,7 +337,7 @@ def _bootstrap_values(xs, truth, ks, resamples, seed):
     return out
 
 
-def _taus(xs, truth, samples, ys):
+def _taus(xs: list[_Floats], truth: _Truth, samples: _Samples, ys: _Floats) -> list[tuple[_Floats, _Floats]]:
     """[(weighted tau, Kendall's tau-b) of each resample] for each ranking
     of `xs` (ys: B x M, the drawn models' accuracies).
 
@@ -322,6 +352,7 @@ def _taus(xs, truth, samples, ys):
     Kendall's tau (w = 1) share them."""
     n = samples.counts
     sxs = [np.sign(x[:, None] - x[None, :]) for x in xs]
+    concordance: list[_Floats] | _Floats
     if samples.accuracies is None:
         sy = np.sign(truth.mean[:, None] - truth.mean[None, :])
         norm_y = n @ np.abs(sy)
@@ -339,7 +370,7 @@ def _taus(xs, truth, samples, ys):
             norm_y[:, v] = np.abs(q).sum(axis=1)
             concordance[:, :, v] = (q @ by_model[v]).T
     sums = [(c, n @ np.abs(sx), norm_y) for c, sx in zip(concordance, sxs)]
-    out = []
+    out: list[tuple[_Floats, _Floats]] = []
     for x, entry in zip(xs, sums):
         drawn = x[samples.models]
         per_element = np.stack([np.take_along_axis(v, samples.models, axis=1) for v in entry])
@@ -349,7 +380,7 @@ def _taus(xs, truth, samples, ys):
     return out
 
 
-def _hyperbolic_weights(x, y):
+def _hyperbolic_weights(x: _Floats, y: _Floats) -> _Floats:
     """1 / (r + 1) for the rank r of each element by decreasing (x, y),
     joint ties by position as in _weighted_tau (per row)."""
     b, m = x.shape
@@ -359,35 +390,37 @@ def _hyperbolic_weights(x, y):
     return 1.0 / (rank + 1.0)
 
 
-def _ratio(numerator, norm_x, norm_y):
+def _ratio(numerator: _Floats, norm_x: _Floats, norm_y: _Floats) -> _Floats:
     with np.errstate(divide="ignore", invalid="ignore"):
         tau = numerator / np.sqrt(norm_x * norm_y)
     tau[(norm_x == 0) | (norm_y == 0)] = np.nan
     return np.clip(tau, -1.0, 1.0)
 
 
-def _pearson_rows(x, y):
+def _pearson_rows(x: _Floats, y: _Floats) -> _Floats:
     xc = x - x.mean(axis=1, keepdims=True)
     yc = y - y.mean(axis=1, keepdims=True)
     denominator = np.sqrt((xc * xc).sum(1)) * np.sqrt((yc * yc).sum(1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = (xc * yc).sum(1) / denominator
+        r: _Floats = (xc * yc).sum(1) / denominator
     r[denominator == 0] = np.nan
     return np.clip(r, -1.0, 1.0)
 
 
-def _rel_rows(x, y, k):
+def _rel_rows(x: _Floats, y: _Floats, k: int) -> _Floats:
     order = np.lexsort((y, -x), axis=1)[:, :k]
     best = y.max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.take_along_axis(y, order, axis=1).max(axis=1) / best
+        rel: _Floats = np.take_along_axis(y, order, axis=1).max(axis=1) / best
     rel[best <= 0] = np.nan
     return rel
 
 
-def _summary(point, values, resamples, confidence, seed, truth):
+def _summary(point: Mapping[str, float], values: Mapping[str, _Floats], resamples: int, confidence: float, seed: int,
+             truth: _Truth) -> dict[str, Any]:
     """The "interval" and "bootstrap" entries of evaluate()'s result."""
-    intervals, undefined = {}, {}
+    intervals: dict[str, list[float] | None] = {}
+    undefined: dict[str, int] = {}
     for measure, samples in values.items():
         interval, undefined[measure] = _interval(samples, resamples, confidence, truth.mean.size)
         intervals[measure] = interval if math.isfinite(point[measure]) else None
@@ -396,7 +429,7 @@ def _summary(point, values, resamples, confidence, seed, truth):
                           "seeds_resampled": bool(truth.counts.max() > 1), "undefined": undefined}}
 
 
-def _interval(samples, resamples, confidence, models):
+def _interval(samples: _Floats, resamples: int, confidence: float, models: int) -> tuple[list[float] | None, int]:
     """([low, high], the percentile interval of the defined resamples, and
     how many were undefined). None for fewer than MIN_MODELS models (two
     models give every resample the same tau: a zero-width interval that
@@ -409,7 +442,7 @@ def _interval(samples, resamples, confidence, models):
     return [float(low), float(high)], missing
 
 
-def _measure_ks(measure):
+def _measure_ks(measure: object) -> tuple[int, ...]:
     if measure in MEASURES:
         return ()
     if isinstance(measure, str) and measure.startswith("rel@") and measure[4:].isdigit() and int(measure[4:]) >= 1:
@@ -418,23 +451,23 @@ def _measure_ks(measure):
                      f"{measure!r}")
 
 
-def check_bootstrap(bootstrap, confidence, seed, minimum=0):
+def check_bootstrap(bootstrap: object, confidence: object, seed: object, minimum: int = 0) -> None:
     """Raise naming the bad one of evaluate()'s bootstrap options (for
     callers that check their arguments before any work)."""
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, numbers.Integral) or bootstrap < minimum:
         raise ValueError(f"bootstrap must be an integer >= {minimum} (the number of resamples), got {bootstrap!r}")
-    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < float(confidence) < 1:
         raise ValueError(f"confidence must be a number strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer (the resampling's seed), got {seed!r}")
 
 
-def _check_k(k, size):
+def _check_k(k: object, size: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= size:
         raise ValueError(f"k must be an integer in [1, {size}] (the number of models), got {k!r}")
 
 
-def _aligned(scores, accuracies):
+def _aligned(scores: object, accuracies: object) -> tuple[Any, Any]:
     if isinstance(scores, Mapping):
         if not isinstance(accuracies, Mapping):
             raise TypeError("scores is a {model: score} mapping, so accuracies must be a {model: accuracy} mapping")
@@ -450,21 +483,21 @@ def _aligned(scores, accuracies):
     return scores, accuracies
 
 
-def _pair(scores, accuracies):
+def _pair(scores: npt.ArrayLike, accuracies: npt.ArrayLike) -> tuple[_Floats, _Floats]:
     x = _vector(scores, "scores")
     y = _vector(accuracies, "accuracies")
     _check_sizes(x, y)
     return x, y
 
 
-def _check_sizes(x, y):
+def _check_sizes(x: _Floats, y: _Floats) -> None:
     if x.size != y.size:
         raise ValueError(f"scores has {x.size} entries but accuracies has {y.size}")
     if x.size < 2:
         raise ValueError(f"a ranking needs at least 2 models, got {x.size}")
 
 
-def _vector(values, name):
+def _vector(values: object, name: str) -> _Floats:
     try:
         v = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -477,7 +510,8 @@ def _vector(values, name):
     return v
 
 
-def _weighted_tau(x, y, rank, weigher, additive):
+def _weighted_tau(x: _Floats, y: _Floats, rank: npt.NDArray[np.integer[Any]] | None,
+                  weigher: Callable[[int], float] | None, additive: bool) -> float:
     if rank is None:
         # Rank 0 goes to the largest (x, y), lexicographically; joint ties are
         # broken by position as scipy's stable sort breaks them.
@@ -489,7 +523,7 @@ def _weighted_tau(x, y, rank, weigher, additive):
     return _tau(x, y, pair_weight)
 
 
-def _tau(x, y, pair_weight):
+def _tau(x: _Floats, y: _Floats, pair_weight: _Floats) -> float:
     """sum_{i<j} w_ij sgn(dx) sgn(dy) / sqrt(sum w_ij [dx != 0] sum w_ij [dy != 0])."""
     upper = np.triu(np.ones(pair_weight.shape, dtype=bool), 1)
     sx = np.sign(x[:, None] - x[None, :])[upper]

@@ -10,8 +10,8 @@ target tasks with a summary across them.
 """
 from .cache import Cache, default_root
 from .extract import ExtractionError, FeatureSet, export_features, extract
-from .images import ImageSet, image_files, image_folder
-from .models import LoadedModel, ModelSpec, load_model, parse_models, parse_spec, weights_identity
+from .images import ImageSet, image_files, image_folder, image_set, source_kind
+from .models import LoadedModel, Model, ModelSpec, load_model, parse_models, parse_spec, weights_identity
 from .predictions import Predictions
 from .refstats import ReferenceStats, RunningMoments, export_stats, load_stats_file, reference_stats, stats_of
 from .report import evaluation, format_table, load_ground_truth, write_report
@@ -48,6 +48,9 @@ __all__ = [
     "ImageSet",
     "image_folder",
     "image_files",
+    "image_set",
+    "source_kind",
+    "Model",
     "ModelSpec",
     "LoadedModel",
     "parse_spec",

@@ -53,15 +53,21 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from . import sources
 from .digest import file_sha256, remembered
-from .sources import Model
+# Model is re-exported: ped_fast.zoo.models.Model is the name the docs give it.
+from .sources import DataConfig
+from .sources import Model as Model
+
+if TYPE_CHECKING:
+    from .cache import Cache
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
 # A --features folder holds labels.npy and, per label, LABEL.npy,
@@ -112,15 +118,15 @@ class LoadedModel:
     spec: ModelSpec
     model: torch.nn.Module
     identity: str
-    data_config: dict
+    data_config: DataConfig
 
 
-def parse_spec(text) -> ModelSpec:
+def parse_spec(text: str | ModelSpec) -> ModelSpec:
     """Parse one SPEC string (see the module docstring)."""
     return _parse(text)
 
 
-def _parse(text, label=None) -> ModelSpec:
+def _parse(text: object, label: str | None = None) -> ModelSpec:
     """A SPEC string as a ModelSpec; `label` (a mapping's key) names the row
     instead of a LABEL in the text, which it may not contradict."""
     if isinstance(text, ModelSpec):
@@ -171,13 +177,16 @@ def _parse(text, label=None) -> ModelSpec:
     return ModelSpec(label=_checked_label(label or given or default, text, again), name=name, path=path or None)
 
 
+# What parse_models (and so screen, extract, reference_stats) take as models.
+Models = Union[str, os.PathLike[str], Sequence[Union[str, ModelSpec]], Mapping[str, object]]
+
 # The sources a SPEC may start with (after an optional LABEL:). timm's own
 # prefixes keep their meaning (hf_hub is timm's old spelling of hf-hub).
 SOURCES = ("hf-hub", "local-dir", "torchvision", "hf")
 _SOURCE_ALIASES = {"hf_hub": "hf-hub"}
 
 
-def _split_source(spec):
+def _split_source(spec: str) -> tuple[str | None, str, str]:
     """(label or None, source, the rest) of a SPEC. Only the part before the
     first '=' is read for them (a PATH may hold ':'): a first field that is
     a source name is the source; otherwise it is the LABEL, and a second
@@ -198,7 +207,7 @@ def _split_source(spec):
     return first, "timm", after
 
 
-def _parse_located(text, label, source, location):
+def _parse_located(text: object, label: str | None, source: str, location: str) -> ModelSpec:
     """hf:ID_OR_PATH (transformers), hf-hub:ORG/NAME[@REVISION] and
     local-dir:PATH (timm's): the whole rest is the location (a folder path
     may hold ':' or '='); the name is SOURCE:LAST (its last path part), so
@@ -214,7 +223,7 @@ def _parse_located(text, label, source, location):
                      name=f"{source}:{last}", path=location, source=source)
 
 
-def _checked_label(label, text, again):
+def _checked_label(label: object, text: object, again: str) -> str:
     if not isinstance(label, str) or not _LABEL.fullmatch(label):
         raise ValueError(f"model spec {text!r}: label {label!r} must start with a letter or digit and contain "
                          f"only letters, digits and '._+@-' (it names files); give one as {again}")
@@ -228,7 +237,7 @@ def _checked_label(label, text, again):
     return label
 
 
-def _stem(path):
+def _stem(path: str) -> str:
     name = Path(path.rstrip("/\\")).name
     suffix = _suffix(name)
     return name[:-len(suffix)] if suffix else name
@@ -244,7 +253,7 @@ def _suffix(name: str) -> str:
     return next((name[-len(s):] for s in _TORCH_SUFFIXES if name.lower().endswith(s)), "")
 
 
-def parse_models(value) -> list[ModelSpec]:
+def parse_models(value: Models) -> list[ModelSpec]:
     """Specs from a comma-separated string, a list of strings (or ModelSpec),
     the path of a JSON file holding a list of spec strings, or a mapping
     {label: model} whose values are spec strings (without a label, or with
@@ -282,7 +291,7 @@ def parse_models(value) -> list[ModelSpec]:
     return _unique([parse_spec(item) for item in items])
 
 
-def _unique(specs):
+def _unique(specs: list[ModelSpec]) -> list[ModelSpec]:
     labels = [spec.label for spec in specs]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
@@ -290,7 +299,7 @@ def _unique(specs):
     return specs
 
 
-def memory_spec(label, model) -> ModelSpec:
+def memory_spec(label: object, model: object) -> ModelSpec:
     """The spec of an in-memory model: an nn.Module, a callable images ->
     features, or a :class:`Model` (which also takes a layer, a transform and
     an identity). Each call makes its own Model, so that the weights' hash
@@ -332,7 +341,8 @@ def check_name(spec: ModelSpec) -> str:
     return arch
 
 
-def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True, cache=None) -> str:
+def weights_identity(spec: str | ModelSpec, *, pretrained: bool = True, seed: int = 0, use_ema: bool = True,
+                     cache: Cache | None = None) -> str:
     """The identity LoadedModel.identity will have, without building the
     model or downloading anything (but a hub repository of an hf: or hf-hub:
     spec, whose files are what is identified: it is fetched once per process
@@ -373,7 +383,7 @@ def weights_identity(spec, *, pretrained=True, seed=0, use_ema=True, cache=None)
     return f"timm:{arch}.{_pretrained_tag(spec, arch)}"
 
 
-def _source_identity(spec, *, pretrained, seed, use_ema, cache):
+def _source_identity(spec: ModelSpec, *, pretrained: bool, seed: int, use_ema: bool, cache: Cache | None) -> str:
     """weights_identity of the sources other than timm names:
 
     - hf-hub:, local-dir: that of the timm folder (its files' sha256);
@@ -388,6 +398,7 @@ def _source_identity(spec, *, pretrained, seed, use_ema, cache):
     - in-memory models: see :class:`Model` (``sha256:`` of the module's
       class and state dict, or ``given:<identity>``)."""
     if spec.source in ("module", "callable"):
+        assert spec.model is not None  # memory_spec gives every in-memory spec its Model
         return spec.model.digest(spec.label)
     if spec.source in ("hf-hub", "local-dir"):
         return weights_identity(_timm_folder(spec), pretrained=pretrained, seed=seed, use_ema=use_ema, cache=cache)
@@ -408,8 +419,9 @@ def _source_identity(spec, *, pretrained, seed, use_ema, cache):
     return sources.weights_name(weights)
 
 
-def _weights_file(spec) -> Path:
+def _weights_file(spec: ModelSpec) -> Path:
     """A torchvision spec's PATH: an existing weights file."""
+    assert spec.path is not None  # called for a spec with a PATH only
     path = Path(spec.path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model {spec.label!r}: weights file {str(path)!r} does not exist"
@@ -420,9 +432,10 @@ def _weights_file(spec) -> Path:
     return path
 
 
-def _located_folder(spec) -> Path:
+def _located_folder(spec: ModelSpec) -> Path:
     """The local folder of an hf:, hf-hub: or local-dir: spec: the folder
     itself, or a hub repository's snapshot (see _snapshot)."""
+    assert spec.path is not None  # _parse_located gives these sources their location
     local = Path(spec.path).expanduser()
     if spec.source == "local-dir" or local.is_dir():
         if not local.is_dir():
@@ -440,7 +453,7 @@ def _located_folder(spec) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _snapshot(repo, revision, patterns) -> str:
+def _snapshot(repo: str, revision: str | None, patterns: tuple[str, ...]) -> str:
     """The local snapshot folder of a hub repository's files matching
     `patterns`, resolved once per process: from the local Hugging Face cache
     without a network attempt when the hub cannot be used (as _hub_model),
@@ -461,7 +474,7 @@ def _snapshot(repo, revision, patterns) -> str:
                    f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}") from None
 
 
-def _timm_folder(spec) -> ModelSpec:
+def _timm_folder(spec: ModelSpec) -> ModelSpec:
     """The timm spec ARCHITECTURE=FOLDER that an hf-hub: or local-dir: spec
     stands for (timm's hub layout; the architecture from its config.json)."""
     folder = _located_folder(spec)
@@ -476,7 +489,7 @@ def _timm_folder(spec) -> ModelSpec:
     return ModelSpec(label=spec.label, name=architecture, path=str(folder))
 
 
-def _pretrained_tag(spec, arch):
+def _pretrained_tag(spec: ModelSpec, arch: str) -> str:
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(spec.name)  # a known name and tag: check_name has run
@@ -486,7 +499,7 @@ def _pretrained_tag(spec, arch):
     return cfg.tag
 
 
-def _ema_choice(spec, path: Path, use_ema, cache=None) -> str:
+def _ema_choice(spec: ModelSpec, path: Path, use_ema: bool, cache: Cache | None = None) -> str:
     """":ema" or ":no-ema" when the checkpoint at `path` holds EMA weights
     (which entry timm.models.load_state_dict takes then depends on
     use_ema), else "". Its top-level entries are read once per file version,
@@ -495,7 +508,7 @@ def _ema_choice(spec, path: Path, use_ema, cache=None) -> str:
     if path.name.endswith(".safetensors"):
         return ""
 
-    def layout(path):
+    def layout(path: Path) -> list[str | bool | None]:
         with _reading(spec, path):
             checkpoint = _torch_load(path, mmap=zipfile.is_zipfile(path))
         entries = checkpoint if isinstance(checkpoint, dict) else {}
@@ -513,15 +526,16 @@ def _ema_choice(spec, path: Path, use_ema, cache=None) -> str:
     return ":no-ema"
 
 
-def _torch_load(path, mmap):
+def _torch_load(path: Path, mmap: bool) -> Any:
     # timm's training checkpoints store their argparse.Namespace of
     # arguments; timm's own loader allows that class, and so does this.
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def _weight_files(spec, arch) -> list[Path]:
+def _weight_files(spec: ModelSpec, arch: str) -> list[Path]:
     """[weights file] for a file PATH, [config.json, weights] for a directory."""
+    assert spec.path is not None  # called for a spec with a PATH only
     path = Path(spec.path).expanduser()
     if path.is_dir():
         config = path / "config.json"
@@ -542,7 +556,7 @@ def _weight_files(spec, arch) -> list[Path]:
     return [path]
 
 
-def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
+def load_model(spec: str | ModelSpec, *, pretrained: bool = True, seed: int = 0, use_ema: bool = True) -> LoadedModel:
     """Build `spec` with timm, in eval mode on the CPU.
 
     pretrained: for a plain NAME, timm's pretrained weights (True) or
@@ -551,8 +565,6 @@ def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
     it has them (timm's default), else its plain weights. Model
     initialisation runs under a forked RNG, so the caller's torch RNG state
     is left as it was."""
-    import timm
-
     spec = parse_spec(spec)
     if spec.source in ("hf-hub", "local-dir"):
         loaded = load_model(_timm_folder(spec), pretrained=pretrained, seed=seed, use_ema=use_ema)
@@ -571,13 +583,15 @@ def load_model(spec, *, pretrained=True, seed=0, use_ema=True) -> LoadedModel:
         model = _from_checkpoint(spec, arch, _weight_files(spec, arch), use_ema)
     model.eval()
     return LoadedModel(spec=spec, model=model, identity=identity,
-                       data_config=dict(timm.data.resolve_model_data_config(model)))
+                       data_config=_resolved_config(model))
 
 
-def _load_source(spec, *, pretrained, seed, use_ema):
+def _load_source(spec: ModelSpec, *, pretrained: bool, seed: int,
+                 use_ema: bool) -> tuple[torch.nn.Module, DataConfig]:
     """(the model dressed as a timm model, its data config) of a torchvision,
     hf or in-memory spec (see ped_fast.zoo.sources)."""
     if spec.source in ("module", "callable"):
+        assert spec.model is not None  # memory_spec gives every in-memory spec its Model
         return sources.load_memory(spec.model, spec.label), sources.memory_config(spec.model, spec.label)
     if spec.source == "hf":
         folder = _located_folder(spec)
@@ -591,7 +605,7 @@ def _load_source(spec, *, pretrained, seed, use_ema):
     return sources.build_torchvision(spec, seed=seed), config
 
 
-def planned_data_config(spec) -> dict | None:
+def planned_data_config(spec: str | ModelSpec) -> DataConfig | None:
     """The data config `spec` will have once built, read from timm's config
     of the architecture (and a hub-layout folder's config.json) with the
     model built on the meta device: no weights are read or allocated. For
@@ -604,12 +618,15 @@ def planned_data_config(spec) -> dict | None:
     if spec.source in ("hf-hub", "local-dir"):
         return planned_data_config(_timm_folder(spec))
     if spec.source in ("module", "callable"):
+        assert spec.model is not None  # memory_spec gives every in-memory spec its Model
         return sources.memory_config(spec.model, spec.label)
     if spec.source == "torchvision":
         return sources.torchvision_config(spec)
     if spec.source == "hf":
         return sources.hf_config(_located_folder(spec), spec.label)
     arch = check_name(spec)
+    kwargs: dict[str, Any]
+    overlay: dict[str, Any]
     name, kwargs, overlay = spec.name, {}, {}
     if spec.path is not None:
         files = _weight_files(spec, arch)
@@ -621,10 +638,26 @@ def planned_data_config(spec) -> dict | None:
             model = timm.create_model(name, pretrained=False, pretrained_cfg_overlay=overlay or None, **kwargs)
     except Exception:  # an architecture whose constructor needs real tensors
         return None
-    return dict(timm.data.resolve_model_data_config(model))
+    return _resolved_config(model)
 
 
-def _seeded(name, seed, **kwargs):
+def _resolved_config(model: torch.nn.Module) -> DataConfig:
+    """timm's data config of a built timm model (timm exports the function
+    without annotations, so it is Any here)."""
+    from timm.data.config import resolve_model_data_config
+
+    resolve: Any = resolve_model_data_config
+    return dict(resolve(model))
+
+
+def _pretrained_cfg(model: torch.nn.Module) -> dict[str, Any]:
+    """A timm model's pretrained_cfg (torch's stubs type a module's
+    attributes as Tensor | Module)."""
+    cfg: dict[str, Any] = getattr(model, "pretrained_cfg")
+    return cfg
+
+
+def _seeded(name: str, seed: int, **kwargs: Any) -> torch.nn.Module:
     import timm
 
     with torch.random.fork_rng(devices=[]):
@@ -632,7 +665,7 @@ def _seeded(name, seed, **kwargs):
         return timm.create_model(name, **kwargs)
 
 
-def _hub_model(spec):
+def _hub_model(spec: ModelSpec) -> torch.nn.Module:
     """timm's pretrained weights. When the hub cannot be used (HF_HUB_OFFLINE
     set, or no answer within _HUB_PROBE_SECONDS) they come from the local
     Hugging Face cache without a network attempt, or the error comes at once,
@@ -670,7 +703,7 @@ def _hub_unreachable() -> str:
 
 
 @contextlib.contextmanager
-def _hub_offline(offline):
+def _hub_offline(offline: bool) -> Iterator[None]:
     """huggingface_hub's offline mode for the block when `offline`.
     huggingface_hub reads HF_HUB_OFFLINE once, at import, into this
     constant, which it consults on every request: in offline mode a download
@@ -685,13 +718,15 @@ def _hub_offline(offline):
         constants.HF_HUB_OFFLINE = saved
 
 
-def _from_checkpoint(spec, arch, files, use_ema):
+def _from_checkpoint(spec: ModelSpec, arch: str, files: list[Path], use_ema: bool) -> torch.nn.Module:
     """Build `spec` from its weights file through timm's pretrained path
     (the architecture's checkpoint filter, then a load as strict as timm
     makes it: strict for all but a few architectures, e.g. dla), with the
     classifier sized like the checkpoint's."""
     weights = files[-1]
     state = _read_state_dict(spec, weights, use_ema)
+    kwargs: dict[str, Any]
+    overlay: dict[str, Any]
     name, kwargs, overlay = spec.name, {}, {}
     if len(files) == 2:
         name = arch
@@ -699,6 +734,7 @@ def _from_checkpoint(spec, arch, files, use_ema):
     # The state dict goes to timm as read (one read, the EMA choice made);
     # file records where it came from, and hub addresses would not describe it.
     overlay.update(state_dict=state, file=str(weights), url="", hf_hub_id=None)
+    widths: list[int | None]
     if "num_classes" in kwargs:
         widths = [kwargs.pop("num_classes")]
     else:
@@ -718,12 +754,12 @@ def _from_checkpoint(spec, arch, files, use_ema):
             failures.append((sized, cfg, err))
             continue
         # timm keeps the overlay in pretrained_cfg: a second copy of the weights.
-        model.pretrained_cfg.pop("state_dict", None)
+        _pretrained_cfg(model).pop("state_dict", None)
         return model
     raise _mismatch(spec, name, state, weights, *failures[0])
 
 
-def _head_widths(name, state) -> list:
+def _head_widths(name: str, state: dict[str, torch.Tensor]) -> list[int | None]:
     """The classifier widths to build with, in turn: the width of the
     checkpoint's classifier under timm's name for it; when it has none
     there, 0 (headless), then None (timm's default head: the architecture's
@@ -731,7 +767,8 @@ def _head_widths(name, state) -> list:
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)  # a known name: check_name has run
-    classifier = cfg.classifier if cfg is not None else None
+    # timm types it as a name, but a distilled model's is a (head, head_dist) pair.
+    classifier: str | tuple[str, ...] | list[str] | None = cfg.classifier if cfg is not None else None
     if isinstance(classifier, (tuple, list)):
         classifier = classifier[0]
     if not classifier:
@@ -740,7 +777,8 @@ def _head_widths(name, state) -> list:
     return [weight.shape[0]] if weight is not None else [0, None]
 
 
-def _mismatch(spec, name, state, path, kwargs, cfg, err) -> ValueError:
+def _mismatch(spec: ModelSpec, name: str, state: dict[str, torch.Tensor], path: Path, kwargs: dict[str, Any],
+              cfg: dict[str, Any], err: Exception) -> ValueError:
     """The error for a checkpoint that timm could not load: the keys (as the
     checkpoint names them) the architecture lacks, has in addition, or has
     in another shape; timm's own error when the keys all fit."""
@@ -761,7 +799,7 @@ def _mismatch(spec, name, state, path, kwargs, cfg, err) -> ValueError:
                       f"{spec.name!r}: {'; '.join(parts)}")
 
 
-def _directory_config(spec, arch, config_file):
+def _directory_config(spec: ModelSpec, arch: str, config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(create_model keyword arguments, pretrained_cfg overlay) from a
     hub-layout directory's config.json."""
     from timm.models import split_model_name_tag
@@ -786,7 +824,7 @@ def _directory_config(spec, arch, config_file):
 
 
 @contextlib.contextmanager
-def _reading(spec, path: Path):
+def _reading(spec: ModelSpec, path: Path) -> Iterator[None]:
     """Turn a failure to read the weights file `path` into a one-line
     ValueError naming it; a pickle that weights_only refused says so."""
     try:
@@ -807,7 +845,7 @@ def _reading(spec, path: Path):
                          f"{type(err).__name__}: {err}") from None
 
 
-def _read_state_dict(spec, path: Path, use_ema) -> dict:
+def _read_state_dict(spec: ModelSpec, path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     """The checkpoint's weights as timm.models.load_state_dict takes them:
     the EMA entry when use_ema and there is one, else ``state_dict`` or
     ``model``, else the whole file; DataParallel and torch.compile prefixes
@@ -821,7 +859,9 @@ def _read_state_dict(spec, path: Path, use_ema) -> dict:
     return state
 
 
-def save_model_dir(model, directory, *, architecture, model_args=None, pretrained_cfg=None) -> Path:
+def save_model_dir(model: torch.nn.Module, directory: str | os.PathLike[str], *, architecture: str,
+                   model_args: Mapping[str, Any] | None = None,
+                   pretrained_cfg: Mapping[str, Any] | None = None) -> Path:
     """Write `model` in timm's hub layout (config.json + model.safetensors)
     so that ``ARCHITECTURE=DIRECTORY`` loads it with its transform.
 
@@ -834,8 +874,8 @@ def save_model_dir(model, directory, *, architecture, model_args=None, pretraine
 
     from ._files import atomic_directory
 
-    cfg = pretrained_cfg if pretrained_cfg is not None else {k: model.pretrained_cfg[k] for k in _DATA_KEYS
-                                                             if k in model.pretrained_cfg}
+    own = _pretrained_cfg(model)
+    cfg = pretrained_cfg if pretrained_cfg is not None else {k: own[k] for k in _DATA_KEYS if k in own}
     config = {"architecture": architecture, "num_classes": model.num_classes,
               "num_features": model.num_features, "model_args": dict(model_args or {}),
               "pretrained_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}

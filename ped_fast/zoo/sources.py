@@ -30,9 +30,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
 import math
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,11 +117,7 @@ class Model:
         # classes of __main__); what it cannot take either fails here, with
         # the way out, rather than deep inside an executor.
         try:
-            import cloudpickle
-        except ImportError:
-            import pickle as cloudpickle
-        try:
-            state = cloudpickle.dumps((self.model, self.layer, self.data_config, self.identity, self._digest))
+            state = _pickler().dumps((self.model, self.layer, self.data_config, self.identity, self._digest))
         except Exception as error:
             raise TypeError(f"in-memory model {type(self.model).__name__} cannot be pickled to send it to another "
                             f"process ({type(error).__name__}: {error}); screen it with the local executor, "
@@ -163,12 +161,17 @@ class Model:
         return f"sha256:{module_digest(owner, *extra)}"
 
 
-def _unpickle_model(state: bytes) -> Model:
+def _pickler() -> Any:
+    """cloudpickle where installed (it ships with Ray), else pickle. Imported
+    by name because cloudpickle has no annotations: the module is Any."""
     try:
-        import cloudpickle
+        return importlib.import_module("cloudpickle")
     except ImportError:
-        import pickle as cloudpickle
-    model, layer, data_config, identity, digest = cloudpickle.loads(state)
+        return pickle
+
+
+def _unpickle_model(state: bytes) -> Model:
+    model, layer, data_config, identity, digest = _pickler().loads(state)
     copy = Model(model, layer=layer, data_config=data_config, identity=identity)
     copy._digest = digest  # the hash of the very weights that were pickled: not taken again
     return copy
@@ -437,10 +440,17 @@ class _Classifier(Adapter):
     def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._seen = (args[0], output)
 
+    def _taken(self) -> tuple[Any, Any] | None:
+        # What the hook saw, read through a method: the hook sets it during
+        # the forward pass, which a checker reading forward_features alone
+        # cannot see.
+        seen, self._seen = self._seen, None
+        return seen
+
     def forward_features(self, batch: torch.Tensor) -> Trunk:
         self._seen = None
         output = self.inner(batch)
-        seen, self._seen = self._seen, None
+        seen = self._taken()
         if seen is None or output is not seen[1]:
             raise ValueError(f"{type(self.inner).__name__}'s output is not the output of its last nn.Linear "
                              f"({self.linear!r}), so that layer's input is not its penultimate features")
