@@ -9,9 +9,12 @@ Tolerances (relative to the reference path, float64 statistics):
   what differs is float32 rounding of the moved features and of the shift
   (2^-24 ~ 6e-8 relative per rounding) and of the inputs to the float64 sums.
 """
+import importlib
+import importlib.util
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +26,31 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ped_fast
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def import_installed_kernels():
+    """The repository's top-level kernels/ folder (the source of
+    ped_fast.kernels) shadows the `kernels` package that transformers 5
+    imports when the repository root is on sys.path, as `python -m pytest`
+    run there puts it. Import the installed one with the root left off
+    sys.path, before any test module imports transformers (the
+    transformer-ranker adapter, hf: model specs); transformers then finds it
+    in sys.modules."""
+    spec = importlib.util.find_spec("kernels")
+    if spec is None or spec.origin is None or pathlib.Path(spec.origin).resolve().parent != _ROOT / "kernels":
+        return
+    saved = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if pathlib.Path(entry or ".").resolve() != _ROOT]
+    try:
+        if importlib.util.find_spec("kernels") is not None:
+            importlib.import_module("kernels")
+    finally:
+        sys.path[:] = saved
+
+
+import_installed_kernels()
 
 DATA = pathlib.Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA / "expected.json").read_text())

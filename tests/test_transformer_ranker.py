@@ -10,49 +10,23 @@ Tolerances: none. The adapter runs the same ped() and the same estimator
 code on the same numbers as the expected values, in the same order, so
 scores are compared exactly.
 """
-import importlib
-import importlib.util
 import pathlib
 import random
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformer_ranker import Embedder, TransformerRanker
+from transformer_ranker.estimators import HScore, LogME, NearestNeighbors
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+import ped_fast
+from ped_fast.integrations.transformer_ranker import ESTIMATORS, PEDEstimator, add_ped_estimators
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def import_installed_kernels():
-    """The repository's top-level kernels/ folder (the source of
-    ped_fast.kernels) shadows the `kernels` package that transformers 5
-    imports when the repository root is on sys.path, as `python -m pytest`
-    run there puts it. Import the installed one with the root left off
-    sys.path; transformers then finds it in sys.modules."""
-    spec = importlib.util.find_spec("kernels")
-    if spec is None or spec.origin is None or pathlib.Path(spec.origin).resolve().parent != ROOT / "kernels":
-        return
-    saved = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if pathlib.Path(entry or ".").resolve() != ROOT]
-    try:
-        if importlib.util.find_spec("kernels") is not None:
-            importlib.import_module("kernels")
-    finally:
-        sys.path[:] = saved
-
-
-import_installed_kernels()
-
-from datasets import Dataset  # noqa: E402 - after import_installed_kernels
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformer_ranker import Embedder, TransformerRanker  # noqa: E402
-from transformer_ranker.estimators import HScore, LogME, NearestNeighbors  # noqa: E402
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast  # noqa: E402
-
-import ped_fast  # noqa: E402
-from ped_fast.integrations.transformer_ranker import ESTIMATORS, PEDEstimator, add_ped_estimators  # noqa: E402
-
 WORDS = "good bad fine awful great poor nice terrible fair dull".split()
 
 
