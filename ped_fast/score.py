@@ -121,9 +121,10 @@ def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = ..., 
               backend: str = ..., reduce: str | None = ..., **ped_options: Any) -> float | PEDScore: ...
 
 
-def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = "sfda", *, reference: Reference | None = None,
-              return_baseline: bool = False, scorer_options: Mapping[str, Any] | None = None, backend: str = "auto",
-              reduce: str | None = None, **ped_options: Any) -> float | PEDScore:
+def ped_score(features: ArrayLike, labels: ArrayLike, scorer: ScorerLike = "sfda", *,
+              reference: Reference | None = None, return_baseline: bool = False,
+              scorer_options: Mapping[str, Any] | None = None, backend: str = "auto", reduce: str | None = None,
+              **ped_options: Any) -> float | PEDScore:
     """Score the PED-moved `features` (N x D) for `labels` (N).
 
     scorer: the name of a registered scorer that reads features ("sfda",

@@ -357,7 +357,8 @@ def zoo_warnings(rows: Iterable[Row], scorers: Iterable[str]) -> list[dict[str, 
                 out.append({"models": names,
                             "message": f"{title}: {reason} ({len(names)} model(s): {', '.join(names)})"})
             best = max((v for name, v in values.items() if name not in saturated), default=None)
-            tied = [name for name, value in values.items() if name not in saturated and best is not None and _close(value, best)]
+            tied = [name for name, value in values.items()
+                    if name not in saturated and best is not None and _close(value, best)]
             if len(tied) > 1:
                 out.append({"models": tied,
                             "message": f"{title}: {len(tied)} models tie for the top score {best:.6g} "
