@@ -42,7 +42,7 @@ from .._validate import check_integer
 from .cache import Cache, content_key
 from .errors import checking_inputs, describe
 from .device import MATH_MODES, device_name, math_context, resolve_device
-from .images import ImageSet, image_folder, load_rgb
+from .images import ImageSet, image_set, load_rgb
 from .predictions import COMPACT_BYTES, Predictions, check_form, compact_rows
 from .progress import progress as progress_bar
 
@@ -897,8 +897,9 @@ def collect(outcomes, stage) -> dict:
 
 def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
             workers=None, models_per_pass=None, progress=True, use_ema=True, predictions=None, threads=None) -> dict:
-    """Features of the labelled image folder `data` (ImageFolder layout) from
-    each model, cached: {label: FeatureSet}.
+    """Features of the labelled image set `data` from each model, cached:
+    {label: FeatureSet}. data: an ImageFolder-layout folder, a manifest, a
+    Hugging Face dataset or an ImageSet (images.image_set).
 
     models: model specs (a comma-separated string, a list, or a JSON file;
     see ped_fast.zoo.models). cache: a Cache, a folder, or None for the
@@ -914,7 +915,7 @@ def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64,
     too, "compact" or "exact" (zoo.predictions; export_features writes the
     exact ones as LABEL.logits.npy)."""
     with checking_inputs():
-        images = image_folder(data, what="data")
+        images = image_set(data, what="data")
         stage = FeaturesStage(images, predictions)
         settings = Settings.make(pretrained=pretrained, seed=seed, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, models_per_pass=models_per_pass,
