@@ -32,10 +32,13 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .._validate import check_integer
@@ -46,6 +49,12 @@ from .images import ImageSet, image_set, load_rgb
 from .predictions import COMPACT_BYTES, Predictions, check_form, compact_rows
 from .progress import progress as progress_bar
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .cache import CacheEntry
+    from .models import LoadedModel, Models, ModelSpec
+
 # Part of every cache key of extracted data: bump it whenever a change here
 # would change the numbers extraction produces. 2: keys hold the library
 # versions and the math mode, and the architecture instead of the spec's name.
@@ -55,6 +64,16 @@ PREDICTIONS_VERSION = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows copied at once when compacting a feature file after skipped images.
 _COPY_ROWS = 8192
+# A decoded image (_Decoded): its index, the transformed image or None, the
+# error message or None; and a batch of them (_collate): the indices of the
+# decoded images, their stacked batch or None, the (index, message) of the
+# others.
+_Item = tuple[int, "torch.Tensor | None", "str | None"]
+_Batch = tuple["npt.NDArray[np.int64]", "torch.Tensor | None", list[tuple[int, "str | None"]]]
+# A model of a pass: its Outcome and the built model (_Built), with the
+# stages it still needs (_Member).
+_Built = tuple["Outcome", "LoadedModel"]
+_Member = tuple["Outcome", "LoadedModel", list["Stage"]]
 
 
 @dataclass(frozen=True)
@@ -87,10 +106,13 @@ class Settings:
     threads: int | None = None
 
     @classmethod
-    def make(cls, *, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32", workers=None,
-             models_per_pass=None, progress=True, use_ema=True, threads=None, check_device=True):
+    def make(cls, *, pretrained: bool = True, seed: int = 0, batch_size: int = 64,
+             device: str | torch.device | None = None, precision: str = "fp32", workers: int | None = None,
+             models_per_pass: int | None = None, progress: bool = True, use_ema: bool = True,
+             threads: int | None = None, check_device: bool = True) -> Settings:
         """Validated settings. check_device: also check that `device` is
         usable in this process (off when the work runs elsewhere)."""
+        value: object  # each argument below, whatever the caller passed
         for name, value in (("pretrained", pretrained), ("use_ema", use_ema)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -108,14 +130,14 @@ class Settings:
                    workers=workers, models_per_pass=models_per_pass, progress=bool(progress), use_ema=use_ema,
                    threads=threads)
 
-    def identity(self, spec, cache=None) -> str:
+    def identity(self, spec: ModelSpec, cache: Cache | None = None) -> str:
         """The weights' identity of `spec` under these settings (file facts
         remembered in `cache`)."""
         from .models import weights_identity
 
         return weights_identity(spec, pretrained=self.pretrained, seed=self.seed, use_ema=self.use_ema, cache=cache)
 
-    def load(self, spec):
+    def load(self, spec: ModelSpec) -> LoadedModel:
         """`spec` built under these settings (models.load_model)."""
         from .models import load_model
 
@@ -125,12 +147,12 @@ class Settings:
         """The device the work runs on, resolved in this process."""
         return resolve_device(self.device)
 
-    def decoding_workers(self, device) -> int:
+    def decoding_workers(self, device: torch.device) -> int:
         if self.workers is not None:
             return self.workers
         return 0 if device.type == "cpu" else min(8, available_cores())
 
-    def forward_threads(self, device) -> int:
+    def forward_threads(self, device: torch.device) -> int:
         if self.threads is not None:
             return self.threads
         return max(1, available_cores() - self.decoding_workers(device))
@@ -146,7 +168,7 @@ def available_cores() -> int:
 
 
 @contextlib.contextmanager
-def torch_threads(count):
+def torch_threads(count: int) -> Iterator[None]:
     """torch's intra-op thread count for the block, restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
@@ -156,7 +178,7 @@ def torch_threads(count):
         torch.set_num_threads(before)
 
 
-def _device_syntax(device) -> torch.device:
+def _device_syntax(device: str | torch.device) -> torch.device:
     """A cpu or cuda torch.device, not checked against this machine."""
     try:
         resolved = torch.device(device)
@@ -168,7 +190,7 @@ def _device_syntax(device) -> torch.device:
 
 
 @functools.cache
-def library_versions() -> dict:
+def library_versions() -> dict[str, str]:
     """The versions of the libraries that decide extracted numbers: the
     model code and its configs (timm), the kernels (torch), the transforms
     (torchvision) and image decoding (Pillow). Part of every extraction key:
@@ -181,7 +203,7 @@ def library_versions() -> dict:
             "pillow": PIL.__version__}
 
 
-def architecture(spec) -> str:
+def architecture(spec: ModelSpec) -> str:
     """The timm architecture of a spec, without its pretrained tag: with the
     weights' identity, what decides the model (`resnet50` and
     `resnet50.a1_in1k` with the same weights are one model)."""
@@ -206,19 +228,19 @@ class FeatureSet:
     name: str
     identity: str
     key: str
-    features: np.ndarray
+    features: npt.NDArray[Any]
     predictions: Predictions | None
-    labels: np.ndarray
-    classes: tuple
-    skipped: list
-    data_config: dict
+    labels: npt.NDArray[np.int64]
+    classes: tuple[str, ...]
+    skipped: list[str]
+    data_config: dict[str, Any]
     cached: bool = False
     seconds: float = 0.0
     device: str | None = None
     math: str | None = None
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         return int(self.features.shape[1])
 
 
@@ -226,7 +248,7 @@ class ExtractionError(RuntimeError):
     """Some models failed; `errors` maps their labels to the exceptions,
     `results` the others' labels to their results."""
 
-    def __init__(self, errors, results):
+    def __init__(self, errors: dict[str, BaseException], results: dict[str, Any]) -> None:
         self.errors = errors
         self.results = results
         lines = "; ".join(f"{label}: {describe(error)}" for label, error in errors.items())
@@ -240,18 +262,18 @@ class Outcome:
     target sets, are two entries) to its result or the exception that
     stopped it; seconds["load"] is the time spent building the model
     (absent when it was not built)."""
-    spec: object
+    spec: ModelSpec
     identity: str | None = None
-    data_config: dict | None = None
-    results: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
+    data_config: dict[str, Any] | None = None
+    results: dict[Stage, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def failed(self) -> bool:
         """Whether a stage of this model has failed (the later ones are then
         skipped: no reference pass for a model without features)."""
         return any(isinstance(result, BaseException) for result in self.results.values())
 
-    def fail(self, stages, error):
+    def fail(self, stages: Iterable[Stage], error: BaseException) -> None:
         # Without its traceback: the frames of a failed forward pass hold
         # its activations, which must be freed for the models still running.
         error = error.with_traceback(None)
@@ -265,10 +287,10 @@ class Stage:
     result (result); `name` is also the cache kind of their entries."""
     name = ""
 
-    def __init__(self, images: ImageSet):
+    def __init__(self, images: ImageSet) -> None:
         self.images = images
 
-    def key(self, spec, identity, data_config, precision) -> str:
+    def key(self, spec: ModelSpec, identity: str, data_config: Mapping[str, Any], precision: str) -> str:
         """Everything the entry's numbers depend on: the stage, the
         extraction code's version, the architecture and the weights'
         identity, the data config (the transform), the image set's
@@ -277,15 +299,15 @@ class Stage:
         return content_key(self.name, EXTRACTION_VERSION, architecture(spec), identity, data_config,
                            self.images.fingerprint, MATH_MODES[precision], library_versions())
 
-    def cached(self, cache, key, label):
+    def cached(self, cache: Cache, key: str, label: str) -> Any:
         """The finished result in the cache, or None."""
         entry = cache.get(self.name, key)
         return None if entry is None else self.result(entry, label, cached=True)
 
-    def result(self, entry, label, *, cached):
+    def result(self, entry: CacheEntry, label: str, *, cached: bool) -> Any:
         raise NotImplementedError
 
-    def sink(self, cache, key, loaded):
+    def sink(self, cache: Cache, key: str, loaded: LoadedModel) -> Any:
         raise NotImplementedError
 
 
@@ -294,14 +316,14 @@ class FeaturesStage(Stage):
     predictions when `predictions` names their form (zoo.predictions.FORMS)."""
     name = "features"
 
-    def __init__(self, images: ImageSet, predictions=None):
+    def __init__(self, images: ImageSet, predictions: str | None = None) -> None:
         super().__init__(images)
         self.predictions = None if predictions is None else check_form(predictions)
 
-    def predictions_key(self, features_key) -> str:
+    def predictions_key(self, features_key: str) -> str:
         return content_key("predictions", PREDICTIONS_VERSION, features_key, self.predictions, COMPACT_BYTES)
 
-    def cached(self, cache, key, label):
+    def cached(self, cache: Cache, key: str, label: str) -> FeatureSet | None:
         """The features entry, with the predictions entry when they are asked
         for and the model has a head; None when either is missing."""
         entry = cache.get(self.name, key)
@@ -315,23 +337,25 @@ class FeaturesStage(Stage):
             predictions = _remapped(cache, predictions)
         return self.result(_remapped(cache, entry), label, cached=True, predictions=predictions)
 
-    def result(self, entry, label, *, cached, predictions=None):
+    def result(self, entry: CacheEntry, label: str, *, cached: bool,
+               predictions: CacheEntry | None = None) -> FeatureSet:
         meta = entry.meta
+        read = None
         if predictions is not None:
-            predictions = Predictions(form=predictions.meta["form"], num_sources=predictions.meta["num_sources"],
-                                      arrays=predictions.arrays)
+            read = Predictions(form=predictions.meta["form"], num_sources=predictions.meta["num_sources"],
+                               arrays=cast("dict[str, npt.NDArray[Any]]", predictions.arrays))  # memmaps
         return FeatureSet(label=label, name=meta["model"], identity=meta["identity"], key=entry.key,
-                          features=entry.arrays["features"], predictions=predictions,
+                          features=entry.arrays["features"], predictions=read,
                           labels=np.array(entry.arrays["labels"]), classes=tuple(meta["classes"]),
                           skipped=meta["skipped"], data_config=meta["data_config"], cached=cached,
                           seconds=0.0 if cached else meta["seconds"], device=meta.get("device"),
                           math=meta.get("math"))
 
-    def sink(self, cache, key, loaded):
+    def sink(self, cache: Cache, key: str, loaded: LoadedModel) -> _FeatureSink:
         return _FeatureSink(self, cache, key, loaded)
 
 
-def _remapped(cache, entry):
+def _remapped(cache: Cache, entry: CacheEntry) -> CacheEntry:
     """`entry`, just read by cache.get() or put(), mapped afresh. get()
     checks each array's CRC-32 by reading every page through the map it
     returns, and a map keeps the pages it read resident, counted in this
@@ -342,7 +366,7 @@ def _remapped(cache, entry):
     return cache.get(entry.kind, entry.key) or entry
 
 
-def data_config_key(spec, identity):
+def data_config_key(spec: ModelSpec, identity: str) -> str:
     """The key of a model's remembered data config. The spec's name with its
     tag: timm gives each pretrained tag its own config, even for random
     weights. The library versions: a timm upgrade may change a config, and
@@ -350,20 +374,21 @@ def data_config_key(spec, identity):
     return content_key("config", spec.name, identity, library_versions())
 
 
-def remembered_config(cache, spec, identity):
+def remembered_config(cache: Cache, spec: ModelSpec, identity: str) -> dict[str, Any] | None:
     """The data config recorded when this model was last built, or None:
     lets a re-run find its cache entries without building the model."""
     entry = cache.get("config", data_config_key(spec, identity))
     return entry.meta["data_config"] if entry is not None else None
 
 
-def canonical_config(data_config) -> dict:
+def canonical_config(data_config: Mapping[str, Any]) -> dict[str, Any]:
     """timm's data config as JSON values (tuples become lists), so that equal
     configs compare, hash and group equal."""
-    return json.loads(json.dumps(dict(data_config), sort_keys=True))
+    config: dict[str, Any] = json.loads(json.dumps(dict(data_config), sort_keys=True))
+    return config
 
 
-def check_models(models, settings: Settings, cache=None) -> list:
+def check_models(models: Models, settings: Settings, cache: Cache | None = None) -> list[ModelSpec]:
     """Parsed specs, each with a known architecture and existing weights
     (hashing local files, or reading their remembered digests in `cache`):
     input mistakes fail here, before any model is built, rather than as one
@@ -376,7 +401,7 @@ def check_models(models, settings: Settings, cache=None) -> list:
     return specs
 
 
-def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
+def run_stages(models: Any, stages: Sequence[Stage], settings: Settings, cache: Cache) -> dict[str, Outcome]:
     """Run every stage for every model, skipping what the cache holds:
     {label: Outcome}. The caller sweeps the cache (once per run).
 
@@ -391,6 +416,8 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
     whose stage fails skips the stages after it."""
     from .models import parse_models
 
+    outcomes: dict[str, Outcome]
+    groups: dict[str, list[tuple[Outcome, list[Stage]]]]
     outcomes, groups = {}, {}
     for spec in parse_models(models):
         outcome = outcomes[spec.label] = Outcome(spec)
@@ -431,7 +458,7 @@ def run_stages(models, stages, settings: Settings, cache: Cache) -> dict:
     return outcomes
 
 
-def _planned_config(spec):
+def _planned_config(spec: ModelSpec) -> dict[str, Any] | None:
     from .models import planned_data_config
 
     try:
@@ -440,7 +467,8 @@ def _planned_config(spec):
         return None
 
 
-def _build(outcome, stages, todo, settings, cache):
+def _build(outcome: Outcome, stages: Sequence[Stage], todo: list[Stage], settings: Settings,
+           cache: Cache) -> tuple[LoadedModel, list[Stage]] | None:
     """(the built model, the stages it still needs), or None when it failed
     or the cache turned out to hold everything. The first build of a model
     records its data config (an entry is never rewritten); the built
@@ -453,6 +481,7 @@ def _build(outcome, stages, todo, settings, cache):
         return None
     outcome.seconds["load"] = time.perf_counter() - start
     config = canonical_config(loaded.data_config)
+    assert outcome.identity is not None  # run_stages builds only models whose identity it has
     if outcome.data_config is None:
         cache.put("config", data_config_key(outcome.spec, outcome.identity),
                   {"model": outcome.spec.name, "identity": outcome.identity, "data_config": config})
@@ -464,7 +493,7 @@ def _build(outcome, stages, todo, settings, cache):
     return loaded, todo
 
 
-def resize_key(data_config) -> str:
+def resize_key(data_config: Mapping[str, Any] | None) -> str:
     """What decides the decoded pixels: the data config less its mean and
     std ("null" for a model whose config is not known yet: a group of its
     own)."""
@@ -493,7 +522,7 @@ _PASS_MODELS = 16
 _DECODED_BYTES = 1 << 30
 
 
-def _pass_limit(key, stages, settings):
+def _pass_limit(key: str, stages: Sequence[Stage], settings: Settings) -> int | None:
     """The most models one pass of resize group `key` holds when
     models_per_pass is not given: _PASS_MODELS when the group's decoded
     images (one uint8 per value) will fit in _DECODED_BYTES, so that a
@@ -506,7 +535,7 @@ def _pass_limit(key, stages, settings):
     return _PASS_MODELS if values * sum(len(stage.images) for stage in stages) <= _DECODED_BYTES else None
 
 
-def _pass_full(members, settings, limit=None) -> bool:
+def _pass_full(members: Sequence[_Member], settings: Settings, limit: int | None = None) -> bool:
     """Whether a pass of `members` holds as many models as it may: the
     settings' models_per_pass, else `limit` models or the weights' budget."""
     if settings.models_per_pass is not None:
@@ -521,11 +550,12 @@ def _pass_full(members, settings, limit=None) -> bool:
     return held >= budget
 
 
-def _missing(outcome, stages, settings, cache):
+def _missing(outcome: Outcome, stages: Sequence[Stage], settings: Settings, cache: Cache) -> list[Stage]:
     """The stages whose result is not in the cache (all of them while the
     data config is unknown); cached results go into outcome.results."""
     if outcome.data_config is None:
         return list(stages)
+    assert outcome.identity is not None  # run_stages looks only for models whose identity it has
     todo = []
     for stage in stages:
         key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
@@ -537,9 +567,10 @@ def _missing(outcome, stages, settings, cache):
     return todo
 
 
-def _run_group(pending, stages, settings, cache, reuse=None):
+def _run_group(pending: list[_Member], stages: Sequence[Stage], settings: Settings, cache: Cache,
+               reuse: _Reuse | None = None) -> None:
     device = settings.torch_device()
-    members = []
+    members: list[_Member] = []
     for outcome, loaded, todo in pending:
         try:
             loaded.model.to(device)
@@ -558,7 +589,8 @@ def _run_group(pending, stages, settings, cache, reuse=None):
         torch.cuda.empty_cache()
 
 
-def _run_stage(stage, members, settings, cache, device, reuse=None):
+def _run_stage(stage: Stage, members: Sequence[_Member], settings: Settings, cache: Cache, device: torch.device,
+               reuse: _Reuse | None = None) -> None:
     due = [(outcome, loaded) for outcome, loaded, todo in members if stage in todo and not outcome.failed()]
     with contextlib.ExitStack() as held:
         mine, waiting = _claim(stage, due, settings, cache, held)
@@ -567,6 +599,7 @@ def _run_stage(stage, members, settings, cache, device, reuse=None):
         # Another process is computing this entry: wait for it, holding no
         # other lock (cache.lock's rule), and read it; compute it here only
         # if that process did not finish it.
+        assert outcome.identity is not None and outcome.data_config is not None  # set before _build returned
         key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
         with cache.lock(stage.name, key):
             result = stage.cached(cache, key, outcome.spec.label)
@@ -576,13 +609,17 @@ def _run_stage(stage, members, settings, cache, device, reuse=None):
                 _run_passes(stage, [(outcome, loaded)], settings, cache, device, reuse)
 
 
-def _claim(stage, due, settings, cache, held):
+def _claim(stage: Stage, due: Sequence[_Built], settings: Settings, cache: Cache,
+           held: contextlib.ExitStack) -> tuple[list[_Built], list[_Built]]:
     """Split `due` into the models whose entry this process will compute
     (their entry locks taken into `held`) and those another process is
     computing now (lock held elsewhere). A model whose entry appeared since
     it was found missing takes the entry instead."""
+    mine: list[_Built]
+    waiting: list[_Built]
     mine, waiting = [], []
     for outcome, loaded in due:
+        assert outcome.identity is not None and outcome.data_config is not None  # set before _build returned
         key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
         if not held.enter_context(cache.lock(stage.name, key, blocking=False)):
             waiting.append((outcome, loaded))
@@ -595,10 +632,11 @@ def _claim(stage, due, settings, cache, held):
     return mine, waiting
 
 
-def _run_passes(stage, members, settings, cache, device, reuse=None):
+def _run_passes(stage: Stage, members: Sequence[_Built], settings: Settings, cache: Cache, device: torch.device,
+                reuse: _Reuse | None = None) -> None:
     """One pass over the stage's images per resize config among `members`,
     replaying what `reuse` kept of them."""
-    groups = {}
+    groups: dict[str, list[_Built]] = {}
     for outcome, loaded in members:
         groups.setdefault(resize_key(outcome.data_config), []).append((outcome, loaded))
     for key, group in groups.items():
@@ -611,14 +649,15 @@ class _Reuse:
     config), kept across the group's passes within one run_stages call and
     sharing one budget of bytes. keep: whether the pass about to run records
     what it decodes (not when it is the group's last)."""
+    stores: dict[tuple[Stage, str], _Store]
 
-    def __init__(self, budget):
+    def __init__(self, budget: int) -> None:
         self.budget, self.used, self.keep, self.stores = budget, 0, False, {}
 
-    def store(self, stage, key):
+    def store(self, stage: Stage, key: str) -> _Store:
         return self.stores.setdefault((stage, key), _Store(self))
 
-    def clear(self):
+    def clear(self) -> None:
         self.stores.clear()
         self.used = 0
 
@@ -634,13 +673,14 @@ class _Store:
     from `next` on, in the same batch windows. Once the group's stores
     outgrow their budget this one is emptied, and later passes decode
     again."""
+    kept: list[_Batch]
 
-    def __init__(self, reuse):
+    def __init__(self, reuse: _Reuse) -> None:
         self.reuse = reuse
         self.kept, self.next, self.bytes = [], 0, 0
         self.complete = self.dropped = False
 
-    def batches(self, decode):
+    def batches(self, decode: Callable[[int], Iterable[_Batch]]) -> Generator[_Batch, None, None]:
         """(index, float32 batch or None, failed) of every image in order:
         the kept batches, then decode(first image) for the rest, recording
         them while the group keeps what it decodes."""
@@ -655,7 +695,8 @@ class _Store:
             yield index, batch, failed
         self.complete = recording
 
-    def _record(self, index, batch, failed):
+    def _record(self, index: npt.NDArray[np.int64], batch: torch.Tensor | None,
+                failed: list[tuple[int, str | None]]) -> bool:
         """Keep one batch; False (and nothing kept) once over the budget."""
         kept = batch
         if batch is not None:
@@ -674,17 +715,17 @@ class _Store:
         return True
 
 
-class _Decoded(torch.utils.data.Dataset):
+class _Decoded(torch.utils.data.Dataset[_Item]):
     """(index, transformed image or None, error message or None) of the
     images from `start` on."""
 
-    def __init__(self, images, transform, start=0):
+    def __init__(self, images: ImageSet, transform: Callable[[Any], torch.Tensor], start: int = 0) -> None:
         self.images, self.transform, self.start = images, transform, start
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.images) - self.start
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> _Item:
         index += self.start
         try:
             return index, self.transform(load_rgb(self.images.file(index))), None
@@ -695,7 +736,7 @@ class _Decoded(torch.utils.data.Dataset):
             return index, None, describe(error)
 
 
-def _collate(items):
+def _collate(items: Sequence[_Item]) -> _Batch:
     good = [(index, image) for index, image, _ in items if image is not None]
     failed = [(index, message) for index, image, message in items if image is None]
     index = np.array([i for i, _ in good], dtype=np.int64)
@@ -703,17 +744,17 @@ def _collate(items):
     return index, batch, failed
 
 
-def _decoding(data_config):
+def _decoding(data_config: Mapping[str, Any]) -> Any:
     """timm's eval transform of `data_config` without its normalisation
     (mean 0, std 1: torchvision's normalize then subtracts 0 and divides by
     1, changing no value): the pixels every model of a resize group shares."""
-    from timm.data import create_transform
+    from timm.data.transforms_factory import create_transform
 
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+    config: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
     return create_transform(**dict(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
 
 
-def _normaliser(data_config, device):
+def _normaliser(data_config: Mapping[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's own normalisation of a decoded batch, as timm's transform
     computes it (torchvision's normalize: subtract the mean, then divide by
     the std, in float32): the same values as decoding with it."""
@@ -722,7 +763,8 @@ def _normaliser(data_config, device):
     return lambda batch: batch.sub(mean).div(std)
 
 
-def _forward(model, batch, precision, logits=False):
+def _forward(model: Any, batch: torch.Tensor, precision: str,
+             logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(pre-logit features B x D as float32 on the CPU, logits B x K float32
     on the device or None): the head's logits only when asked for and the
     model has a head."""
@@ -731,29 +773,35 @@ def _forward(model, batch, precision, logits=False):
     with context:
         trunk = model.forward_features(batch)
         features = model.forward_head(trunk, pre_logits=True)
-        head = model.forward_head(trunk) if logits and getattr(model, "num_classes", 0) else None
+        head = model.forward_head(trunk) if logits and getattr(model, "num_classes", False) else None
     if features.dim() != 2:
         raise ValueError(f"forward_head(pre_logits=True) returned shape {tuple(features.shape)}; expected "
                          f"batch x features (2-D)")
     return features.float().cpu(), (head.float() if head is not None else None)
 
 
-def _run_pass(stage, group, settings, cache, device, store):
+def _run_pass(stage: Stage, group: Sequence[_Built], settings: Settings, cache: Cache, device: torch.device,
+              store: _Store) -> None:
     """One pass over stage.images for a group of models sharing a resize
     config: each image decoded once (or replayed from `store`), each model
     normalising the batch its own way."""
     images = stage.images
+    sinks: dict[str, Any]
+    spent: dict[str, float]
+    normalise: dict[str, Callable[[torch.Tensor], torch.Tensor]]
     sinks, spent, normalise = {}, {}, {}
     for outcome, loaded in group:
+        assert outcome.identity is not None and outcome.data_config is not None  # set before _build returned
         label = outcome.spec.label
         key = stage.key(outcome.spec, outcome.identity, outcome.data_config, settings.precision)
         sinks[label] = stage.sink(cache, key, loaded)
         spent[label] = 0.0
         normalise[label] = _normaliser(outcome.data_config, device)
     active, satisfied = list(group), []
+    assert group[0][0].data_config is not None  # as above
     transform = _decoding(group[0][0].data_config)
 
-    def decode(start):
+    def decode(start: int) -> torch.utils.data.DataLoader[_Item]:
         return torch.utils.data.DataLoader(_Decoded(images, transform, start), batch_size=settings.batch_size,
                                            shuffle=False, num_workers=settings.decoding_workers(device),
                                            collate_fn=_collate, pin_memory=device.type == "cuda")
@@ -820,8 +868,10 @@ class _FeatureSink:
     """Features (and, when asked for, predictions) of each image written to
     row `index` of memory-mapped temporary files, allocated at the first
     batch (when D and K are known)."""
+    arrays: dict[str, np.memmap[Any, Any]]
+    predictions: dict[str, np.memmap[Any, Any]]
 
-    def __init__(self, stage, cache, key, loaded):
+    def __init__(self, stage: FeaturesStage, cache: Cache, key: str, loaded: LoadedModel) -> None:
         images = stage.images
         if images.labels is None:
             raise ValueError(f"features need a labelled image folder, got the unlabelled set {images.root!r}")
@@ -829,7 +879,7 @@ class _FeatureSink:
         self.num_sources = int(getattr(loaded.model, "num_classes", 0) or 0)
         self.arrays, self.predictions = {}, {}
 
-    def add(self, index, features, logits):
+    def add(self, index: npt.NDArray[np.int64], features: torch.Tensor, logits: torch.Tensor | None) -> None:
         n = len(self.images)
         if not self.arrays:
             self.arrays["features"] = self.cache.new_array("features", self.key, "features",
@@ -845,9 +895,10 @@ class _FeatureSink:
         for name, part in rows.items():
             self.predictions[name][index] = part
 
-    def finish(self, skipped, meta, label):
+    def finish(self, skipped: list[int], meta: Mapping[str, Any], label: str) -> FeatureSet:
         if not self.arrays:
             raise ValueError(f"no image of the data folder {self.images.root!r} could be decoded")
+        assert self.images.labels is not None  # checked in __init__
         keep = np.ones(len(self.images), dtype=bool)
         if skipped:
             keep[skipped] = False
@@ -871,7 +922,8 @@ class _FeatureSink:
         self.arrays = {}
         return self.stage.result(_remapped(self.cache, entry), label, cached=False, predictions=predictions)
 
-    def _compact(self, kind, name, array, keep):
+    def _compact(self, kind: str, name: str, array: npt.NDArray[Any],
+                 keep: npt.NDArray[np.bool_]) -> np.memmap[Any, Any]:
         rows = np.flatnonzero(keep)
         key = self.key if kind == "features" else self.stage.predictions_key(self.key)
         out = self.cache.new_array(kind, key, name, (rows.size, *array.shape[1:]), array.dtype)
@@ -880,13 +932,13 @@ class _FeatureSink:
         Cache.discard(array)
         return out
 
-    def abandon(self):
+    def abandon(self) -> None:
         for array in [*self.arrays.values(), *self.predictions.values()]:
             Cache.discard(array)
         self.arrays, self.predictions = {}, {}
 
 
-def collect(outcomes, stage) -> dict:
+def collect(outcomes: Mapping[str, Outcome], stage: Stage) -> dict[str, Any]:
     """{label: result} of one stage; raises ExtractionError when any failed."""
     results = {label: o.results[stage] for label, o in outcomes.items()}
     errors = {label: r for label, r in results.items() if isinstance(r, BaseException)}
@@ -895,8 +947,12 @@ def collect(outcomes, stage) -> dict:
     return results
 
 
-def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64, device=None, precision="fp32",
-            workers=None, models_per_pass=None, progress=True, use_ema=True, predictions=None, threads=None) -> dict:
+def extract(models: Models, data: str | os.PathLike[str] | ImageSet, *,
+            cache: Cache | str | os.PathLike[str] | None = None, pretrained: bool = True, seed: int = 0,
+            batch_size: int = 64, device: str | torch.device | None = None, precision: str = "fp32",
+            workers: int | None = None, models_per_pass: int | None = None, progress: bool = True,
+            use_ema: bool = True, predictions: str | None = None,
+            threads: int | None = None) -> dict[str, FeatureSet]:
     """Features of the labelled image set `data` from each model, cached:
     {label: FeatureSet}. data: an ImageFolder-layout folder, a manifest, a
     Hugging Face dataset or an ImageSet (images.image_set).
@@ -925,14 +981,14 @@ def extract(models, data, *, cache=None, pretrained=True, seed=0, batch_size=64,
     return run_alone(specs, stage, settings, cache)
 
 
-def run_alone(specs, stage, settings, cache) -> dict:
+def run_alone(specs: Models, stage: Stage, settings: Settings, cache: Cache) -> dict[str, Any]:
     """One stage for every model ({label: result}; ExtractionError when any
     failed): extract() and refstats.reference_stats()."""
     cache.sweep()
     return collect(run_stages(specs, [stage], settings, cache), stage)
 
 
-def export_features(feature_sets, out) -> list:
+def export_features(feature_sets: Mapping[str, FeatureSet], out: str | os.PathLike[str]) -> list[Path]:
     """Write feature sets of one image folder in the layout `screen
     --features` reads: OUT/labels.npy, OUT/LABEL.npy (N x D) and, for models
     whose exact predictions were kept, OUT/LABEL.logits.npy. Returns the
@@ -952,5 +1008,5 @@ def export_features(feature_sets, out) -> list:
             if array is not None:
                 np.save(out / f"{label}{suffix}", np.asarray(array))
                 written.append(out / f"{label}{suffix}")
-    np.save(out / "labels.npy", labels)
+    np.save(out / "labels.npy", labels)  # type: ignore[arg-type]  # None (saved as is) when there is no set
     return [out / "labels.npy"] + written

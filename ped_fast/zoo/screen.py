@@ -597,6 +597,7 @@ def screen_model(task: ModelTask, *, raise_transient: bool = False) -> dict[str,
 def _score_model(task: ModelTask, row: dict[str, Any]) -> None:
     cache = Cache(task.cache_root)
     settings = task.settings
+    assert task.spec is not None  # a model's task (not --features)
     row["identity"] = settings.identity(task.spec, cache)
     if task.prior_error is not None:
         # After the identity, so that the row is the same whichever phase
