@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -554,32 +553,14 @@ def _executor(args: argparse.Namespace) -> str | RayExecutor:
             raise ValueError(f"--executor ray: {error}") from None
 
 
-def _read_results(path: str) -> dict[str, Any]:
-    """A screen's results.json: the file, or the --out folder holding it."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "results.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"--results folder {str(path)!r} has no results.json (a screen's --out folder "
-                                    f"holds one)")
-    elif not file.is_file():
-        raise FileNotFoundError(f"--results {str(path)!r} does not exist")
-    try:
-        results: object = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--results {str(file)!r} is not valid JSON: {error}") from None
-    if not isinstance(results, dict) or "models" not in results or "scorers" not in results:
-        raise ValueError(f"--results {str(file)!r} is not a screen's results.json (no 'models' and 'scorers')")
-    return results
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .zoo.report import (check_output_folder, evaluation, format_evaluation, json_safe, load_ground_truth,
                              recorded_ground_truth, write_report)
+    from .zoo.tasks import read_results
 
     with checking_inputs():
         check_bootstrap(args.bootstrap, args.confidence, args.bootstrap_seed)
-        results = _read_results(args.results)
+        results = read_results(args.results, "--results")
         truth = load_ground_truth(args.ground_truth)
         if args.out:
             check_output_folder(args.out)

@@ -187,22 +187,23 @@ def failed_tasks(screened: Mapping[str, Any]) -> dict[str, list[str]]:
     return {name: bad for name, results in screened["tasks"].items() if (bad := failed(results))}
 
 
-def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A screen's results.json: the file, or the --out folder holding it."""
+def read_results(path: str | os.PathLike[str], what: str = "results") -> dict[str, Any]:
+    """A screen's results.json: the file, or the --out folder holding it.
+    what: how errors name the argument ("--results" for the CLI)."""
     file = Path(path)
     if file.is_dir():
         file = file / "results.json"
         if not file.is_file():
-            raise FileNotFoundError(f"results folder {str(path)!r} has no results.json (a screen's --out folder "
+            raise FileNotFoundError(f"{what} folder {str(path)!r} has no results.json (a screen's --out folder "
                                     f"holds one)")
     elif not file.is_file():
-        raise FileNotFoundError(f"results {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     try:
         results = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"results {str(file)!r} is not valid JSON: {error}") from None
+        raise ValueError(f"{what} {str(file)!r} is not valid JSON: {error}") from None
     if not isinstance(results, dict) or "models" not in results or "scorers" not in results:
-        raise ValueError(f"results {str(file)!r} is not a screen's results.json (no 'models' and 'scorers')")
+        raise ValueError(f"{what} {str(file)!r} is not a screen's results.json (no 'models' and 'scorers')")
     return results
 
 
