@@ -784,13 +784,7 @@ def _mismatch(spec: ModelSpec, name: str, state: dict[str, torch.Tensor], path: 
     in another shape; timm's own error when the keys all fit."""
     cfg = {k: v for k, v in cfg.items() if k != "state_dict"}
     own = _seeded(name, 0, pretrained=False, pretrained_cfg_overlay=cfg, **kwargs).state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    parts = [f"{len(keys)} {what} ({', '.join(keys[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''})"
-             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("shape mismatches", mismatched)) if keys]
+    parts = sources.key_differences(own, state, _SHOWN_KEYS)
     if not parts:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return ValueError(f"model {spec.label!r}: timm could not load checkpoint {str(path)!r} into architecture "

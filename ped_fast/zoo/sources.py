@@ -36,7 +36,7 @@ import json
 import math
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -627,15 +627,21 @@ def build_torchvision(spec: Any, state: dict[str, torch.Tensor] | None = None, w
     return _Classifier(module.eval(), linear)
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], spec: Any) -> None:
-    own = module.state_dict()
+def key_differences(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], shown: int = 5) -> list[str]:
+    """How a checkpoint's state dict differs from a model's: the keys the
+    model lacks, has in addition, or has in another shape, `shown` of each
+    named; empty when they fit."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
-    parts = [f"{len(keys)} {what} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
-             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("shape mismatches", mismatched)) if keys]
+    return [f"{len(keys)} {what} ({', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''})"
+            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                               ("shape mismatches", mismatched)) if keys]
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], spec: Any) -> None:
+    parts = key_differences(module.state_dict(), state)
     if parts:
         raise ValueError(f"model {spec.label!r}: checkpoint {spec.path!r} does not fit torchvision's "
                          f"{spec.name.partition(':')[2].partition('.')[0]!r}: {'; '.join(parts)}")
