@@ -159,3 +159,20 @@ def bench_module(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def sfda_scores(monkeypatch):
+    """The `consume` flag of every SFDAResiduals.score call the test makes:
+    one entry per SFDA score computed (ped_sweep and the screen's grid share
+    SFDA's work between points, and count on fewer calls)."""
+    sfda_module = importlib.import_module("ped_fast.scorers.sfda")
+    calls = []
+    score = sfda_module.SFDAResiduals.score
+
+    def counted(self, means, *, consume):
+        calls.append(consume)
+        return score(self, means, consume=consume)
+
+    monkeypatch.setattr(sfda_module.SFDAResiduals, "score", counted)
+    return calls

@@ -114,18 +114,6 @@ def test_each_point_is_ped_score_at_that_point(n, d, c, dtype, rtol):
     assert len(moved) == len(out), "each point must move the features differently"
 
 
-def _count_sfda_scores(monkeypatch):
-    calls = []
-    score = sfda_module.SFDAResiduals.score
-
-    def counted(self, means, *, consume):
-        calls.append(consume)
-        return score(self, means, consume=consume)
-
-    monkeypatch.setattr(sfda_module.SFDAResiduals, "score", counted)
-    return calls
-
-
 def test_sfda_first_fit_is_shared_from_the_second_point_on(monkeypatch):
     """From the second score on, SFDA's first fit is computed in the hull
     of the input's class means (an N x C product formed once), not from
@@ -166,11 +154,11 @@ def test_a_mean_outside_the_hull_is_scored_in_full():
     assert_close(state.score(state.means + push, consume=True), sfda_module.sfda(other, y), 1e-10)
 
 
-def test_points_that_reach_one_state_share_its_scores(monkeypatch):
+def test_points_that_reach_one_state_share_its_scores(sfda_scores):
     """Points at which PED moves nothing score what the input scores;
     points whose loops stop at the same step share one score."""
     x, y, g = _data()
-    calls = _count_sfda_scores(monkeypatch)
+    calls = sfda_scores
     still = ped_sweep(x, y, "sfda", {"nsigma": [1e-6, 2e-6, 3e-6]}, reference=g)
     assert [scores["sfda"].result.steps for _, scores in still] == [0, 0, 0]
     assert len(calls) == 1  # the baseline's only
@@ -184,9 +172,9 @@ def test_points_that_reach_one_state_share_its_scores(monkeypatch):
         assert_close(scores["sfda"].ped, alone, 1e-10, f"at {point}")
 
 
-def test_without_baselines(monkeypatch):
+def test_without_baselines(sfda_scores):
     x, y, g = _data()
-    calls = _count_sfda_scores(monkeypatch)
+    calls = sfda_scores
     grid = {"nsigma": [0.4, 0.8]}
     out = ped_sweep(x, y, ["sfda", "knn"], grid, reference=g, return_baseline=False)
     assert len(calls) == 2

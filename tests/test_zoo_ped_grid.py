@@ -96,24 +96,14 @@ def test_cli_ped_grid(tmp_path, capsys):
     assert "ped_grid 'nsigma=x': the values of 'nsigma' must be numbers, got 'x'" in capsys.readouterr().err
 
 
-def test_grid_scores_skip_the_plain_scores(tmp_path, monkeypatch):
+def test_grid_scores_skip_the_plain_scores(tmp_path, sfda_scores):
     """The row has each plain score (cached): the grid computes PED's only,
     one SFDA score per distinct moved feature set."""
-    import importlib
-
     from ped_fast.zoo.scoring import grid_scores
 
-    sfda_module = importlib.import_module("ped_fast.scorers.sfda")
     labels, models, _ = _zoo(tmp_path / "f")
     x, reference = models["m2"]
-    calls = []
-    score = sfda_module.SFDAResiduals.score
-
-    def counted(self, means, *, consume):
-        calls.append(consume)
-        return score(self, means, consume=consume)
-
-    monkeypatch.setattr(sfda_module.SFDAResiduals, "score", counted)
+    calls = sfda_scores
     values = grid_scores(x, labels, ["sfda"], POINTS, reference=reference)
     shifts = {ped_fast.ped(x, labels, reference=reference, **point).shift.tobytes() for point in POINTS}
     assert len(calls) == len(shifts)  # one per distinct feature set, none for the plain one
