@@ -606,13 +606,16 @@ def _load_source(spec: ModelSpec, *, pretrained: bool, seed: int,
 
 
 def planned_data_config(spec: str | ModelSpec) -> DataConfig | None:
-    """The data config `spec` will have once built, read from timm's config
-    of the architecture (and a hub-layout folder's config.json) with the
-    model built on the meta device: no weights are read or allocated. For
-    planning which models share decoding; the built model's own config
-    decides. None when timm cannot build the architecture on the meta
-    device."""
-    import timm
+    """The data config `spec` will have once built, resolved from timm's
+    registered pretrained config of the architecture and tag (with a
+    hub-layout folder's config.json overlaid) as timm's builder resolves
+    it, without building the model: nothing is allocated or read but the
+    folder's config.json. For planning which models share decoding; the
+    built model's own config decides (of timm's 2,320 architectures and
+    tags, two entrypoints build a variant other than their name and so
+    plan another input size: docs/screening.md §7)."""
+    from timm.data import resolve_data_config
+    from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
     spec = parse_spec(spec)
     if spec.source in ("hf-hub", "local-dir"):
@@ -625,20 +628,17 @@ def planned_data_config(spec: str | ModelSpec) -> DataConfig | None:
     if spec.source == "hf":
         return sources.hf_config(_located_folder(spec), spec.label)
     arch = check_name(spec)
-    kwargs: dict[str, Any]
     overlay: dict[str, Any]
-    name, kwargs, overlay = spec.name, {}, {}
+    name, overlay = spec.name, {}
     if spec.path is not None:
         files = _weight_files(spec, arch)
-        if len(files) == 2:
+        if len(files) == 2:  # the model's arguments (config.json's model_args) leave its pretrained_cfg alone
             name = arch
-            kwargs, overlay = _directory_config(spec, arch, files[0])
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, pretrained_cfg_overlay=overlay or None, **kwargs)
-    except Exception:  # an architecture whose constructor needs real tensors
-        return None
-    return _resolved_config(model)
+            overlay = _directory_config(spec, arch, files[0])[1]
+    architecture, tag = split_model_name_tag(name)
+    cfg = resolve_pretrained_cfg(architecture, pretrained_cfg=tag or None, pretrained_cfg_overlay=overlay or None)
+    resolve: Any = resolve_data_config  # timm exports it without annotations
+    return dict(resolve(pretrained_cfg=cfg.to_dict()))
 
 
 def _resolved_config(model: torch.nn.Module) -> DataConfig:
