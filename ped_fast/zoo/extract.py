@@ -27,6 +27,7 @@ recorded for that model and the pass goes on with the others.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
@@ -587,6 +588,29 @@ def _run_group(pending: list[_Member], stages: Sequence[Stage], settings: Settin
     pending.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    _return_freed_memory()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl,
+    macOS, Windows)."""
+    try:
+        return cast("Callable[[int], int]", ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Give the memory a pass freed back to the system. glibc keeps freed
+    heap memory resident, and a pass's weights and activations, of other
+    sizes each pass, leave holes the next pass cannot fill: a screen's
+    resident memory crept up pass after pass (bench_zoo_scale.py, 40 models
+    at 2,000 images, two per pass: peak 947 MiB without, 869 with; one
+    call costs about a millisecond)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _run_stage(stage: Stage, members: Sequence[_Member], settings: Settings, cache: Cache, device: torch.device,
