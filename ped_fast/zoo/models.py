@@ -614,7 +614,7 @@ def planned_data_config(spec: str | ModelSpec) -> DataConfig | None:
     built model's own config decides (of timm's 2,320 architectures and
     tags, two entrypoints build a variant other than their name and so
     plan another input size: docs/screening.md §7)."""
-    from timm.data import resolve_data_config
+    from timm.data.config import resolve_data_config
     from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
     spec = parse_spec(spec)
@@ -636,8 +636,10 @@ def planned_data_config(spec: str | ModelSpec) -> DataConfig | None:
             name = arch
             overlay = _directory_config(spec, arch, files[0])[1]
     architecture, tag = split_model_name_tag(name)
-    cfg = resolve_pretrained_cfg(architecture, pretrained_cfg=tag or None, pretrained_cfg_overlay=overlay or None)
-    resolve: Any = resolve_data_config  # timm exports it without annotations
+    # timm's PretrainedCfg and resolve_data_config have no annotations: Any.
+    cfg: Any = resolve_pretrained_cfg(architecture, pretrained_cfg=tag or None,
+                                      pretrained_cfg_overlay=overlay or None)
+    resolve: Any = resolve_data_config
     return dict(resolve(pretrained_cfg=cfg.to_dict()))
 
 
