@@ -611,9 +611,9 @@ def planned_data_config(spec: str | ModelSpec) -> DataConfig | None:
     hub-layout folder's config.json overlaid) as timm's builder resolves
     it, without building the model: nothing is allocated or read but the
     folder's config.json. For planning which models share decoding; the
-    built model's own config decides (of timm's 2,320 architectures and
-    tags, two entrypoints build a variant other than their name and so
-    plan another input size: docs/screening.md §7)."""
+    built model's own config decides (of timm's architectures, only
+    vitamin_xlarge_336 builds a variant other than its name and so plans
+    another input size: docs/screening.md §7)."""
     from timm.data.config import resolve_data_config
     from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
