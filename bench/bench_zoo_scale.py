@@ -11,8 +11,9 @@ against the reference statistics.
 
 Measured in one process, with one torch thread throughout (the screen's
 `threads`, and the floor's), in this order (with PED_FAST_BENCH_ZOO_ROUNDS,
-cold screens on fresh caches and floors then alternate, and the fastest of
-each is compared):
+cold screens on fresh caches and floors then alternate, and the median of
+each is compared: the fastest flattered the screen, whose time varied more
+from run to run than the floor's):
 
 - the cold screen (ped_fast.zoo.screen on an empty cache), with the
   process's peak resident memory (VmHWM, reset just before) and the images
@@ -61,7 +62,7 @@ Parameters (environment): PED_FAST_BENCH_ZOO_MODELS="200,50" (the zoo, and
 the smaller zoo of the memory comparison), PED_FAST_BENCH_ZOO_IMAGES=
 "2000,1000" (target, reference images), PED_FAST_BENCH_ZOO_SIZES=
 "32,48,64" (the input sizes), PED_FAST_BENCH_ZOO_THREADS=1 (torch threads),
-PED_FAST_BENCH_ZOO_ROUNDS=2 (cold screens and floors, alternating),
+PED_FAST_BENCH_ZOO_ROUNDS=3 (cold screens and floors, alternating),
 PED_FAST_BENCH_ZOO_RAY=N (screen the first N models again with Ray;
 default the whole zoo, 0 none), PED_FAST_BENCH_ZOO_MODELS_PER_PASS=0 (the
 screen's models_per_pass; 0 its default). PED_FAST_BENCH_SHAPES=tiny makes
@@ -75,6 +76,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -120,7 +122,7 @@ MODELS, SMALL_ZOO = _integers("PED_FAST_BENCH_ZOO_MODELS", "200,50" if FULL else
 TARGET_IMAGES, REFERENCE_IMAGES = _integers("PED_FAST_BENCH_ZOO_IMAGES", "2000,1000" if FULL else "200,100")
 SIZES = _integers("PED_FAST_BENCH_ZOO_SIZES", "32,48,64")
 (THREADS,) = _integers("PED_FAST_BENCH_ZOO_THREADS", "1")
-(ROUNDS,) = _integers("PED_FAST_BENCH_ZOO_ROUNDS", "2" if FULL else "1")
+(ROUNDS,) = _integers("PED_FAST_BENCH_ZOO_ROUNDS", "3" if FULL else "1")
 # The screen's models_per_pass (0: its default, 16 of these tiny models,
 # whose images are kept across a resize group's passes).
 (MODELS_PER_PASS,) = _integers("PED_FAST_BENCH_ZOO_MODELS_PER_PASS", "0", minimum=0)
@@ -446,9 +448,9 @@ def child(job):
     for record in records:
         out["cache_bytes_by_kind"][record.kind] = out["cache_bytes_by_kind"].get(record.kind, 0) + record.bytes
     out["features_bytes"] = sum(row["n"] * row["dim"] * 4 for row in cold["models"])
-    # The cold screen and the floor alternate, each on a fresh cache: the
-    # fastest of each is compared, the others show how much a shared
-    # machine's load moved them.
+    # The cold screen and the floor alternate, each on a fresh cache; the
+    # medians are compared (the caller), the floor's parts are the median
+    # floor's.
     floors = []
     for round_ in range(job["rounds"]):
         if round_:
@@ -458,8 +460,8 @@ def child(job):
         if not round_:
             out["floor_worst_feature_difference"] = _check_floor(job, specs, cold, features, scores)
         del features, scores
-    fastest = min(floors, key=lambda f: sum(f.wall.values()))
-    out.update(floor_seconds=fastest.wall, floor_cpu_seconds=fastest.cpu,
+    middle = sorted(floors, key=lambda f: sum(f.wall.values()))[(len(floors) - 1) // 2]
+    out.update(floor_seconds=middle.wall, floor_cpu_seconds=middle.cpu,
                floor_runs_s=[sum(f.wall.values()) for f in floors],
                floor_runs_cpu_s=[sum(f.cpu.values()) for f in floors],
                cold_runs_s=[clock.wall[name] for name in clock.wall if name.startswith("cold")],
@@ -504,8 +506,8 @@ def test_zoo_scale(benchmark, zoo, tmp_path):
         return small, full
 
     small, full = benchmark.pedantic(measure, rounds=1, iterations=1)
-    cold, cold_cpu = min(full["cold_runs_s"]), min(full["cold_runs_cpu_s"])
-    floor, floor_cpu = min(full["floor_runs_s"]), min(full["floor_runs_cpu_s"])
+    cold, cold_cpu = statistics.median(full["cold_runs_s"]), statistics.median(full["cold_runs_cpu_s"])
+    floor, floor_cpu = statistics.median(full["floor_runs_s"]), statistics.median(full["floor_runs_cpu_s"])
     figures = dict(
         full, models=MODELS, small_zoo=SMALL_ZOO, target_images=TARGET_IMAGES, reference_images=REFERENCE_IMAGES,
         sizes=SIZES, batch_size=BATCH, scorers=SCORERS, build_s=build_s, models_per_pass=MODELS_PER_PASS or None,
@@ -566,11 +568,11 @@ def report(benches, when=""):
                   f"{e.get('models_per_pass') or 'default'}; {e['machine']}"
                   + (f", {when}" if when else "") + ".", "",
                   "| measured | wall clock | CPU time | target |", "|---|---|---|---|",
-                  f"| cold screen, fastest of {runs(e['cold_runs_s'])} (the first's rows' seconds: load "
+                  f"| cold screen, median of {runs(e['cold_runs_s'])} (the first's rows' seconds: load "
                   f"{stages.get('load', 0):.0f}, extract {stages.get('extract', 0):.0f}, reference "
                   f"{stages.get('reference', 0):.0f}, {e['scorers']} {stages.get(e['scorers'], 0):.0f}) | "
                   f"{e['cold_s']:.1f} s | {e['cold_cpu_s']:.1f} s | |",
-                  f"| floor, fastest of {runs(e['floor_runs_s'])}: decode once per resize group + normalise + bare "
+                  f"| floor, median of {runs(e['floor_runs_s'])}: decode once per resize group + normalise + bare "
                   f"forward passes + scoring | {e['floor_s']:.1f} s ({' + '.join(f'{wall[p]:.1f}' for p in parts)}) | "
                   f"{e['floor_cpu_s']:.1f} s ({' + '.join(f'{cpu[p]:.1f}' for p in parts)}) | |",
                   f"| cold screen / floor | {e['cold_over_floor']:.2f}x | {e['cold_over_floor_cpu']:.2f}x | "
