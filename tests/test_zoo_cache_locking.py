@@ -1,9 +1,11 @@
 """Cache.lock between processes: an entry is computed once, a non-blocking
 attempt reports a busy entry, a dead writer's lock is free, and the sweep
 keeps a live writer's temporaries on another process's say-so."""
+import importlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import numpy as np
 import pytest
 
 from ped_fast.zoo.cache import Cache
+
+cache_module = importlib.import_module("ped_fast.zoo.cache")
 
 # fork: the children start at once (spawn re-imports torch through ped_fast.zoo);
 # each still takes its own locks, as a second terminal or a Ray worker would.
@@ -126,3 +130,35 @@ def test_the_lock_is_reentrant_in_a_thread_and_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="timeout must be None or a number of seconds >= 0, got -1"):
         with cache.lock("features", "k", timeout=-1):
             pass
+
+
+def test_no_lock_object_outlives_its_holders_and_waiters(tmp_path):
+    """Issue 15 (noticed): the process kept one lock object per entry it
+    ever locked, about 6 KB per model screened, for its whole life. Now
+    only while a thread holds or waits for the lock."""
+    cache = Cache(tmp_path)
+    held = cache.lock_path("features", "k")
+    waited = []
+
+    def wait():
+        with Cache(tmp_path).lock("features", "k", timeout=0.2) as got:
+            waited.append((got, set(cache_module._PROCESS_LOCKS)))
+
+    with cache.lock("features", "k"):
+        with Cache(tmp_path).lock("features", "k") as inner:  # reentrant: the same object
+            assert inner and list(cache_module._PROCESS_LOCKS) == [held]
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(60)
+        assert waited == [(False, {held})]  # another thread waits on the same object, then gives up
+        array = cache.new_array("features", "k", "x", (2,), np.float32)
+        cache.put("features", "k", {}, {"x": array})
+        assert list(cache_module._PROCESS_LOCKS) == [held]
+    abandoned = cache.new_array("features", "other", "x", (2,), np.float32)
+    assert list(cache_module._PROCESS_LOCKS) == [cache.lock_path("features", "other")]
+    Cache.discard(abandoned)
+    cache.put("score", "s", {"value": 1})
+    assert cache_module._PROCESS_LOCKS == {}
+    with Cache(tmp_path).lock("features", "k", blocking=False) as again:  # free, and taken again
+        assert again
+    assert cache_module._PROCESS_LOCKS == {}

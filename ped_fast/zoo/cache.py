@@ -203,16 +203,21 @@ class Cache:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout >= 0):
             raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
-        lock = _process_lock(self.lock_path(kind, key))
+        path = self.lock_path(kind, key)
+        lock = _take_lock(path)
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout, blocking=bool(blocking))
         except Timeout:
+            _drop_lock(path, lock, held=False)
             yield False
             return
+        except BaseException:
+            _drop_lock(path, lock, held=False)
+            raise
         try:
             yield True
         finally:
-            lock.release()
+            _drop_lock(path, lock)
 
     def sweep(self) -> list[Path]:
         """Remove the temporaries that no live writer holds (killed runs'
@@ -281,17 +286,22 @@ class Cache:
         _validate_key(key)
         _validate_name(name, "array name")
         folder = self._folder(kind)
-        lock = _process_lock(self.lock_path(kind, key))
-        lock.acquire()
+        lock_path = self.lock_path(kind, key)
+        lock = _take_lock(lock_path)
+        try:
+            lock.acquire()
+        except BaseException:
+            _drop_lock(lock_path, lock, held=False)
+            raise
         path = folder / temporary_name(f"{key}.{name}.npy")
         try:
             array = _allocate(path, shape, dtype)
         except BaseException:
             path.unlink(missing_ok=True)
-            lock.release()
+            _drop_lock(lock_path, lock)
             raise
         with _GUARD:
-            _ARRAY_LOCKS[str(_file_of(array))] = lock  # mapped from a path: never None
+            _ARRAY_LOCKS[str(_file_of(array))] = (lock_path, lock)  # mapped from a path: never None
         return array
 
     def put(self, kind: str, key: str, meta: Mapping[str, Any],
@@ -700,28 +710,51 @@ def _fsync_file(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-# One lock object per lock file in this process, so that the entry lock is
-# reentrant across Cache objects of one root (filelock counts holds per
-# object and thread) and exclusive between threads and processes.
+# One lock object per lock file in this process while any thread holds or
+# waits for it, so that the entry lock is reentrant across Cache objects of
+# one root (filelock counts holds per object and thread) and exclusive
+# between threads and processes; {path: [lock, its holders and waiters]}.
+# An entry goes once nobody holds or waits for its lock: kept for good, one
+# per entry ever locked, they grew without bound in a long-lived process
+# (about 6 KB per model screened).
 _GUARD = threading.Lock()
-_PROCESS_LOCKS: dict[Path, FileLock] = {}
-_ARRAY_LOCKS: dict[str, FileLock] = {}  # new_array() file name -> the entry lock it holds
+_PROCESS_LOCKS: dict[Path, list[Any]] = {}
+# new_array() file name -> (lock file, the entry lock it holds)
+_ARRAY_LOCKS: dict[str, tuple[Path, FileLock]] = {}
 
 
-def _process_lock(path: Path) -> FileLock:
+def _take_lock(path: Path) -> FileLock:
+    """The process's lock object of `path`, counted as used until
+    _drop_lock."""
     with _GUARD:
-        lock = _PROCESS_LOCKS.get(path)
-        if lock is None:
+        users = _PROCESS_LOCKS.get(path)
+        if users is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock = _PROCESS_LOCKS[path] = FileLock(path)
+            users = _PROCESS_LOCKS[path] = [FileLock(path), 0]
+        users[1] += 1
+        lock: FileLock = users[0]
         return lock
+
+
+def _drop_lock(path: Path, lock: FileLock, *, held: bool = True) -> None:
+    """Release one hold of `lock` (when `held`) and end one use of it."""
+    try:
+        if held:
+            lock.release()
+    finally:
+        with _GUARD:
+            users = _PROCESS_LOCKS.get(path)
+            if users is not None and users[0] is lock:
+                users[1] -= 1
+                if not users[1]:
+                    del _PROCESS_LOCKS[path]
 
 
 def _release_array(filename: str) -> None:
     with _GUARD:
-        lock = _ARRAY_LOCKS.pop(filename, None)
-    if lock is not None:
-        lock.release()
+        taken = _ARRAY_LOCKS.pop(filename, None)
+    if taken is not None:
+        _drop_lock(*taken)
 
 
 def _after_fork() -> None:
