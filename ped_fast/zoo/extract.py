@@ -614,14 +614,15 @@ def _steady_heap() -> None:
     """Once per process, keep the blocks of a forward pass in glibc's heap:
     set its mmap threshold to the largest its dynamic rule reaches and the
     trim threshold to twice that, where glibc itself leaves them once the
-    process has freed a block that large. Until then the threshold is what
-    the process happened to free before (128 KiB at first), every
-    activation above it is a fresh mmap, and its pages are faulted in and
-    zeroed on every forward pass: one tiny ConvNeXt at 64 pixels took 40-45
-    ms a batch in some processes and 30-33 ms in others, and a cold
-    screen of 40 models at 2,000 images faulted 2.2 million pages (6.7 s
-    of system time) against 51,000 (0.8 s) in a process that had freed
-    large blocks before. Where the user set these thresholds
+    process has freed a block that large. Until then both follow what the
+    process happened to free before (128 KiB at first): an activation above
+    the mmap threshold is a fresh mapping, more free memory than the trim
+    threshold at the heap's top goes back to the system, and either way
+    its pages are faulted in and zeroed again on every forward pass: one
+    tiny ConvNeXt at 64 pixels took 40-45 ms a batch in some processes and
+    30-33 ms in others, and a cold screen of 40 models at 2,000 images
+    faulted 2.2 million pages (6.7 s of system time) against 51,000 (0.7
+    s) in a process that had freed large blocks before. Where the user set these thresholds
     (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) or
     the C library is not glibc, nothing. What a pass frees still goes back
     to the system after it (_return_freed_memory)."""
