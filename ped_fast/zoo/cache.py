@@ -204,16 +204,11 @@ class Cache:
                                     or not timeout >= 0):
             raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         path = self.lock_path(kind, key)
-        lock = _take_lock(path)
         try:
-            lock.acquire(timeout=-1 if timeout is None else timeout, blocking=bool(blocking))
+            lock = _hold_lock(path, timeout=-1 if timeout is None else timeout, blocking=bool(blocking))
         except Timeout:
-            _drop_lock(path, lock, held=False)
             yield False
             return
-        except BaseException:
-            _drop_lock(path, lock, held=False)
-            raise
         try:
             yield True
         finally:
@@ -287,12 +282,7 @@ class Cache:
         _validate_name(name, "array name")
         folder = self._folder(kind)
         lock_path = self.lock_path(kind, key)
-        lock = _take_lock(lock_path)
-        try:
-            lock.acquire()
-        except BaseException:
-            _drop_lock(lock_path, lock, held=False)
-            raise
+        lock = _hold_lock(lock_path)
         path = folder / temporary_name(f"{key}.{name}.npy")
         try:
             array = _allocate(path, shape, dtype)
@@ -723,8 +713,9 @@ _PROCESS_LOCKS: dict[Path, list[Any]] = {}
 _ARRAY_LOCKS: dict[str, tuple[Path, FileLock]] = {}
 
 
-def _take_lock(path: Path) -> FileLock:
-    """The process's lock object of `path`, counted as used until
+def _hold_lock(path: Path, *, timeout: float = -1, blocking: bool = True) -> FileLock:
+    """The process's lock object of `path`, acquired (filelock's Timeout
+    when not got, and then nothing is held) and counted as used until
     _drop_lock."""
     with _GUARD:
         users = _PROCESS_LOCKS.get(path)
@@ -733,7 +724,12 @@ def _take_lock(path: Path) -> FileLock:
             users = _PROCESS_LOCKS[path] = [FileLock(path), 0]
         users[1] += 1
         lock: FileLock = users[0]
-        return lock
+    try:
+        lock.acquire(timeout=timeout, blocking=blocking)
+    except BaseException:
+        _drop_lock(path, lock, held=False)
+        raise
+    return lock
 
 
 def _drop_lock(path: Path, lock: FileLock, *, held: bool = True) -> None:
