@@ -593,13 +593,17 @@ def _run_group(pending: list[_Member], stages: Sequence[Stage], settings: Settin
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl,
-    macOS, Windows)."""
+def _c_function(name: str) -> Callable[..., int] | None:
+    """The C library's function `name`, or None where it has none (glibc's
+    malloc_trim and mallopt: not in musl, macOS or Windows)."""
     try:
-        return cast("Callable[[int], int]", ctypes.CDLL(None).malloc_trim)
+        return cast("Callable[..., int]", getattr(ctypes.CDLL(None), name))
     except (OSError, AttributeError, TypeError):
         return None
+
+
+def _malloc_trim() -> Callable[..., int] | None:
+    return _c_function("malloc_trim")
 
 
 # mallopt's parameters (glibc's malloc.h), and the largest mmap threshold
@@ -622,16 +626,13 @@ def _steady_heap() -> None:
     tiny ConvNeXt at 64 pixels took 40-45 ms a batch in some processes and
     30-33 ms in others, and a cold screen of 40 models at 2,000 images
     faulted 2.2 million pages (6.7 s of system time) against 51,000 (0.7
-    s) in a process that had freed large blocks before. Where the user set these thresholds
-    (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) or
-    the C library is not glibc, nothing. What a pass frees still goes back
-    to the system after it (_return_freed_memory)."""
-    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys() \
+    s) in a process that had freed large blocks before. Where the user set
+    these thresholds (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+    GLIBC_TUNABLES) or the C library is not glibc, nothing. What a pass
+    frees still goes back to the system after it (_return_freed_memory)."""
+    mallopt = _c_function("mallopt")
+    if mallopt is None or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & os.environ.keys() \
             or "threshold" in os.environ.get("GLIBC_TUNABLES", ""):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
         return
     mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
